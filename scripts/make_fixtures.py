@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Make the PyTorch fixtures under tests/fixtures/ (committed; torch is never needed to test).
+
+bn_step.*: one train-mode step of the reference model on a fixed batch. PyTorch updates every
+BatchNorm's running statistics during the forward pass, with momentum 0.1 in PyTorch's
+convention (ONNX momentum 0.9) and the UNBIASED batch variance for running_var. The fixture holds
+the statistics after that step, which segtune's burn model must reproduce to 1e-5.
+
+  bn_step_input.bin   float32 little-endian, shape [2, 3, 64, 64], the batch
+  bn_step.bin         float32 little-endian, per BN node in ONNX graph order: running_mean then
+                      running_var after the step
+  bn_step.json        index: for each BN node its ONNX node index, the value names its inputs
+                      read (torch parameter names), channel count and offset into bn_step.bin
+
+Versions: as in scripts/export_reference.py. Usage: python scripts/make_fixtures.py
+"""
+import json
+
+import numpy as np
+import onnx
+import torch
+
+from export_reference import build
+
+ONNX_PATH = "models/deeplabv3plus_mobilenetv2.onnx"
+OUT = "tests/fixtures/"
+
+
+def main():
+    model = build()
+    onnx_model = onnx.load(ONNX_PATH)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx_model.graph.initializer}
+    state = model.state_dict()
+    # The ONNX file must hold exactly this model's weights.
+    for name, arr in inits.items():
+        if name in state:
+            assert np.array_equal(state[name].numpy(), arr), name
+
+    rng = np.random.default_rng(1234)
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    x.tofile(OUT + "bn_step_input.bin")
+
+    model.train()
+    # The ONNX export has no Dropout (it vanishes in export), so neither may the reference step:
+    # smp's ASPP dropout sits before later BatchNorms and would change their batch statistics.
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    target = torch.from_numpy(rng.integers(0, 21, size=(2, 64, 64)))
+    loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), target)
+    loss.backward()
+    opt.step()  # running statistics were updated during the forward pass above
+
+    state = model.state_dict()
+    index, blobs, offset = [], [], 0
+    for i, node in enumerate(onnx_model.graph.node):
+        if node.op_type != "BatchNormalization":
+            continue
+        mean_name, var_name = node.input[3], node.input[4]
+        mean, var = state[mean_name].numpy(), state[var_name].numpy()
+        index.append({"node": i, "running_mean": mean_name, "running_var": var_name,
+                      "channels": int(mean.shape[0]), "offset": offset})
+        blobs += [mean.astype(np.float32), var.astype(np.float32)]
+        offset += 2 * mean.shape[0]
+    np.concatenate(blobs).tofile(OUT + "bn_step.bin")
+    json.dump({"input_shape": list(x.shape), "onnx": ONNX_PATH, "bn": index},
+              open(OUT + "bn_step.json", "w"), indent=1)
+    print(f"{len(index)} BN layers, {offset} values, loss {loss.item():.4f}")
+
+
+if __name__ == "__main__":
+    main()

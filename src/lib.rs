@@ -1,0 +1,13 @@
+//! segtune: fine-tune and deploy DeepLabv3+ semantic-segmentation models through ONNX.
+//!
+//! Pipeline stages, one module each: [`model`] (build-time import, parameter map, checkpoints),
+//! [`onnx`] (protobuf reading and inspection), [`runtime`] (onnxruntime), [`validate`] (parity
+//! against onnxruntime). `main.rs` only parses the command line and dispatches here.
+
+pub mod error;
+pub mod model;
+pub mod onnx;
+pub mod runtime;
+pub mod validate;
+
+pub use error::{Error, Result};

@@ -1,0 +1,157 @@
+//! onnxruntime through `ort`: finding `libonnxruntime` (ORT_DYLIB_PATH, segtune's cache, or the
+//! pinned PyPI wheel provisioned into that cache), the one process-wide environment, sessions.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use ndarray::{Array4, ArrayView4};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+use crate::error::{Error, Result};
+
+/// The onnxruntime release segtune provisions (ort's `api-30` works with 1.30 and later).
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// How to fix a missing runtime, shown in every such error.
+const FIX: &str = "set ORT_DYLIB_PATH to a libonnxruntime.so (>= 1.30), e.g. from `pip install onnxruntime==1.31.1` \
+(site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1), or make `python3 -m pip` available so segtune can fetch it";
+
+/// segtune's per-user cache: `$SEGTUNE_CACHE_DIR`, else `$XDG_CACHE_HOME/segtune`, else
+/// `~/.cache/segtune`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("SEGTUNE_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("segtune"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("segtune"))
+}
+
+fn cached_library() -> Option<PathBuf> {
+    cache_dir().map(|d| d.join(format!("onnxruntime-{ORT_VERSION}")).join(format!("libonnxruntime.so.{ORT_VERSION}")))
+}
+
+/// Finds `libonnxruntime`: `ORT_DYLIB_PATH`, then the cache, then the PyPI wheel provisioned
+/// into the cache (announced once on stderr).
+pub fn locate_library() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::Runtime(format!("ORT_DYLIB_PATH={} is not a file; {FIX}", p.display())))
+        };
+    }
+    let target = cached_library().ok_or_else(|| Error::Runtime(format!("no cache directory (HOME unset); {FIX}")))?;
+    if target.is_file() {
+        return Ok(target);
+    }
+    // One process provisions at a time; the others wait and then find the library in place.
+    let dir = target.parent().expect("cache path has a parent");
+    let _lock = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::File::create(dir.join(".lock")))
+        .and_then(|f| f.lock().map(|_| f))
+        .map_err(|e| Error::Runtime(format!("locking {}: {e}; {FIX}", dir.display())))?;
+    if target.is_file() {
+        return Ok(target);
+    }
+    provision(&target)
+        .map_err(|e| Error::Runtime(format!("libonnxruntime not found and could not be fetched ({e}); {FIX}")))?;
+    eprintln!("segtune: fetched onnxruntime {ORT_VERSION} from PyPI into {}", target.display());
+    Ok(target)
+}
+
+/// Downloads the pinned `onnxruntime` wheel with pip and extracts its shared library into
+/// `target`, through a temporary file and a rename so a concurrent or interrupted run never
+/// leaves a partial library behind.
+fn provision(target: &Path) -> std::result::Result<(), String> {
+    let dir = target.parent().expect("cache path has a parent");
+    let work = tempfile::tempdir_in(dir).map_err(|e| format!("temp dir in {}: {e}", dir.display()))?;
+    let python = std::env::var("SEGTUNE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
+        .arg(format!("onnxruntime=={ORT_VERSION}"))
+        .arg("-d")
+        .arg(work.path())
+        .output()
+        .map_err(|e| format!("running {python} -m pip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("pip download failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let wheel = std::fs::read_dir(work.path())
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or("pip downloaded no wheel")?;
+    let member = format!("onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}");
+    let partial = work.path().join("libonnxruntime.partial");
+    let script = "import sys, zipfile, shutil\n\
+                  with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst)";
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(&wheel)
+        .arg(&member)
+        .arg(&partial)
+        .output()
+        .map_err(|e| format!("running {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "extracting {member} from {}: {}",
+            wheel.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    std::fs::rename(&partial, target).map_err(|e| format!("moving into {}: {e}", target.display()))
+}
+
+static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// The process-wide onnxruntime environment (ort allows one per process).
+pub fn environment() -> Result<&'static ort::environment::Environment> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let lib = locate_library().map_err(|e| e.to_string())?;
+            let builder =
+                ort::init_from(&lib).map_err(|e| format!("onnxruntime: loading {}: {e}; {FIX}", lib.display()))?;
+            builder.with_name("segtune").build().map_err(|e| format!("onnxruntime: creating environment: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| Error::Runtime(e.trim_start_matches("onnxruntime: ").to_string()))
+}
+
+/// An onnxruntime session over a segmentation model with one image input and logits output.
+pub struct OrtModel {
+    session: Session,
+    origin: String,
+}
+
+impl OrtModel {
+    /// A session over ONNX bytes; `threads` = 0 lets onnxruntime choose.
+    pub fn from_bytes(bytes: &[u8], origin: &str, threads: usize) -> Result<Self> {
+        let env = environment()?;
+        let fail = |e: String| Error::bad_file(origin, format!("onnxruntime refused the model: {e}"));
+        let mut builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
+        builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| fail(e.to_string()))?;
+        if threads > 0 {
+            builder = builder.with_intra_threads(threads).map_err(|e| fail(e.to_string()))?;
+        }
+        let session = builder.commit_from_memory(bytes).map_err(|e| fail(e.to_string()))?;
+        Ok(OrtModel { session, origin: origin.to_string() })
+    }
+
+    /// Runs the model on one input batch and returns the first output as a 4-D array.
+    pub fn run(&mut self, input: ArrayView4<'_, f32>) -> Result<Array4<f32>> {
+        let origin = self.origin.clone();
+        let fail = |e: String| Error::Runtime(format!("running {origin}: {e}"));
+        let tensor = TensorRef::from_array_view(input).map_err(|e| fail(e.to_string()))?;
+        let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| fail(e.to_string()))?;
+        let out = outputs[0].try_extract_array::<f32>().map_err(|e| fail(e.to_string()))?;
+        out.into_dimensionality::<ndarray::Ix4>()
+            .map(|a| a.to_owned())
+            .map_err(|e| fail(format!("expected a 4-D output: {e}")))
+    }
+}

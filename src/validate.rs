@@ -1,0 +1,236 @@
+//! Checks of a model against onnxruntime: `segtune parity` runs the burn model and onnxruntime on
+//! the same seeded input and compares logits.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use ndarray::{Array4, ArrayView4};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::{Checkpoint, Layout, Normalization, SegModel};
+use crate::runtime::OrtModel;
+
+/// What `segtune parity` measures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParityReport {
+    pub model: String,
+    pub weights: String,
+    pub batch: usize,
+    pub size: usize,
+    pub max_abs_diff: f32,
+    pub mean_abs_diff: f32,
+    /// Fraction of pixels whose argmax class is the same in both.
+    pub argmax_agreement: f64,
+    /// Warm forward time of the burn model on the CPU, milliseconds.
+    pub burn_ms: f64,
+    /// Warm forward time of onnxruntime, milliseconds.
+    pub ort_ms: f64,
+    pub tol: f32,
+    pub pass: bool,
+}
+
+impl std::fmt::Display for ParityReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "model       {} (weights: {})", self.model, self.weights)?;
+        writeln!(f, "input       batch {} x {}x{}, seeded", self.batch, self.size, self.size)?;
+        writeln!(f, "max |Δ|     {:.3e} (tolerance {:.1e})", self.max_abs_diff, self.tol)?;
+        writeln!(f, "mean |Δ|    {:.3e}", self.mean_abs_diff)?;
+        writeln!(f, "argmax      {:.4}% of pixels agree", self.argmax_agreement * 100.0)?;
+        writeln!(f, "forward     burn {:.1} ms, onnxruntime {:.1} ms", self.burn_ms, self.ort_ms)?;
+        write!(f, "parity      {}", if self.pass { "PASS" } else { "FAIL" })
+    }
+}
+
+/// Checks that `size` suits a model.
+pub fn check_size(size: usize, norm: &Normalization) -> Result<()> {
+    let m = norm.size_multiple;
+    if size == 0 || !size.is_multiple_of(m) {
+        return Err(Error::BadArgument(format!(
+            "--size {size}: expected a positive multiple of {m}, found {size} (remainder {})",
+            size % m
+        )));
+    }
+    Ok(())
+}
+
+/// A deterministic batch of images in [0, 1], normalized for the model: `[N, 3, S, S]` (NCHW) or
+/// `[N, S, S, 3]` (NHWC). splitmix64 keeps it identical on every platform.
+pub fn seeded_input(batch: usize, size: usize, norm: &Normalization, seed: u64) -> Array4<f32> {
+    let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let nchw = Array4::from_shape_fn((batch, 3, size, size), |(_, c, _, _)| (next() - norm.mean[c]) / norm.std[c]);
+    match norm.layout {
+        Layout::Nchw => nchw,
+        Layout::Nhwc => nchw.permuted_axes([0, 2, 3, 1]).as_standard_layout().to_owned(),
+    }
+}
+
+/// Converts an ndarray batch to a burn tensor on `device`.
+pub fn to_tensor(a: ArrayView4<'_, f32>, device: &Device) -> Tensor<4> {
+    let shape = a.shape().to_vec();
+    let data: Vec<f32> = a.iter().copied().collect();
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// Converts a burn tensor to an ndarray batch.
+pub fn to_array(t: Tensor<4>) -> Array4<f32> {
+    let dims = t.dims();
+    let data = t.into_data().try_into_vec::<f32>().expect("float tensor");
+    Array4::from_shape_vec((dims[0], dims[1], dims[2], dims[3]), data).expect("dims match data")
+}
+
+/// Max |Δ|, mean |Δ| and argmax agreement (over axis 1) of two logit batches of equal shape.
+pub fn compare_logits(a: &Array4<f32>, b: &Array4<f32>) -> (f32, f32, f64) {
+    assert_eq!(a.shape(), b.shape(), "logit shapes differ");
+    let (mut max, mut sum) = (0f32, 0f64);
+    for (x, y) in a.iter().zip(b.iter()) {
+        let d = (x - y).abs();
+        max = if d.is_nan() { f32::INFINITY } else { max.max(d) };
+        sum += d as f64;
+    }
+    let (n, c, h, w) = a.dim();
+    let argmax = |t: &Array4<f32>, i: usize, y: usize, x: usize| {
+        (0..c)
+            .fold((0, f32::NEG_INFINITY), |best, k| if t[[i, k, y, x]] > best.1 { (k, t[[i, k, y, x]]) } else { best })
+            .0
+    };
+    let mut agree = 0usize;
+    for i in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                agree += (argmax(a, i, y, x) == argmax(b, i, y, x)) as usize;
+            }
+        }
+    }
+    let pixels = (n * h * w).max(1);
+    (max, (sum / a.len().max(1) as f64) as f32, agree as f64 / pixels as f64)
+}
+
+/// Settings of `segtune parity`.
+#[derive(Debug, Clone, Copy)]
+pub struct ParityOptions {
+    /// Images per batch (default 2).
+    pub batch: usize,
+    /// Input height and width in pixels, a multiple of the model's size multiple (default 256).
+    pub size: usize,
+    /// Largest max |Δ| of logits that passes (default 1e-4).
+    pub tol: f32,
+    /// Seed of the input (default 0).
+    pub seed: u64,
+    /// onnxruntime intra-op threads, 0 for its default (default 0).
+    pub threads: usize,
+    /// Timed runs of each after one warm-up; the median is reported (default 3).
+    pub repeat: usize,
+}
+
+impl Default for ParityOptions {
+    fn default() -> Self {
+        ParityOptions { batch: 2, size: 256, tol: 1e-4, seed: 0, threads: 0, repeat: 3 }
+    }
+}
+
+/// Runs `f` once to warm up, then `repeat` times; returns the last result and the median time
+/// in milliseconds.
+fn timed<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
+    let mut out = f()?;
+    let mut times = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        out = f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((out, times.get(times.len() / 2).copied().unwrap_or(f64::NAN)))
+}
+
+/// [`parity`] for the checkpoint's own model type.
+pub fn parity_check(ckpt: &Checkpoint, opts: &ParityOptions) -> Result<ParityReport> {
+    struct Run<'a>(&'a Checkpoint, &'a ParityOptions);
+    impl crate::model::ModelFn for Run<'_> {
+        type Output = Result<ParityReport>;
+        fn call<M: SegModel>(self) -> Self::Output {
+            parity::<M>(self.0, self.1)
+        }
+    }
+    crate::model::with_model(ckpt.info, Run(ckpt, opts))
+}
+
+/// Runs `model` (burn, CPU) and onnxruntime on the checkpoint's graph with the same seeded
+/// input and compares the logits. Times are medians of warm runs.
+pub fn parity<M: SegModel>(ckpt: &Checkpoint, opts: &ParityOptions) -> Result<ParityReport> {
+    let ParityOptions { batch, size, tol, seed, threads, repeat } = *opts;
+    check_size(size, &ckpt.normalization)?;
+    if batch == 0 {
+        return Err(Error::BadArgument("--batch 0: expected at least 1".into()));
+    }
+    let device = crate::model::cpu_device();
+    let model: M = ckpt.load(&device)?;
+    let input = seeded_input(batch, size, &ckpt.normalization, seed);
+    let (burn_out, burn_ms) = timed(repeat, || Ok(to_array(model.logits(to_tensor(input.view(), &device)))))?;
+    let bytes = ckpt.onnx_bytes()?;
+    let mut ort = OrtModel::from_bytes(&bytes, &ckpt.origin(), threads)?;
+    let (ort_out, ort_ms) = timed(repeat, || ort.run(input.view()))?;
+    if burn_out.shape() != ort_out.shape() {
+        return Err(Error::CheckFailed(format!(
+            "output shapes differ: burn {:?}, onnxruntime {:?}",
+            burn_out.shape(),
+            ort_out.shape()
+        )));
+    }
+    let (max_abs_diff, mean_abs_diff, argmax_agreement) = compare_logits(&burn_out, &ort_out);
+    Ok(ParityReport {
+        model: ckpt.info.name.to_string(),
+        weights: ckpt.origin(),
+        batch,
+        size,
+        max_abs_diff,
+        mean_abs_diff,
+        argmax_agreement,
+        burn_ms,
+        ort_ms,
+        tol,
+        pass: max_abs_diff <= tol,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_logits_counts_argmax_agreement() {
+        let a = Array4::from_shape_vec((1, 2, 1, 2), vec![1.0, 0.0, 0.0, 1.0]).unwrap();
+        let b = Array4::from_shape_vec((1, 2, 1, 2), vec![1.0, 2.0, 0.5, 1.0]).unwrap();
+        let (max, mean, agree) = compare_logits(&a, &b);
+        assert_eq!(max, 2.0);
+        assert!((mean - 0.625).abs() < 1e-7);
+        assert_eq!(agree, 0.5);
+    }
+
+    #[test]
+    fn size_must_be_a_multiple_of_16() {
+        let n = Normalization::IMAGENET;
+        assert!(check_size(64, &n).is_ok());
+        let e = check_size(250, &n).unwrap_err().to_string();
+        assert!(e.contains("multiple of 16") && e.contains("found 250"), "{e}");
+        assert!(check_size(0, &n).is_err());
+    }
+
+    #[test]
+    fn seeded_input_is_deterministic_and_normalized() {
+        let n = Normalization::IMAGENET;
+        let a = seeded_input(1, 16, &n, 7);
+        assert_eq!(a, seeded_input(1, 16, &n, 7));
+        assert_ne!(a, seeded_input(1, 16, &n, 8));
+        let lo = (0.0 - n.mean[0]) / n.std[0];
+        let hi = (1.0 - n.mean[0]) / n.std[0];
+        assert!(a.index_axis(ndarray::Axis(1), 0).iter().all(|&v| v >= lo && v <= hi));
+    }
+}

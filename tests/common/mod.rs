@@ -1,0 +1,104 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use segtune::onnx::{self, ModelProto};
+
+/// The reference model shipped in `models/`.
+pub fn reference_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/deeplabv3plus_mobilenetv2.onnx")
+}
+
+pub fn reference() -> ModelProto {
+    onnx::read_model(&reference_path()).expect("reference model decodes")
+}
+
+/// Raw little-endian f32 bytes of an initializer.
+pub fn init_bytes(t: &onnx::TensorProto) -> Vec<u8> {
+    onnx::tensor_f32(t, None).expect("float initializer").iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Reads a little-endian f32 file.
+pub fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .expect("fixture exists")
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// Writes `model` to `path` (prost encoding).
+pub fn write_model(model: &ModelProto, path: &Path) {
+    use prost::Message;
+    std::fs::write(path, model.encode_to_vec()).expect("write model");
+}
+
+/// Replaces every value `v` at flat index `i` of initializer `name` by `f(i, v)`.
+pub fn map_initializer(model: &mut ModelProto, name: &str, f: impl Fn(usize, f32) -> f32) {
+    let g = model.graph.as_mut().unwrap();
+    let t = g.initializer.iter_mut().find(|t| t.name() == name).unwrap_or_else(|| panic!("no initializer {name}"));
+    let vals: Vec<f32> = onnx::tensor_f32(t, None).unwrap().iter().enumerate().map(|(i, &v)| f(i, v)).collect();
+    t.float_data.clear();
+    t.raw_data = Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect());
+}
+
+fn value_info(name: &str, dims: &[i64]) -> onnx::ValueInfoProto {
+    use onnx::proto::{
+        TensorShapeProto, TypeProto,
+        tensor_shape_proto::{Dimension, dimension::Value as D},
+        type_proto,
+    };
+    onnx::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension { value: Some(D::DimValue(d)), ..Default::default() })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A small foreign graph: `input_dims` → Conv → Conv, no BatchNorm, nothing like a DeepLab.
+pub fn two_conv_model(input_dims: &[i64]) -> ModelProto {
+    use onnx::proto::{OperatorSetIdProto, TensorProto};
+    let weight = |name: &str, dims: Vec<i64>| TensorProto {
+        name: Some(name.into()),
+        data_type: Some(1),
+        raw_data: Some(vec![0u8; 4 * dims.iter().product::<i64>() as usize]),
+        dims,
+        ..Default::default()
+    };
+    let conv = |i: &str, w: &str, o: &str| onnx::NodeProto {
+        op_type: Some("Conv".into()),
+        name: Some(format!("conv_{o}")),
+        input: vec![i.into(), w.into()],
+        output: vec![o.into()],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        graph: Some(onnx::GraphProto {
+            name: Some("two_conv".into()),
+            node: vec![conv("input", "w1", "h"), conv("h", "w2", "output")],
+            initializer: vec![weight("w1", vec![4, 3, 3, 3]), weight("w2", vec![2, 4, 1, 1])],
+            input: vec![value_info("input", input_dims)],
+            output: vec![value_info("output", &[])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

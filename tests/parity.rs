@@ -1,0 +1,64 @@
+//! The burn model against onnxruntime: logits at several batches and sizes, and a perturbed
+//! checkpoint loaded at run time.
+
+mod common;
+
+use segtune::model::{Checkpoint, SegModel, cpu_device, generated::deeplabv3plus_mobilenetv2::Model};
+use segtune::validate::{self, ParityOptions, compare_logits, parity, seeded_input, to_array, to_tensor};
+
+fn check(batch: usize, size: usize) {
+    let ckpt = Checkpoint::open(None, None).unwrap();
+    let opts = ParityOptions { batch, size, seed: 42, repeat: 0, ..Default::default() };
+    let r = parity::<Model>(&ckpt, &opts).unwrap();
+    assert_eq!((r.batch, r.size), (batch, size));
+    assert!(r.pass && r.max_abs_diff <= 1e-4, "batch {batch} {size}²: max |Δ| {:e}", r.max_abs_diff);
+    assert!(r.argmax_agreement >= 0.9999, "argmax agreement {}", r.argmax_agreement);
+}
+
+#[test]
+fn parity_64_batch_1() {
+    check(1, 64);
+}
+
+#[test]
+fn parity_64_batch_3() {
+    check(3, 64);
+}
+
+#[test]
+fn parity_128_batch_1() {
+    check(1, 128);
+}
+
+#[test]
+fn parity_128_batch_3() {
+    check(3, 128);
+}
+
+#[test]
+fn perturbed_checkpoint_changes_burn_output_and_matches_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perturbed.onnx");
+    let mut proto = common::reference();
+    // The classifier's bias (class k gets +0.1·k), and a tensor torch shares through Identity
+    // nodes among many BN parameters.
+    common::map_initializer(&mut proto, "segmentation_head.0.bias", |k, v| v + 0.1 * k as f32);
+    common::map_initializer(&mut proto, "encoder.features.0.1.weight", |_, v| v * 0.5);
+    common::write_model(&proto, &path);
+
+    let base = Checkpoint::open(None, None).unwrap();
+    let perturbed = Checkpoint::open(None, Some(&path)).unwrap();
+    assert_eq!(perturbed.info.name, "deeplabv3plus_mobilenetv2", "picked by architecture");
+
+    let device = cpu_device();
+    let input = seeded_input(1, 64, &base.normalization, 3);
+    let logits = |c: &Checkpoint| to_array(c.load::<Model>(&device).unwrap().logits(to_tensor(input.view(), &device)));
+    let (max, _, agree) = compare_logits(&logits(&base), &logits(&perturbed));
+    assert!(max > 1.0, "perturbed weights must change the burn output (max |Δ| {max:e})");
+    assert!(agree < 0.5, "and its predictions (argmax agreement {agree})");
+
+    let opts = ParityOptions { batch: 1, size: 64, seed: 3, repeat: 0, ..Default::default() };
+    let r = validate::parity::<Model>(&perturbed, &opts).unwrap();
+    assert!(r.pass, "burn on the perturbed file vs onnxruntime on it: max |Δ| {:e}", r.max_abs_diff);
+    assert_eq!(r.weights, path.display().to_string());
+}
