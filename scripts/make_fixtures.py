@@ -12,6 +12,10 @@ the statistics after that step, which segtune's burn model must reproduce to 1e-
   bn_step.json        index: for each BN node its ONNX node index, the value names its inputs
                       read (torch parameter names), channel count and offset into bn_step.bin
 
+losses.json: fixed logits [2, 5, 8, 8] and targets with 255 ("ignore") pixels, and the values of
+  F.cross_entropy(ignore_index=255) (plain and with class weights), smp DiceLoss and FocalLoss in
+  multiclass mode with ignore_index=255, and ce + 0.5 * dice.
+
 Versions: as in scripts/export_reference.py. Usage: python scripts/make_fixtures.py
 """
 import json
@@ -19,6 +23,7 @@ import json
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 
 from export_reference import build
 
@@ -26,7 +31,34 @@ ONNX_PATH = "models/deeplabv3plus_mobilenetv2.onnx"
 OUT = "tests/fixtures/"
 
 
+def losses():
+    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
+
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 5, 8, 8, generator=g) * 3
+    target = torch.randint(0, 5, (2, 8, 8), generator=g)
+    target[target == 4] = 3  # class 4 absent from the target
+    target[0, :3, :] = 255  # an ignored band
+    target[1, :, 5:] = 255
+    weights = torch.tensor([0.5, 1.0, 2.0, 1.5, 1.0])
+    ce = F.cross_entropy(logits, target, ignore_index=255)
+    out = {
+        "logits_shape": list(logits.shape),
+        "logits": logits.flatten().tolist(),
+        "target": target.flatten().tolist(),
+        "class_weights": weights.tolist(),
+        "ce": ce.item(),
+        "ce_weighted": F.cross_entropy(logits, target, weight=weights, ignore_index=255).item(),
+        "dice": DiceLoss(mode="multiclass", ignore_index=255)(logits, target).item(),
+        "focal": FocalLoss(mode="multiclass", ignore_index=255)(logits, target).item(),
+    }
+    out["ce+0.5*dice"] = out["ce"] + 0.5 * out["dice"]
+    json.dump(out, open(OUT + "losses.json", "w"))
+    print({k: v for k, v in out.items() if isinstance(v, float)})
+
+
 def main():
+    losses()
     model = build()
     onnx_model = onnx.load(ONNX_PATH)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx_model.graph.initializer}

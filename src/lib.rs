@@ -5,9 +5,13 @@
 //! against onnxruntime). `main.rs` only parses the command line and dispatches here.
 
 pub mod error;
+pub mod loss;
 pub mod model;
 pub mod onnx;
 pub mod runtime;
 pub mod validate;
 
 pub use error::{Error, Result};
+
+/// The label that marks pixels no loss or metric counts (VOC's object boundaries and "void").
+pub const IGNORE_INDEX: u8 = 255;
