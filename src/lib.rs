@@ -4,8 +4,10 @@
 //! [`onnx`] (protobuf reading and inspection), [`runtime`] (onnxruntime), [`validate`] (parity
 //! against onnxruntime). `main.rs` only parses the command line and dispatches here.
 
+pub mod data;
 pub mod error;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod runtime;

@@ -1,0 +1,658 @@
+//! Datasets: the PASCAL VOC layout and image/mask folder pairs, image and index-mask decoding
+//! with validation, synthetic VOC-layout sets (`segtune synth`), paired transforms, and batches
+//! assembled in parallel ahead of the training step.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use image::{GrayImage, Rgb, RgbImage, imageops::FilterType};
+use rayon::prelude::*;
+
+use crate::IGNORE_INDEX;
+use crate::error::{Error, Result};
+use crate::model::{Layout, Normalization};
+
+/// Images larger than this many pixels are refused before decoding (a decompression bomb).
+pub const MAX_IMAGE_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// A small, fast, splittable RNG (splitmix64): identical on every platform, so a seed fixes
+/// the synthetic data, the shuffles and the augmentations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// An independent stream for `(seed, a, b)`, e.g. (run seed, epoch, sample index).
+    pub fn derive(seed: u64, a: u64, b: u64) -> Rng {
+        let mut r = Rng(seed ^ 0x5851_F42D_4C95_7F2D);
+        r.0 ^= r.next_u64().wrapping_add(a.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        r.0 ^= r.next_u64().wrapping_add(b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+        r
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.f32()
+    }
+
+    /// Uniform integer in [0, n).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * n as f64) as usize % n.max(1)
+    }
+
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+/// The PASCAL VOC colour palette (index → RGB).
+pub fn voc_palette() -> [[u8; 3]; 256] {
+    let mut p = [[0u8; 3]; 256];
+    for (i, entry) in p.iter_mut().enumerate() {
+        let mut c = i;
+        for j in 0..8 {
+            entry[0] |= (((c >> 0) & 1) << (7 - j)) as u8;
+            entry[1] |= (((c >> 1) & 1) << (7 - j)) as u8;
+            entry[2] |= (((c >> 2) & 1) << (7 - j)) as u8;
+            c >>= 3;
+        }
+    }
+    p
+}
+
+/// One image and its mask.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub id: String,
+    pub image: PathBuf,
+    pub mask: PathBuf,
+}
+
+/// A split of a dataset.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub split: String,
+    pub items: Vec<Item>,
+}
+
+impl Dataset {
+    /// Opens `split` of the dataset at `root`: the VOC layout (`ImageSets/Segmentation/SPLIT.txt`,
+    /// `JPEGImages/ID.jpg`, `SegmentationClass/ID.png`) or a folder pair
+    /// (`SPLIT/images/*` and `SPLIT/masks/*.png`, matched by file stem).
+    pub fn open(root: &Path, split: &str) -> Result<Dataset> {
+        if !root.is_dir() {
+            return Err(Error::bad_file(root, "expected a dataset directory (VOC layout or SPLIT/images + SPLIT/masks)"));
+        }
+        let list = root.join("ImageSets/Segmentation").join(format!("{split}.txt"));
+        let items = if list.is_file() {
+            voc_items(root, &list)?
+        } else if root.join(split).join("images").is_dir() {
+            folder_items(&root.join(split))?
+        } else {
+            return Err(Error::bad_file(
+                root,
+                format!(
+                    "expected ImageSets/Segmentation/{split}.txt (VOC layout) or {split}/images and {split}/masks, found neither"
+                ),
+            ));
+        };
+        if items.is_empty() {
+            let what = if list.is_file() { list.clone() } else { root.join(split).join("images") };
+            return Err(Error::bad_file(what, format!("split {split:?} is empty: expected at least one image")));
+        }
+        Ok(Dataset { root: root.to_path_buf(), split: split.to_string(), items })
+    }
+}
+
+fn voc_items(root: &Path, list: &Path) -> Result<Vec<Item>> {
+    let text = std::fs::read_to_string(list).map_err(|e| Error::io(list, e))?;
+    let mut items = Vec::new();
+    for id in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let jpg = root.join("JPEGImages").join(format!("{id}.jpg"));
+        let image = if jpg.is_file() { jpg } else { root.join("JPEGImages").join(format!("{id}.png")) };
+        let mask = root.join("SegmentationClass").join(format!("{id}.png"));
+        for p in [&image, &mask] {
+            if !p.is_file() {
+                return Err(Error::bad_file(list, format!("lists {id:?}, but {} does not exist", p.display())));
+            }
+        }
+        items.push(Item { id: id.to_string(), image, mask });
+    }
+    Ok(items)
+}
+
+fn folder_items(dir: &Path) -> Result<Vec<Item>> {
+    let images = dir.join("images");
+    let masks = dir.join("masks");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&images)
+        .map_err(|e| Error::io(&images, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut items = Vec::new();
+    for image in files {
+        let id = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let mask = masks.join(format!("{id}.png"));
+        if !mask.is_file() {
+            return Err(Error::bad_file(&image, format!("expected its mask {}, found none", mask.display())));
+        }
+        items.push(Item { id, image, mask });
+    }
+    Ok(items)
+}
+
+/// Decodes an image as 8-bit RGB (grayscale, RGBA and 16-bit images are converted), refusing
+/// images whose header declares more than [`MAX_IMAGE_PIXELS`] before decoding.
+pub fn load_image(path: &Path) -> Result<RgbImage> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| Error::bad_file(path, format!("expected an image: {e}")))?;
+    if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
+        return Err(Error::bad_file(path, format!("image of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")));
+    }
+    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let img = reader.decode().map_err(|e| Error::bad_file(path, format!("expected a readable image: {e}")))?;
+    Ok(img.to_rgb8())
+}
+
+/// Decodes an index mask: a palette or grayscale PNG whose pixel values are class indices
+/// (255 = ignore). Refuses colour masks, multi-channel masks and values outside
+/// [0, classes) ∪ {255}, naming the value.
+pub fn load_mask(path: &Path, classes: usize) -> Result<GrayImage> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder.read_info().map_err(|e| {
+        let head = std::fs::read(path).ok().and_then(|b| b.get(..3).map(|h| h.to_vec())).unwrap_or_default();
+        if head == [0xff, 0xd8, 0xff] {
+            Error::bad_file(path, "expected a PNG index mask, found a JPEG (lossy compression corrupts class indices)")
+        } else {
+            Error::bad_file(path, format!("expected a PNG index mask: {e}"))
+        }
+    })?;
+    let (w, h) = (reader.info().width, reader.info().height);
+    if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
+        return Err(Error::bad_file(path, format!("mask of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")));
+    }
+    let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| Error::bad_file(path, "mask too large"))?];
+    let info = reader.next_frame(&mut buf).map_err(|e| Error::bad_file(path, format!("truncated or corrupt PNG: {e}")))?;
+    let (cols, rows) = (w as usize, h as usize);
+    let values: Vec<u16> = match (info.color_type, info.bit_depth) {
+        (png::ColorType::Indexed | png::ColorType::Grayscale, png::BitDepth::Sixteen) => (0..rows)
+            .flat_map(|y| {
+                let line = &buf[y * info.line_size..];
+                (0..cols).map(move |x| u16::from_be_bytes([line[2 * x], line[2 * x + 1]]))
+            })
+            .collect(),
+        (png::ColorType::Indexed | png::ColorType::Grayscale, depth) => {
+            let bits = depth as usize;
+            (0..rows)
+                .flat_map(|y| {
+                    let line = &buf[y * info.line_size..];
+                    (0..cols).map(move |x| {
+                        let bit = x * bits;
+                        let byte = line[bit / 8];
+                        ((byte >> (8 - bits - bit % 8)) & ((1u16 << bits) - 1) as u8) as u16
+                    })
+                })
+                .collect()
+        }
+        (png::ColorType::Rgb | png::ColorType::Rgba, _) => {
+            return Err(Error::bad_file(
+                path,
+                "expected a single-channel index mask (palette or grayscale PNG), found RGB colours; \
+                 map each colour to its class index (e.g. the VOC palette) first",
+            ));
+        }
+        (png::ColorType::GrayscaleAlpha, _) => {
+            return Err(Error::bad_file(path, "expected a single-channel index mask, found 2 channels (grayscale + alpha)"));
+        }
+    };
+    let mut out = Vec::with_capacity(values.len());
+    for (i, &v) in values.iter().enumerate() {
+        if v != IGNORE_INDEX as u16 && v as usize >= classes {
+            let count = values.iter().filter(|&&u| u == v).count();
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "mask value {v} at pixel ({}, {}) ({count} pixels) is outside [0, {classes}) and not {IGNORE_INDEX}; \
+                     check --classes or the labels",
+                    i % cols,
+                    i / cols
+                ),
+            ));
+        }
+        out.push(v as u8);
+    }
+    Ok(GrayImage::from_raw(w, h, out).expect("size matches"))
+}
+
+/// An image with its mask, checked to be the same size.
+pub fn load_item(item: &Item, classes: usize) -> Result<(RgbImage, GrayImage)> {
+    let image = load_image(&item.image)?;
+    let mask = load_mask(&item.mask, classes)?;
+    if image.dimensions() != mask.dimensions() {
+        return Err(Error::bad_file(
+            &item.mask,
+            format!(
+                "mask is {}x{} but its image {} is {}x{}; expected the same size",
+                mask.width(),
+                mask.height(),
+                item.image.display(),
+                image.width(),
+                image.height()
+            ),
+        ));
+    }
+    Ok((image, mask))
+}
+
+/// Paired training augmentation: random scale, pad (image with the mean, mask with 255), random
+/// crop, horizontal flip.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Augment {
+    /// Output side in pixels.
+    pub crop: usize,
+    /// Scale range, e.g. (0.5, 2.0).
+    pub scale: (f32, f32),
+    pub flip: bool,
+}
+
+/// Applies `aug` to one sample; returns the image and mask, both `crop × crop`.
+pub fn augment(image: &RgbImage, mask: &GrayImage, aug: &Augment, norm: &Normalization, rng: &mut Rng) -> (RgbImage, GrayImage) {
+    let s = rng.range(aug.scale.0, aug.scale.1);
+    let (w, h) = image.dimensions();
+    let (nw, nh) = (((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1));
+    let img = image::imageops::resize(image, nw, nh, FilterType::Triangle);
+    let msk = image::imageops::resize(mask, nw, nh, FilterType::Nearest);
+    let c = aug.crop as u32;
+    let (pw, ph) = (nw.max(c), nh.max(c));
+    let x0 = rng.below((pw - c + 1) as usize) as u32;
+    let y0 = rng.below((ph - c + 1) as usize) as u32;
+    let flip = aug.flip && rng.f32() < 0.5;
+    let fill = mean_pixel(norm);
+    let mut out_img = RgbImage::from_pixel(c, c, fill);
+    let mut out_msk = GrayImage::from_pixel(c, c, image::Luma([IGNORE_INDEX]));
+    for y in 0..c {
+        let sy = y + y0;
+        if sy >= nh {
+            continue;
+        }
+        for x in 0..c {
+            let sx = x + x0;
+            if sx >= nw {
+                continue;
+            }
+            let dx = if flip { c - 1 - x } else { x };
+            out_img.put_pixel(dx, y, *img.get_pixel(sx, sy));
+            out_msk.put_pixel(dx, y, *msk.get_pixel(sx, sy));
+        }
+    }
+    (out_img, out_msk)
+}
+
+/// The pixel that normalizes to zero (the dataset mean the model expects).
+pub fn mean_pixel(norm: &Normalization) -> Rgb<u8> {
+    Rgb(norm.mean.map(|m| (m * 255.0).round().clamp(0.0, 255.0) as u8))
+}
+
+/// A batch ready for the model: normalized images and labels.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[n, 3, h, w]` (NCHW) or `[n, h, w, 3]` (NHWC), normalized.
+    pub images: Vec<f32>,
+    /// `[n, h, w]` class indices, 255 = ignore.
+    pub masks: Vec<u8>,
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ids: Vec<String>,
+    pub layout: Layout,
+}
+
+impl Batch {
+    /// Stacks samples, padding each to the largest size rounded up to `multiple` (image with
+    /// the mean, mask with 255).
+    pub fn stack(samples: Vec<(String, RgbImage, GrayImage)>, norm: &Normalization, multiple: usize) -> Batch {
+        let round = |v: u32| (v as usize).div_ceil(multiple) * multiple;
+        let h = samples.iter().map(|s| round(s.1.height())).max().unwrap_or(0);
+        let w = samples.iter().map(|s| round(s.1.width())).max().unwrap_or(0);
+        let n = samples.len();
+        let mut images = vec![0f32; n * 3 * h * w];
+        let mut masks = vec![IGNORE_INDEX; n * h * w];
+        let mut ids = Vec::with_capacity(n);
+        for (i, (id, img, msk)) in samples.into_iter().enumerate() {
+            let (iw, ih) = (img.width() as usize, img.height() as usize);
+            for y in 0..h {
+                for x in 0..w {
+                    let inside = x < iw && y < ih;
+                    for c in 0..3 {
+                        let v = if inside { img.get_pixel(x as u32, y as u32)[c] as f32 / 255.0 } else { norm.mean[c] };
+                        let idx = match norm.layout {
+                            Layout::Nchw => ((i * 3 + c) * h + y) * w + x,
+                            Layout::Nhwc => ((i * h + y) * w + x) * 3 + c,
+                        };
+                        images[idx] = (v - norm.mean[c]) / norm.std[c];
+                    }
+                    if inside {
+                        masks[(i * h + y) * w + x] = msk.get_pixel(x as u32, y as u32)[0];
+                    }
+                }
+            }
+            ids.push(id);
+        }
+        Batch { images, masks, n, h, w, ids, layout: norm.layout }
+    }
+}
+
+/// Loads and stacks batches on a background thread (each batch's samples decoded and augmented
+/// in parallel with rayon), keeping `depth` batches ready ahead of the consumer.
+pub struct Loader {
+    rx: mpsc::Receiver<Result<Batch>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What a [`Loader`] should produce.
+#[derive(Debug, Clone)]
+pub struct LoaderSpec {
+    pub items: Vec<Item>,
+    /// Sample indices into `items` for each batch, in order.
+    pub batches: Vec<Vec<usize>>,
+    pub classes: usize,
+    pub norm: Normalization,
+    /// `Some` for training (random augmentation), `None` for evaluation (pad only).
+    pub augment: Option<Augment>,
+    /// Seeds the per-sample augmentation: `Rng::derive(seed, epoch, index)`.
+    pub seed: u64,
+    pub epoch: u64,
+}
+
+impl Loader {
+    pub fn start(spec: LoaderSpec, depth: usize) -> Loader {
+        let (tx, rx) = mpsc::sync_channel(depth.max(1));
+        let handle = std::thread::spawn(move || {
+            for idx in &spec.batches {
+                let samples: Result<Vec<_>> = idx
+                    .par_iter()
+                    .map(|&i| {
+                        let item = &spec.items[i];
+                        let (img, msk) = load_item(item, spec.classes)?;
+                        Ok(match &spec.augment {
+                            Some(aug) => {
+                                let mut rng = Rng::derive(spec.seed, spec.epoch, i as u64);
+                                let (a, b) = augment(&img, &msk, aug, &spec.norm, &mut rng);
+                                (item.id.clone(), a, b)
+                            }
+                            None => (item.id.clone(), img, msk),
+                        })
+                    })
+                    .collect();
+                let batch = samples.map(|s| Batch::stack(s, &spec.norm, spec.norm.size_multiple));
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Loader { rx, handle: Some(handle) }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Unblock the producer (its next send fails once the receiver is gone), then join.
+        let (_, dead) = mpsc::sync_channel(1);
+        drop(std::mem::replace(&mut self.rx, dead));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Settings of `segtune synth`.
+#[derive(Debug, Clone, Copy)]
+pub struct SynthOptions {
+    /// Classes including background (class 0); objects come from classes 1..K.
+    pub classes: usize,
+    pub train: usize,
+    pub val: usize,
+    /// Image side in pixels.
+    pub size: u32,
+    pub seed: u64,
+}
+
+/// Writes a synthetic segmentation set in VOC layout: textured backgrounds with 1–3 objects of
+/// classes 1..K (each class its own shape and colour family), later objects occluding earlier
+/// ones, and a 255 band on object boundaries as VOC has.
+pub fn synth(out: &Path, opts: &SynthOptions) -> Result<()> {
+    if !(2..=255).contains(&opts.classes) {
+        return Err(Error::BadArgument(format!("--classes {}: expected 2..=255 (background plus objects)", opts.classes)));
+    }
+    if opts.size < 16 {
+        return Err(Error::BadArgument(format!("--size {}: expected at least 16", opts.size)));
+    }
+    if out.exists() && !out.is_dir() {
+        return Err(Error::bad_file(out, "expected a directory to write the set into, found a file"));
+    }
+    for sub in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
+        let d = out.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+    }
+    let palette = voc_palette();
+    for (split, count, offset) in [("train", opts.train, 0u64), ("val", opts.val, 1u64 << 32)] {
+        let ids: Vec<String> = (0..count).map(|i| format!("{split}_{i:05}")).collect();
+        ids.par_iter().enumerate().try_for_each(|(i, id)| -> Result<()> {
+            let mut rng = Rng::derive(opts.seed, offset, i as u64);
+            let (img, mask) = synth_sample(opts.size, opts.classes, &mut rng);
+            let jpg = out.join("JPEGImages").join(format!("{id}.jpg"));
+            write_atomic(&jpg, |f| {
+                image::codecs::jpeg::JpegEncoder::new_with_quality(f, 95)
+                    .encode_image(&img)
+                    .map_err(std::io::Error::other)
+            })?;
+            write_index_png(&out.join("SegmentationClass").join(format!("{id}.png")), &mask, &palette)
+        })?;
+        let list = out.join("ImageSets/Segmentation").join(format!("{split}.txt"));
+        write_atomic(&list, |f| {
+            use std::io::Write;
+            ids.iter().try_for_each(|id| writeln!(f, "{id}"))
+        })?;
+    }
+    Ok(())
+}
+
+fn synth_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayImage) {
+    let s = size as f32;
+    // Background: a random low-saturation colour with stripes and noise.
+    let base = [rng.range(60.0, 200.0), rng.range(60.0, 200.0), rng.range(60.0, 200.0)];
+    let (freq, angle, amp) = (rng.range(0.05, 0.3), rng.range(0.0, std::f32::consts::PI), rng.range(5.0, 30.0));
+    let mut img = RgbImage::new(size, size);
+    let mut noise = Rng(rng.next_u64());
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        let t = ((x as f32 * angle.cos() + y as f32 * angle.sin()) * freq).sin() * amp;
+        for c in 0..3 {
+            p[c] = (base[c] + t + noise.range(-12.0, 12.0)).clamp(0.0, 255.0) as u8;
+        }
+    }
+    let mut mask = GrayImage::new(size, size);
+    let objects = 1 + rng.below(3);
+    for _ in 0..objects {
+        let class = 1 + rng.below(classes - 1);
+        let shape = (class - 1) % 4;
+        // Class colour family: hue fixed per class, jittered per object.
+        let hue = (class as f32 * 0.61803) % 1.0;
+        let color = hsv(hue + rng.range(-0.03, 0.03), 0.8, rng.range(0.6, 1.0));
+        let (cx, cy) = (rng.range(0.15, 0.85) * s, rng.range(0.15, 0.85) * s);
+        let r = rng.range(0.12, 0.3) * s;
+        let texture = class % 3;
+        for y in 0..size {
+            for x in 0..size {
+                let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+                let inside = match shape {
+                    0 => dx * dx + dy * dy <= r * r,                           // disc
+                    1 => dx.abs() <= r * 0.85 && dy.abs() <= r * 0.85,         // square
+                    2 => dy <= r * 0.8 && dy >= -r * 0.8 + 2.0 * dx.abs() * 0.8, // triangle
+                    _ => dx.abs() + dy.abs() <= r,                              // diamond
+                };
+                if inside {
+                    let shade = match texture {
+                        0 => 1.0,
+                        1 => 0.8 + 0.2 * ((x / 4 + y / 4) % 2) as f32,
+                        _ => 0.85 + 0.15 * ((x as f32 * 0.5).sin()),
+                    };
+                    img.put_pixel(x, y, Rgb(color.map(|v| (v * shade * 255.0) as u8)));
+                    mask.put_pixel(x, y, image::Luma([class as u8]));
+                }
+            }
+        }
+    }
+    // 255 band on boundaries: pixels whose 4-neighbourhood holds another label.
+    let src = mask.clone();
+    for y in 0..size {
+        for x in 0..size {
+            let v = src.get_pixel(x, y)[0];
+            let differs = [(0i32, 1i32), (1, 0), (0, -1), (-1, 0)].iter().any(|(ox, oy)| {
+                let (nx, ny) = (x as i32 + ox, y as i32 + oy);
+                nx >= 0 && ny >= 0 && nx < size as i32 && ny < size as i32 && src.get_pixel(nx as u32, ny as u32)[0] != v
+            });
+            if differs {
+                mask.put_pixel(x, y, image::Luma([IGNORE_INDEX]));
+            }
+        }
+    }
+    (img, mask)
+}
+
+fn hsv(h: f32, s: f32, v: f32) -> [f32; 3] {
+    let h = h.rem_euclid(1.0) * 6.0;
+    let i = h.floor() as i32;
+    let f = h - i as f32;
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    match i {
+        0 => [v, t, p],
+        1 => [q, v, p],
+        2 => [p, v, t],
+        3 => [p, q, v],
+        4 => [t, p, v],
+        _ => [v, p, q],
+    }
+}
+
+/// Writes `path` through a temporary file in the same directory and a rename, so a reader never
+/// sees a partial file and a failure leaves any previous file intact.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(path, e))?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        write(&mut w).map_err(|e| Error::io(path, e))?;
+        use std::io::Write;
+        w.flush().map_err(|e| Error::io(path, e))?;
+    }
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Writes an index mask as an 8-bit palette PNG (atomically).
+pub fn write_index_png(path: &Path, mask: &GrayImage, palette: &[[u8; 3]; 256]) -> Result<()> {
+    write_atomic(path, |f| {
+        let mut enc = png::Encoder::new(f, mask.width(), mask.height());
+        enc.set_color(png::ColorType::Indexed);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_palette(palette.iter().flatten().copied().collect::<Vec<u8>>());
+        let mut w = enc.write_header().map_err(std::io::Error::other)?;
+        w.write_image_data(mask.as_raw()).map_err(std::io::Error::other)?;
+        w.finish().map_err(std::io::Error::other)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voc_palette_starts_as_voc() {
+        let p = voc_palette();
+        assert_eq!(p[0], [0, 0, 0]);
+        assert_eq!(p[1], [128, 0, 0]);
+        assert_eq!(p[2], [0, 128, 0]);
+        assert_eq!(p[15], [192, 128, 128]);
+    }
+
+    #[test]
+    fn rng_is_deterministic_and_uniformish() {
+        let mut a = Rng::derive(1, 2, 3);
+        let mut b = Rng::derive(1, 2, 3);
+        assert_eq!(a.next_u64(), b.next_u64());
+        assert_ne!(Rng::derive(1, 2, 3).next_u64(), Rng::derive(1, 2, 4).next_u64());
+        let mean: f32 = (0..10000).map(|_| a.f32()).sum::<f32>() / 10000.0;
+        assert!((mean - 0.5).abs() < 0.02);
+        assert!((0..1000).all(|_| a.below(7) < 7));
+    }
+
+    #[test]
+    fn augment_pads_with_ignore_and_keeps_pairs_aligned() {
+        let norm = Normalization::IMAGENET;
+        // Left half class 1 (white), right half class 2 (black).
+        let img = RgbImage::from_fn(32, 32, |x, _| if x < 16 { Rgb([255; 3]) } else { Rgb([0; 3]) });
+        let msk = GrayImage::from_fn(32, 32, |x, _| image::Luma([if x < 16 { 1 } else { 2 }]));
+        let aug = Augment { crop: 64, scale: (0.5, 2.0), flip: true };
+        for seed in 0..20 {
+            let (i, m) = augment(&img, &msk, &aug, &norm, &mut Rng(seed));
+            assert_eq!(i.dimensions(), (64, 64));
+            for (x, y, p) in m.enumerate_pixels() {
+                let c = i.get_pixel(x, y);
+                // Bilinear image resizing blends colours across the class edge; check away from it.
+                let edge = (x.saturating_sub(2)..(x + 3).min(64)).any(|nx| m.get_pixel(nx, y)[0] != p[0]);
+                if edge && p[0] != 255 {
+                    continue;
+                }
+                match p[0] {
+                    1 => assert!(c[0] > 200, "class 1 pixels are white"),
+                    2 => assert!(c[0] < 50, "class 2 pixels are black"),
+                    255 => assert_eq!(*c, mean_pixel(&norm), "padding is the mean"),
+                    v => panic!("nearest-neighbour only: unexpected label {v}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_normalizes_and_pads_to_the_multiple() {
+        let norm = Normalization::IMAGENET;
+        let img = RgbImage::from_pixel(20, 10, Rgb([255, 0, 0]));
+        let msk = GrayImage::from_pixel(20, 10, image::Luma([1]));
+        let b = Batch::stack(vec![("a".into(), img, msk)], &norm, 16);
+        assert_eq!((b.n, b.h, b.w), (1, 16, 32));
+        assert!((b.images[0] - (1.0 - 0.485) / 0.229).abs() < 1e-6);
+        assert_eq!(b.masks[0], 1);
+        assert_eq!(b.masks[16 * 32 - 1], IGNORE_INDEX);
+        assert!(b.images[16 * 32 - 1].abs() < 1e-6, "padding normalizes to 0");
+    }
+}
