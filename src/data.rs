@@ -65,7 +65,7 @@ pub fn voc_palette() -> [[u8; 3]; 256] {
     for (i, entry) in p.iter_mut().enumerate() {
         let mut c = i;
         for j in 0..8 {
-            entry[0] |= (((c >> 0) & 1) << (7 - j)) as u8;
+            entry[0] |= ((c & 1) << (7 - j)) as u8;
             entry[1] |= (((c >> 1) & 1) << (7 - j)) as u8;
             entry[2] |= (((c >> 2) & 1) << (7 - j)) as u8;
             c >>= 3;
@@ -96,7 +96,10 @@ impl Dataset {
     /// (`SPLIT/images/*` and `SPLIT/masks/*.png`, matched by file stem).
     pub fn open(root: &Path, split: &str) -> Result<Dataset> {
         if !root.is_dir() {
-            return Err(Error::bad_file(root, "expected a dataset directory (VOC layout or SPLIT/images + SPLIT/masks)"));
+            return Err(Error::bad_file(
+                root,
+                "expected a dataset directory (VOC layout or SPLIT/images + SPLIT/masks)",
+            ));
         }
         let list = root.join("ImageSets/Segmentation").join(format!("{split}.txt"));
         let items = if list.is_file() {
@@ -119,12 +122,47 @@ impl Dataset {
     }
 }
 
+impl Dataset {
+    /// Checks every mask (values in [0, classes) ∪ {255}, one channel) and that every image's
+    /// header is readable and matches its mask's size, in parallel, before any training starts.
+    /// The first failing item in list order is reported.
+    pub fn validate(&self, classes: usize) -> Result<()> {
+        let results: Vec<Result<()>> = self
+            .items
+            .par_iter()
+            .map(|item| {
+                let mask = load_mask(&item.mask, classes)?;
+                let (w, h) = image::ImageReader::open(&item.image)
+                    .map_err(|e| Error::io(&item.image, e))?
+                    .with_guessed_format()
+                    .map_err(|e| Error::io(&item.image, e))?
+                    .into_dimensions()
+                    .map_err(|e| Error::bad_file(&item.image, format!("expected a readable image: {e}")))?;
+                if (w, h) != mask.dimensions() {
+                    return Err(Error::bad_file(
+                        &item.mask,
+                        format!(
+                            "mask is {}x{} but its image {} is {w}x{h}; expected the same size",
+                            mask.width(),
+                            mask.height(),
+                            item.image.display()
+                        ),
+                    ));
+                }
+                Ok(())
+            })
+            .collect();
+        results.into_iter().collect()
+    }
+}
+
 fn voc_items(root: &Path, list: &Path) -> Result<Vec<Item>> {
     let text = std::fs::read_to_string(list).map_err(|e| Error::io(list, e))?;
     let mut items = Vec::new();
     for id in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let jpg = root.join("JPEGImages").join(format!("{id}.jpg"));
-        let image = if jpg.is_file() { jpg } else { root.join("JPEGImages").join(format!("{id}.png")) };
+        let png = root.join("JPEGImages").join(format!("{id}.png"));
+        let image = if !jpg.is_file() && png.is_file() { png } else { jpg };
         let mask = root.join("SegmentationClass").join(format!("{id}.png"));
         for p in [&image, &mask] {
             if !p.is_file() {
@@ -168,7 +206,10 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
     if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
         return Err(Error::bad_file(path, format!("image of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")));
     }
-    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
     let img = reader.decode().map_err(|e| Error::bad_file(path, format!("expected a readable image: {e}")))?;
     Ok(img.to_rgb8())
 }
@@ -193,7 +234,8 @@ pub fn load_mask(path: &Path, classes: usize) -> Result<GrayImage> {
         return Err(Error::bad_file(path, format!("mask of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")));
     }
     let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| Error::bad_file(path, "mask too large"))?];
-    let info = reader.next_frame(&mut buf).map_err(|e| Error::bad_file(path, format!("truncated or corrupt PNG: {e}")))?;
+    let info =
+        reader.next_frame(&mut buf).map_err(|e| Error::bad_file(path, format!("truncated or corrupt PNG: {e}")))?;
     let (cols, rows) = (w as usize, h as usize);
     let values: Vec<u16> = match (info.color_type, info.bit_depth) {
         (png::ColorType::Indexed | png::ColorType::Grayscale, png::BitDepth::Sixteen) => (0..rows)
@@ -223,7 +265,10 @@ pub fn load_mask(path: &Path, classes: usize) -> Result<GrayImage> {
             ));
         }
         (png::ColorType::GrayscaleAlpha, _) => {
-            return Err(Error::bad_file(path, "expected a single-channel index mask, found 2 channels (grayscale + alpha)"));
+            return Err(Error::bad_file(
+                path,
+                "expected a single-channel index mask, found 2 channels (grayscale + alpha)",
+            ));
         }
     };
     let mut out = Vec::with_capacity(values.len());
@@ -277,7 +322,13 @@ pub struct Augment {
 }
 
 /// Applies `aug` to one sample; returns the image and mask, both `crop × crop`.
-pub fn augment(image: &RgbImage, mask: &GrayImage, aug: &Augment, norm: &Normalization, rng: &mut Rng) -> (RgbImage, GrayImage) {
+pub fn augment(
+    image: &RgbImage,
+    mask: &GrayImage,
+    aug: &Augment,
+    norm: &Normalization,
+    rng: &mut Rng,
+) -> (RgbImage, GrayImage) {
     let s = rng.range(aug.scale.0, aug.scale.1);
     let (w, h) = image.dimensions();
     let (nw, nh) = (((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1));
@@ -451,7 +502,10 @@ pub struct SynthOptions {
 /// ones, and a 255 band on object boundaries as VOC has.
 pub fn synth(out: &Path, opts: &SynthOptions) -> Result<()> {
     if !(2..=255).contains(&opts.classes) {
-        return Err(Error::BadArgument(format!("--classes {}: expected 2..=255 (background plus objects)", opts.classes)));
+        return Err(Error::BadArgument(format!(
+            "--classes {}: expected 2..=255 (background plus objects)",
+            opts.classes
+        )));
     }
     if opts.size < 16 {
         return Err(Error::BadArgument(format!("--size {}: expected at least 16", opts.size)));
@@ -514,10 +568,10 @@ fn synth_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayImag
             for x in 0..size {
                 let (dx, dy) = (x as f32 - cx, y as f32 - cy);
                 let inside = match shape {
-                    0 => dx * dx + dy * dy <= r * r,                           // disc
-                    1 => dx.abs() <= r * 0.85 && dy.abs() <= r * 0.85,         // square
+                    0 => dx * dx + dy * dy <= r * r,                             // disc
+                    1 => dx.abs() <= r * 0.85 && dy.abs() <= r * 0.85,           // square
                     2 => dy <= r * 0.8 && dy >= -r * 0.8 + 2.0 * dx.abs() * 0.8, // triangle
-                    _ => dx.abs() + dy.abs() <= r,                              // diamond
+                    _ => dx.abs() + dy.abs() <= r,                               // diamond
                 };
                 if inside {
                     let shade = match texture {
@@ -538,7 +592,11 @@ fn synth_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayImag
             let v = src.get_pixel(x, y)[0];
             let differs = [(0i32, 1i32), (1, 0), (0, -1), (-1, 0)].iter().any(|(ox, oy)| {
                 let (nx, ny) = (x as i32 + ox, y as i32 + oy);
-                nx >= 0 && ny >= 0 && nx < size as i32 && ny < size as i32 && src.get_pixel(nx as u32, ny as u32)[0] != v
+                nx >= 0
+                    && ny >= 0
+                    && nx < size as i32
+                    && ny < size as i32
+                    && src.get_pixel(nx as u32, ny as u32)[0] != v
             });
             if differs {
                 mask.put_pixel(x, y, image::Luma([IGNORE_INDEX]));
@@ -565,7 +623,10 @@ fn hsv(h: f32, s: f32, v: f32) -> [f32; 3] {
 
 /// Writes `path` through a temporary file in the same directory and a rename, so a reader never
 /// sees a partial file and a failure leaves any previous file intact.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>) -> Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(path, e))?;
     {

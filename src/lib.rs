@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod runtime;
+pub mod train;
 pub mod validate;
 
 pub use error::{Error, Result};

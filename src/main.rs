@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use segtune::model::{self, Checkpoint};
-use segtune::{onnx, validate};
+use segtune::train::{self, BnMode, DeviceKind, Freeze, OptimizerKind, TrainConfig};
+use segtune::{data, onnx, validate};
 
 /// Fine-tune and deploy DeepLabv3+ semantic-segmentation models through ONNX.
 #[derive(Parser)]
@@ -33,6 +34,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a synthetic segmentation set in VOC layout (textured backgrounds, K-1 object classes, 255 boundary bands).
+    Synth {
+        /// Output directory.
+        out: PathBuf,
+        /// Classes including background.
+        #[arg(long, default_value_t = 6)]
+        classes: usize,
+        /// Training images.
+        #[arg(long, default_value_t = 200)]
+        train: usize,
+        /// Validation images.
+        #[arg(long, default_value_t = 50)]
+        val: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 128)]
+        size: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Fine-tune a model on a dataset (or --resume a run).
+    Train(Box<TrainArgs>),
     /// Compare the burn model (CPU) with onnxruntime on the same seeded input.
     Parity {
         /// Compiled-in model (default: deeplabv3plus_mobilenetv2, or the one matching --weights).
@@ -65,11 +87,119 @@ enum Command {
     },
 }
 
+/// `segtune train` arguments; every default is documented on [`TrainConfig`].
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Continue the run in this directory from its newest checkpoint (other flags are ignored).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["data", "out"])]
+    resume: Option<PathBuf>,
+    /// Dataset directory: VOC layout or SPLIT/images + SPLIT/masks.
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// Run directory to create (config, checkpoints, metrics, curves, snapshots).
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Compiled-in model.
+    #[arg(long, default_value = model::DEFAULT_MODEL)]
+    model: String,
+    /// ONNX checkpoint to start from (same architecture as --model).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Classes including background (default: the model's); a different count gets a new classifier.
+    #[arg(long)]
+    classes: Option<usize>,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Training crop side in pixels (a multiple of 16).
+    #[arg(long, default_value_t = 512)]
+    crop: usize,
+    /// Base learning rate (default 0.01 for sgd, 1e-4 for adamw).
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// Steps of linear learning-rate warmup before the poly(0.9) schedule.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Clip the gradient L2 norm.
+    #[arg(long)]
+    grad_clip: Option<f32>,
+    /// Loss: ce, dice, focal, or a weighted sum such as ce+0.5*dice.
+    #[arg(long, default_value = "ce")]
+    loss: segtune::loss::LossSpec,
+    /// Cross-entropy class weights, comma-separated, one per class.
+    #[arg(long, value_delimiter = ',')]
+    class_weights: Option<Vec<f32>>,
+    #[arg(long, value_enum, default_value_t = Freeze::None)]
+    freeze: Freeze,
+    #[arg(long, value_enum, default_value_t = BnMode::Frozen)]
+    bn: BnMode,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop after this many epochs as if interrupted (for testing resume).
+    #[arg(long, hide = true)]
+    stop_after: Option<usize>,
+}
+
+impl TrainArgs {
+    fn config(self) -> TrainConfig {
+        let mut c = TrainConfig::new(self.data.unwrap_or_default());
+        c.model = self.model;
+        c.weights = self.weights;
+        c.classes = self.classes.unwrap_or(0);
+        c.epochs = self.epochs;
+        c.batch = self.batch;
+        c.crop = self.crop;
+        c.lr = self.lr.unwrap_or(match self.optimizer {
+            OptimizerKind::Sgd => 0.01,
+            OptimizerKind::Adamw => 1e-4,
+        });
+        c.optimizer = self.optimizer;
+        c.weight_decay = self.weight_decay;
+        c.warmup_steps = self.warmup;
+        c.grad_clip = self.grad_clip;
+        c.loss = self.loss;
+        c.class_weights = self.class_weights;
+        c.freeze = self.freeze;
+        c.bn = self.bn;
+        c.device = self.device;
+        c.seed = self.seed;
+        c.stop_after = self.stop_after;
+        c
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Import { checkpoint, model } => {
             let summary = model::import(model.as_deref(), &checkpoint)?;
             println!("{summary}");
+        }
+        Command::Synth { out, classes, train, val, size, seed } => {
+            data::synth(&out, &data::SynthOptions { classes, train, val, size, seed })?;
+            println!(
+                "wrote {train} train and {val} val images ({classes} classes, {size}x{size}) to {}",
+                out.display()
+            );
+        }
+        Command::Train(args) => {
+            let summary = match (&args.resume, &args.out) {
+                (Some(dir), _) => train::resume(dir)?,
+                (None, Some(out)) => {
+                    let out = out.clone();
+                    train::train(args.config(), &out)?
+                }
+                (None, None) => unreachable!("clap requires --out or --resume"),
+            };
+            if let Some(best) = summary.history.iter().map(|m| m.val_miou).reduce(f64::max) {
+                println!("best val mIoU {best:.4}; run in {}", summary.run_dir.display());
+            }
         }
         Command::Inspect { file, json } => {
             let proto = onnx::read_model(&file)?;

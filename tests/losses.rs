@@ -29,7 +29,7 @@ fn case() -> Case {
 }
 
 fn value(t: Tensor<1>) -> f64 {
-    t.into_data().to_vec::<f32>().unwrap()[0] as f64
+    t.into_data().try_to_vec::<f32>().unwrap()[0] as f64
 }
 
 fn assert_close(got: f64, key: &str, v: &serde_json::Value) {

@@ -1,0 +1,906 @@
+//! Fine-tuning (`segtune train`): the run config, a new classifier for `--classes`, frozen
+//! backbone, BatchNorm mode, SGD + poly / AdamW, per-epoch evaluation, atomic checkpoints and
+//! resume, and what a person sees (progress, metrics files, curves, snapshots).
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Flag, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::store::ModuleSnapshot;
+use burn::store::burn_pack::{Reader, Writer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use image::{Rgb, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{self, Augment, Batch, Dataset, Loader, LoaderSpec, Rng};
+use crate::error::{Error, Result};
+use crate::loss::{self, LossSpec};
+use crate::metrics::{ConfusionMatrix, Scores};
+use crate::model::{self, Checkpoint, ModelFn, ModelInfo, SegModel};
+use crate::onnx;
+
+/// Which parameters train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Freeze {
+    /// Everything trains.
+    None,
+    /// The encoder (ONNX names `encoder.*` or `backbone.*`) is frozen; the decoder and head train.
+    Backbone,
+}
+
+/// What BatchNorm layers do during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BnMode {
+    /// Running statistics are used and never updated (DeepLab's recipe for small batches).
+    Frozen,
+    /// Batch statistics are used and the running statistics updated (needs batch ≥ 2).
+    Train,
+}
+
+/// The optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with momentum 0.9 (dampening 0, as PyTorch), weight decay: DeepLab's recipe.
+    Sgd,
+    /// AdamW (decoupled weight decay).
+    Adamw,
+}
+
+/// Where training runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// burn's flex CPU backend (always available).
+    Cpu,
+    /// burn's wgpu backend (Vulkan/Metal/DX12), cargo feature `wgpu`.
+    Wgpu,
+    /// burn's CUDA backend, cargo feature `cuda` (its build needs internet).
+    Cuda,
+}
+
+/// Everything that defines a run; saved as `RUN_DIR/config.json` before training starts and read
+/// back by `--resume`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Compiled-in model (default `deeplabv3plus_mobilenetv2`).
+    pub model: String,
+    /// ONNX checkpoint to start from (default: the compiled-in model's own weights).
+    pub weights: Option<PathBuf>,
+    /// Dataset directory: VOC layout, or `SPLIT/images` + `SPLIT/masks`.
+    pub data: PathBuf,
+    /// Training split name (default `train`).
+    pub train_split: String,
+    /// Validation split name (default `val`).
+    pub val_split: String,
+    /// Classes including background (default: the model's). A different count replaces the
+    /// classifier with a freshly initialised one.
+    pub classes: usize,
+    /// Passes over the training split (default 30).
+    pub epochs: usize,
+    /// Images per step (default 8).
+    pub batch: usize,
+    /// Training crop side in pixels, a multiple of 16 (default 512).
+    pub crop: usize,
+    /// Base learning rate (default 0.01 for SGD, 1e-4 for AdamW).
+    pub lr: f64,
+    /// Optimizer (default `sgd`).
+    pub optimizer: OptimizerKind,
+    /// SGD momentum (default 0.9).
+    pub momentum: f64,
+    /// Weight decay (default 1e-4; AdamW: decoupled).
+    pub weight_decay: f64,
+    /// Exponent of the poly schedule `lr · (1 − step/total)^power` (default 0.9).
+    pub poly_power: f64,
+    /// Steps of linear warmup from lr/warmup to lr (default 0).
+    pub warmup_steps: usize,
+    /// Clip the gradient L2 norm to this value (default none).
+    pub grad_clip: Option<f32>,
+    /// Loss, e.g. `ce`, `ce+0.5*dice` (default `ce`).
+    pub loss: LossSpec,
+    /// Per-class weights for cross-entropy (default none).
+    pub class_weights: Option<Vec<f32>>,
+    /// Which parameters freeze (default `none`).
+    pub freeze: Freeze,
+    /// BatchNorm behaviour (default `frozen`).
+    pub bn: BnMode,
+    /// Where to train (default `cpu`).
+    pub device: DeviceKind,
+    /// Seed of everything random: shuffles, augmentation, a new classifier (default 0).
+    pub seed: u64,
+    /// Random scale range of the augmentation (default 0.5–2.0).
+    pub scale: (f32, f32),
+    /// Random horizontal flip (default true).
+    pub flip: bool,
+    /// Stop after this many epochs, as an interruption would (tests; default none).
+    pub stop_after: Option<usize>,
+}
+
+impl TrainConfig {
+    /// Defaults for everything but the data directory.
+    pub fn new(data: PathBuf) -> Self {
+        TrainConfig {
+            model: model::DEFAULT_MODEL.to_string(),
+            weights: None,
+            data,
+            train_split: "train".into(),
+            val_split: "val".into(),
+            classes: 0,
+            epochs: 30,
+            batch: 8,
+            crop: 512,
+            lr: 0.01,
+            optimizer: OptimizerKind::Sgd,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            poly_power: 0.9,
+            warmup_steps: 0,
+            grad_clip: None,
+            loss: LossSpec::default(),
+            class_weights: None,
+            freeze: Freeze::None,
+            bn: BnMode::Frozen,
+            device: DeviceKind::Cpu,
+            seed: 0,
+            scale: (0.5, 2.0),
+            flip: true,
+            stop_after: None,
+        }
+    }
+
+    fn check(&self, norm: &model::Normalization) -> Result<()> {
+        let m = norm.size_multiple;
+        if self.crop == 0 || !self.crop.is_multiple_of(m) {
+            return Err(Error::BadArgument(format!("--crop {}: expected a positive multiple of {m}", self.crop)));
+        }
+        if self.batch == 0 || self.epochs == 0 {
+            return Err(Error::BadArgument("--batch and --epochs must be at least 1".into()));
+        }
+        if self.bn == BnMode::Train && self.batch < 2 {
+            return Err(Error::BadArgument(format!(
+                "--bn train with --batch {}: BatchNorm needs more than one value per channel to compute batch statistics \
+                 (the ASPP image-pooling branch has one per image); use --batch 2 or more, or --bn frozen",
+                self.batch
+            )));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::BadArgument(format!("--lr {}: expected a positive number", self.lr)));
+        }
+        if let Some(w) = &self.class_weights
+            && w.len() != self.classes
+        {
+            return Err(Error::BadArgument(format!(
+                "--class-weights: expected {} values, found {}",
+                self.classes,
+                w.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One epoch's results, as written to `metrics.json` / `metrics.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_miou: f64,
+    pub val_pixel_accuracy: f64,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    pub per_class_iou: Vec<Option<f64>>,
+    /// Training images per second (data loading included).
+    pub images_per_s: f64,
+    /// Fraction of the epoch's training time spent waiting for the loader.
+    pub data_wait: f64,
+    pub seconds: f64,
+}
+
+/// State saved with each checkpoint besides the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    /// Epochs completed.
+    epoch: usize,
+    /// Optimizer steps taken (the schedule position).
+    step: usize,
+    /// The data RNG: shuffles and augmentation derive from (seed, epoch, index).
+    rng: Rng,
+    best_miou: f64,
+    history: Vec<EpochMetrics>,
+}
+
+/// Result of a run.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub history: Vec<EpochMetrics>,
+    pub trainable: usize,
+    pub total: usize,
+}
+
+/// The value names of a model's backbone parameters, by burn path.
+fn backbone_paths(info: &ModelInfo) -> Result<HashSet<&'static str>> {
+    let set: HashSet<&str> = info
+        .params
+        .iter()
+        .filter(|e| e.value.starts_with("encoder.") || e.value.starts_with("backbone."))
+        .map(|e| e.burn)
+        .collect();
+    if set.is_empty() {
+        return Err(Error::BadArgument(format!(
+            "--freeze backbone: {} names no parameter encoder.* or backbone.*, so the backbone cannot be told from the decoder",
+            info.name
+        )));
+    }
+    Ok(set)
+}
+
+/// The burn paths of the final classifier: the last Conv in graph order (weight, and bias if any).
+pub fn classifier_paths(info: &ModelInfo) -> Vec<&'static str> {
+    let last = info.params.iter().filter(|e| e.burn.contains("conv")).map(|e| e.node).max();
+    info.params.iter().filter(|e| Some(e.node) == last).map(|e| e.burn).collect()
+}
+
+/// Applies a run's setup to a model by parameter path: freezes `frozen` parameters, gives the
+/// `classifier` parameters `new_classes` outputs (Xavier-uniform weight, zero bias, as smp
+/// initialises its head), and switches BatchNorm training flags off when `bn_frozen`.
+struct Setup<'a> {
+    path: Vec<String>,
+    frozen: &'a HashSet<&'static str>,
+    classifier: &'a HashSet<&'static str>,
+    new_classes: Option<usize>,
+    bn_frozen: bool,
+    rng: Rng,
+    device: &'a Device,
+}
+
+impl ModuleMapper for Setup<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        let mut param = param;
+        if let Some(k) = self.new_classes
+            && self.classifier.contains(path.as_str())
+        {
+            let mut dims = param.dims();
+            dims[0] = k;
+            let vals: Vec<f32> = if D == 1 {
+                vec![0.0; k]
+            } else {
+                let receptive: usize = dims[2..].iter().product();
+                let (fan_in, fan_out) = ((dims[1] * receptive) as f32, (k * receptive) as f32);
+                let bound = (6.0 / (fan_in + fan_out)).sqrt();
+                (0..dims.iter().product::<usize>()).map(|_| self.rng.range(-bound, bound)).collect()
+            };
+            param = Param::initialized(param.id, Tensor::from_data(TensorData::new(vals, dims), self.device));
+        }
+        if self.frozen.contains(path.as_str()) { param.set_require_grad(false) } else { param }
+    }
+    fn map_flag(&mut self, flag: Param<Flag>) -> Param<Flag> {
+        let is_bn = self.path.last().is_some_and(|n| n == "training");
+        if self.bn_frozen && is_bn { flag.with_value(false) } else { flag }
+    }
+}
+
+/// Counts parameters (elements) that train and in total; BN running statistics are state, not
+/// parameters, and are not counted.
+struct Counter {
+    trainable: usize,
+    total: usize,
+    field: Vec<String>,
+}
+
+impl ModuleVisitor for Counter {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.field.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.field.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.field.last().is_some_and(|f| f.starts_with("running_")) {
+            return;
+        }
+        let n = param.shape().num_elements();
+        self.total += n;
+        if param.is_require_grad() {
+            self.trainable += n;
+        }
+    }
+}
+
+/// Builds the model a run trains: the checkpoint's weights, a new classifier when the class
+/// count differs, the freeze and BN settings applied.
+fn build_model<M: SegModel>(cfg: &TrainConfig, ckpt: &Checkpoint, model_classes: usize, device: &Device) -> Result<M> {
+    let model: M = ckpt.load(device)?;
+    let classifier: HashSet<&str> = classifier_paths(ckpt.info).into_iter().collect();
+    let frozen = match cfg.freeze {
+        Freeze::Backbone => backbone_paths(ckpt.info)?,
+        Freeze::None => HashSet::new(),
+    };
+    Ok(model.map(&mut Setup {
+        path: vec![],
+        frozen: &frozen,
+        classifier: &classifier,
+        new_classes: (cfg.classes != model_classes).then_some(cfg.classes),
+        bn_frozen: cfg.bn == BnMode::Frozen,
+        rng: Rng::derive(cfg.seed, u64::MAX, 1),
+        device,
+    }))
+}
+
+fn make_optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
+    let clip = cfg.grad_clip.map(burn::grad_clipping::GradientClippingConfig::Norm);
+    match cfg.optimizer {
+        OptimizerKind::Sgd => SgdConfig::new()
+            .with_momentum(Some(MomentumConfig { momentum: cfg.momentum, dampening: 0.0, nesterov: false }))
+            .with_weight_decay((cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)))
+            .with_gradient_clipping(clip)
+            .init(),
+        OptimizerKind::Adamw => {
+            AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_grad_clipping(clip).init()
+        }
+    }
+}
+
+/// Learning rate at optimizer step `step` (0-based) of `total`: linear warmup, then poly.
+pub fn learning_rate(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
+    if step < cfg.warmup_steps {
+        return cfg.lr * (step + 1) as f64 / cfg.warmup_steps as f64;
+    }
+    let progress = (step as f64 / total.max(1) as f64).min(1.0);
+    cfg.lr * (1.0 - progress).powf(cfg.poly_power)
+}
+
+fn training_device(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(model::cpu_device().autodiff()),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice).autodiff()),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => Ok(Device::cuda(0).autodiff()),
+        #[allow(unreachable_patterns)]
+        other => {
+            let feature = format!("{other:?}").to_lowercase();
+            Err(Error::BadArgument(format!(
+                "--device {feature}: this segtune was built without the `{feature}` feature; rebuild with `cargo build --release --features {feature}`"
+            )))
+        }
+    }
+}
+
+/// Where a run keeps its files.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+    fn checkpoints(&self) -> PathBuf {
+        self.0.join("checkpoints")
+    }
+    /// The directory of the newest complete checkpoint, if any.
+    pub fn latest_checkpoint(&self) -> Option<PathBuf> {
+        let name = std::fs::read_to_string(self.checkpoints().join("latest")).ok()?;
+        let dir = self.checkpoints().join(name.trim());
+        dir.join("state.json").is_file().then_some(dir)
+    }
+}
+
+/// `segtune train`: a new run in `run_dir`.
+pub fn train(cfg: TrainConfig, run_dir: &Path) -> Result<TrainSummary> {
+    if run_dir.exists() && !run_dir.is_dir() {
+        return Err(Error::bad_file(run_dir, "expected a run directory, found a file"));
+    }
+    if RunDir(run_dir.to_path_buf()).config().exists() {
+        return Err(Error::bad_file(
+            run_dir,
+            "already holds a run (config.json); use --resume to continue it or choose another --out",
+        ));
+    }
+    run(cfg, run_dir, None)
+}
+
+/// `segtune train --resume RUN_DIR`: continues from the newest checkpoint.
+pub fn resume(run_dir: &Path) -> Result<TrainSummary> {
+    let rd = RunDir(run_dir.to_path_buf());
+    let text = std::fs::read_to_string(rd.config()).map_err(|e| Error::io(rd.config(), e))?;
+    let mut cfg: TrainConfig = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_file(rd.config(), format!("expected a segtune run config: {e}")))?;
+    cfg.stop_after = None;
+    let latest = rd.latest_checkpoint();
+    run(cfg, run_dir, latest)
+}
+
+fn run(mut cfg: TrainConfig, run_dir: &Path, resume_from: Option<PathBuf>) -> Result<TrainSummary> {
+    let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
+    let model_classes = model_classes(&ckpt)?;
+    if cfg.classes == 0 {
+        cfg.classes = model_classes;
+    }
+    cfg.check(&ckpt.normalization)?;
+    struct Go<'a>(&'a TrainConfig, &'a Checkpoint, usize, &'a Path, Option<PathBuf>);
+    impl ModelFn for Go<'_> {
+        type Output = Result<TrainSummary>;
+        fn call<M: SegModel>(self) -> Self::Output {
+            run_typed::<M>(self.0, self.1, self.2, self.3, self.4)
+        }
+    }
+    model::with_model(ckpt.info, Go(&cfg, &ckpt, model_classes, run_dir, resume_from))
+}
+
+fn model_classes(ckpt: &Checkpoint) -> Result<usize> {
+    let g = onnx::graph(&ckpt.proto);
+    let head = classifier_paths(ckpt.info);
+    let entry = ckpt.info.params.iter().find(|e| head.first() == Some(&e.burn)).expect("a classifier");
+    let node = &g.node[entry.node];
+    let _ = node;
+    let dims = g.initializer.iter().find(|t| t.name() == entry.onnx).map(|t| t.dims.clone()).unwrap_or_default();
+    dims.first().map(|&d| d as usize).ok_or_else(|| Error::bad_file(ckpt.origin(), "classifier weight has no shape"))
+}
+
+fn run_typed<M: SegModel>(
+    cfg: &TrainConfig,
+    ckpt: &Checkpoint,
+    model_classes: usize,
+    run_dir: &Path,
+    resume_from: Option<PathBuf>,
+) -> Result<TrainSummary> {
+    let rd = RunDir(run_dir.to_path_buf());
+    let train_set = Dataset::open(&cfg.data, &cfg.train_split)?;
+    let val_set = Dataset::open(&cfg.data, &cfg.val_split)?;
+    let norm = ckpt.normalization;
+    let device = training_device(cfg.device)?;
+    device.seed(cfg.seed);
+    train_set.validate(cfg.classes)?;
+    val_set.validate(cfg.classes)?;
+
+    // Everything is checked before anything is written.
+    std::fs::create_dir_all(rd.checkpoints()).map_err(|e| Error::io(rd.checkpoints(), e))?;
+    if resume_from.is_none() {
+        let json = serde_json::to_string_pretty(cfg).expect("config serializes");
+        data::write_atomic(&rd.config(), |f| std::io::Write::write_all(f, json.as_bytes()))?;
+    }
+
+    let mut model: M = build_model(cfg, ckpt, model_classes, &device)?;
+    let mut optim = make_optimizer(cfg);
+    let mut state = RunState { epoch: 0, step: 0, rng: Rng(cfg.seed), best_miou: f64::NEG_INFINITY, history: vec![] };
+    if let Some(dir) = &resume_from {
+        let (m, o, s) = load_checkpoint(dir, model, optim)?;
+        model = m;
+        optim = o;
+        state = s;
+        eprintln!("segtune: resuming {} after epoch {} (step {})", run_dir.display(), state.epoch, state.step);
+    }
+
+    let mut counter = Counter { trainable: 0, total: 0, field: vec![] };
+    model.visit(&mut counter);
+    let bn_at_init = bn_statistics_at_init(&model);
+    if resume_from.is_none() {
+        println!(
+            "model {} ({} classes{}), {} of {} parameters trainable (freeze {:?}, bn {:?})",
+            ckpt.info.name,
+            cfg.classes,
+            if cfg.classes != model_classes { ", new classifier" } else { "" },
+            counter.trainable,
+            counter.total,
+            cfg.freeze,
+            cfg.bn
+        );
+        if cfg.bn == BnMode::Frozen && bn_at_init {
+            eprintln!(
+                "warning: the BatchNorm statistics of {} are still at their initial values (mean 0, variance 1), and --bn frozen \
+                 keeps them there. Frozen BN only makes sense with trained statistics: use --bn train, or start from a \
+                 pretrained checkpoint with --weights.",
+                ckpt.origin()
+            );
+        }
+    }
+
+    let steps_per_epoch = train_set.items.len() / cfg.batch; // the last partial batch is dropped
+    if steps_per_epoch == 0 {
+        return Err(Error::bad_file(
+            &cfg.data,
+            format!(
+                "split {:?} has {} images, fewer than --batch {}",
+                cfg.train_split,
+                train_set.items.len(),
+                cfg.batch
+            ),
+        ));
+    }
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let aug = Augment { crop: cfg.crop, scale: cfg.scale, flip: cfg.flip };
+    let tty = std::io::stderr().is_terminal();
+
+    for epoch in state.epoch + 1..=cfg.epochs {
+        let started = Instant::now();
+        let mut order: Vec<usize> = (0..train_set.items.len()).collect();
+        Rng::derive(state.rng.0, epoch as u64, u64::MAX).shuffle(&mut order);
+        let batches: Vec<Vec<usize>> = order.chunks_exact(cfg.batch).map(|c| c.to_vec()).collect();
+        let loader = Loader::start(
+            LoaderSpec {
+                items: train_set.items.clone(),
+                batches,
+                classes: cfg.classes,
+                norm,
+                augment: Some(aug),
+                seed: state.rng.0,
+                epoch: epoch as u64,
+            },
+            2,
+        );
+        let (mut loss_sum, mut seen, mut wait) = (0f64, 0usize, 0f64);
+        let mut lr = cfg.lr;
+        let mut t_wait = Instant::now();
+        for (i, batch) in loader.enumerate() {
+            let batch = batch?;
+            wait += t_wait.elapsed().as_secs_f64();
+            lr = learning_rate(cfg, state.step, total_steps);
+            let (images, targets) = batch_tensors(&batch, &device);
+            let logits = model.logits(images);
+            let loss = loss::compute(&cfg.loss, logits, targets, cfg.class_weights.as_deref());
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            if !value.is_finite() {
+                let last = rd.latest_checkpoint().map_or("none yet".to_string(), |p| p.display().to_string());
+                return Err(Error::CheckFailed(format!(
+                    "loss is {value} at epoch {epoch}, step {} of the epoch (global step {}); stopped. The last good checkpoint is {last}. \
+                     Lower --lr (now {lr:.3e}), add --grad-clip, or run `segtune doctor`.",
+                    i + 1,
+                    state.step + 1
+                )));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            state.step += 1;
+            loss_sum += value * batch.n as f64;
+            seen += batch.n;
+            if tty {
+                let done = i + 1;
+                let bar = (done * 24 / steps_per_epoch).min(24);
+                eprint!(
+                    "\repoch {epoch}/{} [{}{}] {done}/{steps_per_epoch} loss {:.4} lr {lr:.2e} {:.1} img/s ",
+                    cfg.epochs,
+                    "#".repeat(bar),
+                    ".".repeat(24 - bar),
+                    loss_sum / seen as f64,
+                    seen as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+            t_wait = Instant::now();
+        }
+        if tty {
+            eprintln!();
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        let eval_model = model.valid();
+        let (scores, val_loss) = evaluate(
+            &eval_model,
+            &val_set,
+            cfg,
+            &norm,
+            Some(&rd.0.join("snapshots").join(format!("epoch_{epoch:03}.png"))),
+        )?;
+        let m = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen.max(1) as f64,
+            val_loss,
+            val_miou: scores.miou,
+            val_pixel_accuracy: scores.pixel_accuracy,
+            lr,
+            per_class_iou: scores.per_class_iou.clone(),
+            images_per_s: seen as f64 / train_seconds,
+            data_wait: wait / train_seconds,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        println!(
+            "epoch {epoch:>3}/{}  train loss {:.4}  val loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  lr {:.2e}  {:.1} img/s  data wait {:.0}%",
+            cfg.epochs,
+            m.train_loss,
+            m.val_loss,
+            m.val_miou,
+            m.val_pixel_accuracy,
+            m.lr,
+            m.images_per_s,
+            m.data_wait * 100.0
+        );
+        state.best_miou = state.best_miou.max(m.val_miou);
+        state.history.push(m);
+        state.epoch = epoch;
+        write_metrics(&rd.0, &state.history)?;
+        save_checkpoint(&rd, &eval_model, &optim, &state)?;
+        if cfg.stop_after == Some(epoch) && epoch < cfg.epochs {
+            break;
+        }
+    }
+    Ok(TrainSummary {
+        run_dir: run_dir.to_path_buf(),
+        history: state.history,
+        trainable: counter.trainable,
+        total: counter.total,
+    })
+}
+
+fn batch_tensors(batch: &Batch, device: &Device) -> (Tensor<4>, Tensor<3, Int>) {
+    let shape = match batch.layout {
+        model::Layout::Nchw => [batch.n, 3, batch.h, batch.w],
+        model::Layout::Nhwc => [batch.n, batch.h, batch.w, 3],
+    };
+    let images = Tensor::from_data(TensorData::new(batch.images.clone(), shape), device);
+    let masks: Vec<i64> = batch.masks.iter().map(|&v| v as i64).collect();
+    let targets = Tensor::from_data(TensorData::new(masks, [batch.n, batch.h, batch.w]), device);
+    (images, targets)
+}
+
+/// Whether every BN running mean is 0 and every running variance 1 (never trained).
+fn bn_statistics_at_init<M: SegModel>(model: &M) -> bool {
+    model.valid().collect(None, None, false).iter().all(|t| {
+        let v = model::pack_f32(t);
+        if t.name.ends_with(".running_mean") {
+            v.iter().all(|&x| x == 0.0)
+        } else if t.name.ends_with(".running_var") {
+            v.iter().all(|&x| x == 1.0)
+        } else {
+            true
+        }
+    })
+}
+
+/// Per-pixel argmax over classes of `[N, C, H, W]` logits.
+pub fn argmax_labels(logits: Tensor<4>) -> Vec<u8> {
+    let [n, _, h, w] = logits.dims();
+    let idx = logits.argmax(1).reshape([n * h * w]);
+    idx.into_data().iter::<i64>().map(|v| v as u8).collect()
+}
+
+/// Val loss, confusion-matrix scores, and the snapshot of the first val image.
+fn evaluate<M: SegModel>(
+    model: &M,
+    val: &Dataset,
+    cfg: &TrainConfig,
+    norm: &model::Normalization,
+    snapshot: Option<&Path>,
+) -> Result<(Scores, f64)> {
+    let device = model::cpu_device();
+    let device = match cfg.device {
+        DeviceKind::Cpu => device,
+        other => training_device(other)?.inner(),
+    };
+    let batches: Vec<Vec<usize>> =
+        (0..val.items.len()).collect::<Vec<_>>().chunks(cfg.batch).map(|c| c.to_vec()).collect();
+    let loader = Loader::start(
+        LoaderSpec {
+            items: val.items.clone(),
+            batches,
+            classes: cfg.classes,
+            norm: *norm,
+            augment: None,
+            seed: 0,
+            epoch: 0,
+        },
+        2,
+    );
+    let mut cm = ConfusionMatrix::new(cfg.classes);
+    let (mut loss_sum, mut seen) = (0f64, 0usize);
+    let mut first = true;
+    for batch in loader {
+        let batch = batch?;
+        let (images, targets) = batch_tensors(&batch, &device);
+        let logits = model.logits(images);
+        let loss = loss::compute(&cfg.loss, logits.clone(), targets, cfg.class_weights.as_deref());
+        loss_sum += loss.into_scalar::<f32>() as f64 * batch.n as f64;
+        seen += batch.n;
+        let pred = argmax_labels(logits);
+        cm.update(&batch.masks, &pred);
+        if first && let Some(path) = snapshot {
+            write_snapshot(path, &batch, &pred, norm)?;
+            first = false;
+        }
+    }
+    Ok((cm.scores(), loss_sum / seen.max(1) as f64))
+}
+
+/// Image | ground truth | prediction of the first image of `batch`, side by side.
+fn write_snapshot(path: &Path, batch: &Batch, pred: &[u8], norm: &model::Normalization) -> Result<()> {
+    let (h, w) = (batch.h, batch.w);
+    let palette = data::voc_palette();
+    let mut out = RgbImage::new(3 * w as u32, h as u32);
+    for y in 0..h {
+        for x in 0..w {
+            let px = |c: usize| {
+                let idx = match batch.layout {
+                    model::Layout::Nchw => (c * h + y) * w + x,
+                    model::Layout::Nhwc => (y * w + x) * 3 + c,
+                };
+                ((batch.images[idx] * norm.std[c] + norm.mean[c]) * 255.0).clamp(0.0, 255.0) as u8
+            };
+            out.put_pixel(x as u32, y as u32, Rgb([px(0), px(1), px(2)]));
+            let gt = batch.masks[y * w + x];
+            let gt_color = if gt == crate::IGNORE_INDEX { [255, 255, 255] } else { palette[gt as usize] };
+            out.put_pixel((w + x) as u32, y as u32, Rgb(gt_color));
+            out.put_pixel((2 * w + x) as u32, y as u32, Rgb(palette[pred[y * w + x] as usize]));
+        }
+    }
+    write_png(path, &out)
+}
+
+fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    data::write_atomic(path, |f| img.write_to(f, image::ImageFormat::Png).map_err(std::io::Error::other))
+}
+
+/// `metrics.json`, `metrics.csv` and `curves.png`.
+fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let json = serde_json::to_string_pretty(history).expect("metrics serialize");
+    data::write_atomic(&dir.join("metrics.json"), |f| std::io::Write::write_all(f, json.as_bytes()))?;
+    let mut csv =
+        String::from("epoch,train_loss,val_loss,val_miou,val_pixel_accuracy,lr,images_per_s,data_wait,seconds\n");
+    for m in history {
+        csv.push_str(&format!(
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.3},{:.4},{:.2}\n",
+            m.epoch,
+            m.train_loss,
+            m.val_loss,
+            m.val_miou,
+            m.val_pixel_accuracy,
+            m.lr,
+            m.images_per_s,
+            m.data_wait,
+            m.seconds
+        ));
+    }
+    data::write_atomic(&dir.join("metrics.csv"), |f| std::io::Write::write_all(f, csv.as_bytes()))?;
+    write_png(&dir.join("curves.png"), &plot_curves(history))
+}
+
+/// Two panels: train (blue) and val (red) loss; val mIoU (green) on [0, 1].
+fn plot_curves(history: &[EpochMetrics]) -> RgbImage {
+    let (pw, ph, pad) = (360u32, 240u32, 20u32);
+    let mut img = RgbImage::from_pixel(2 * pw, ph, Rgb([255, 255, 255]));
+    let max_loss =
+        history.iter().flat_map(|m| [m.train_loss, m.val_loss]).filter(|v| v.is_finite()).fold(1e-9, f64::max);
+    let n = history.len().max(2) - 1;
+    let to_xy = |panel: u32, i: usize, v: f64, vmax: f64| {
+        let x = panel * pw + pad + ((pw - 2 * pad) as f64 * i as f64 / n as f64) as u32;
+        let y = ph - pad - ((ph - 2 * pad) as f64 * (v / vmax).clamp(0.0, 1.0)) as u32;
+        (x as i64, y as i64)
+    };
+    for panel in 0..2 {
+        draw_line(
+            &mut img,
+            (panel * pw + pad) as i64,
+            (ph - pad) as i64,
+            ((panel + 1) * pw - pad) as i64,
+            (ph - pad) as i64,
+            [0, 0, 0],
+        );
+        draw_line(
+            &mut img,
+            (panel * pw + pad) as i64,
+            pad as i64,
+            (panel * pw + pad) as i64,
+            (ph - pad) as i64,
+            [0, 0, 0],
+        );
+    }
+    type Series = (u32, f64, [u8; 3], fn(&EpochMetrics) -> f64);
+    let series: [Series; 3] = [
+        (0, max_loss, [40, 80, 220], |m| m.train_loss),
+        (0, max_loss, [220, 50, 50], |m| m.val_loss),
+        (1, 1.0, [30, 160, 60], |m| m.val_miou),
+    ];
+    for (panel, vmax, color, get) in series {
+        for (i, pair) in history.windows(2).enumerate() {
+            let (a, b) = (to_xy(panel, i, get(&pair[0]), vmax), to_xy(panel, i + 1, get(&pair[1]), vmax));
+            draw_line(&mut img, a.0, a.1, b.0, b.1, color);
+        }
+        if let Some(m) = history.first() {
+            let p = to_xy(panel, 0, get(m), vmax);
+            draw_line(&mut img, p.0 - 1, p.1, p.0 + 1, p.1, color);
+        }
+    }
+    img
+}
+
+fn draw_line(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, color: [u8; 3]) {
+    let steps = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
+    for s in 0..=steps {
+        let x = x0 + (x1 - x0) * s / steps;
+        let y = y0 + (y1 - y0) * s / steps;
+        for (dx, dy) in [(0, 0), (0, 1), (1, 0)] {
+            let (px, py) = (x + dx, y + dy);
+            if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
+                img.put_pixel(px as u32, py as u32, Rgb(color));
+            }
+        }
+    }
+}
+
+/// Writes `checkpoints/epoch_NNN/{model.bpk, optimizer.bpk, state.json}` into a temporary
+/// directory, renames it into place, then points `checkpoints/latest` at it (atomically). Older
+/// epoch checkpoints but the previous one are removed.
+fn save_checkpoint<M: SegModel>(rd: &RunDir, model: &M, optim: &ModuleOptimizer, state: &RunState) -> Result<()> {
+    let root = rd.checkpoints();
+    let name = format!("epoch_{:03}", state.epoch);
+    let tmp =
+        tempfile::Builder::new().prefix(&format!(".{name}.")).tempdir_in(&root).map_err(|e| Error::io(&root, e))?;
+    let model_bytes = Writer::new(model.collect(None, None, false)).into_bytes().map_err(|e| Error::Io {
+        path: tmp.path().join("model.bpk"),
+        source: std::io::Error::other(format!("{e:?}")),
+    })?;
+    let optim_bytes = optim.into_bytes().map_err(|e| Error::Io {
+        path: tmp.path().join("optimizer.bpk"),
+        source: std::io::Error::other(format!("{e:?}")),
+    })?;
+    let state_json = serde_json::to_string_pretty(state).expect("state serializes");
+    for (file, bytes) in
+        [("model.bpk", &model_bytes[..]), ("optimizer.bpk", &optim_bytes[..]), ("state.json", state_json.as_bytes())]
+    {
+        data::write_atomic(&tmp.path().join(file), |f| std::io::Write::write_all(f, bytes))?;
+    }
+    let dest = root.join(&name);
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
+    }
+    let tmp_path = tmp.keep();
+    std::fs::rename(&tmp_path, &dest).map_err(|e| Error::io(&dest, e))?;
+    data::write_atomic(&root.join("latest"), |f| std::io::Write::write_all(f, name.as_bytes()))?;
+    // Keep this checkpoint and the previous one.
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let old =
+                n.strip_prefix("epoch_").and_then(|v| v.parse::<usize>().ok()).is_some_and(|ep| ep + 1 < state.epoch);
+            let stale_tmp = n.starts_with(".epoch_");
+            if old || stale_tmp {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn load_checkpoint<M: SegModel>(
+    dir: &Path,
+    mut model: M,
+    optim: ModuleOptimizer,
+) -> Result<(M, ModuleOptimizer, RunState)> {
+    let state_path = dir.join("state.json");
+    let state: RunState =
+        std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e)).and_then(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| Error::bad_file(&state_path, format!("expected checkpoint state: {e}")))
+        })?;
+    let model_path = dir.join("model.bpk");
+    let reader = Reader::from_file(&model_path)
+        .map_err(|e| Error::bad_file(&model_path, format!("expected a burnpack: {e:?}")))?;
+    let tensors = reader.into_tensors().map_err(|e| Error::bad_file(&model_path, format!("{e:?}")))?;
+    let result = model.apply(tensors, None, None, false);
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(Error::bad_file(
+            &model_path,
+            format!("does not fit the model: {} errors, missing {:?}", result.errors.len(), result.missing.first()),
+        ));
+    }
+    let optim_path = dir.join("optimizer.bpk");
+    let bytes = std::fs::read(&optim_path).map_err(|e| Error::io(&optim_path, e))?;
+    let optim = optim
+        .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| Error::bad_file(&optim_path, format!("expected optimizer state: {e:?}")))?;
+    Ok((model, optim, state))
+}

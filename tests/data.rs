@@ -1,0 +1,89 @@
+//! Dataset reading: folder pairs, image conversions, index masks and their validation.
+
+use std::path::Path;
+
+use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
+use segtune::data::{self, Dataset, load_item, load_mask};
+
+fn save<P: image::Pixel<Subpixel = S> + image::PixelWithColorType, S: image::Primitive>(
+    img: &ImageBuffer<P, Vec<S>>,
+    path: &Path,
+) where
+    [S]: image::EncodableLayout,
+{
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    img.save(path).unwrap();
+}
+
+#[test]
+fn folder_pairs_with_rgba_gray_and_16_bit_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    save(&RgbaImage::from_pixel(8, 4, Rgba([10, 20, 30, 128])), &root.join("train/images/a.png"));
+    save(&GrayImage::from_fn(8, 4, |x, _| Luma([(x % 3) as u8])), &root.join("train/masks/a.png"));
+    save(&GrayImage::from_pixel(8, 4, Luma([77])), &root.join("train/images/b.jpg"));
+    let mask16: ImageBuffer<Luma<u16>, Vec<u16>> =
+        ImageBuffer::from_fn(8, 4, |x, _| Luma([if x == 0 { 255 } else { 2 }]));
+    save(&mask16, &root.join("train/masks/b.png"));
+
+    let ds = Dataset::open(root, "train").unwrap();
+    assert_eq!(ds.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    ds.validate(3).unwrap();
+    let (img, mask) = load_item(&ds.items[0], 3).unwrap();
+    assert_eq!(*img.get_pixel(0, 0), Rgb([10, 20, 30]));
+    assert_eq!(mask.get_pixel(4, 0)[0], 1);
+    let (img, mask) = load_item(&ds.items[1], 3).unwrap();
+    let p = img.get_pixel(3, 3);
+    assert!(p[0] == p[1] && p[1] == p[2] && (p[0] as i32 - 77).abs() <= 2, "grayscale becomes gray RGB: {p:?}");
+    assert_eq!((mask.get_pixel(0, 0)[0], mask.get_pixel(1, 0)[0]), (255, 2));
+}
+
+#[test]
+fn masks_are_refused_with_the_file_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let rgb = dir.path().join("rgb.png");
+    save(&RgbImage::from_pixel(4, 4, Rgb([128, 0, 0])), &rgb);
+    let e = load_mask(&rgb, 21).unwrap_err().to_string();
+    assert!(e.contains("rgb.png") && e.contains("found RGB colours"), "{e}");
+
+    let stray = dir.path().join("stray.png");
+    save(&GrayImage::from_fn(4, 4, |x, y| Luma([if (x, y) == (2, 1) { 37 } else { 0 }])), &stray);
+    let e = load_mask(&stray, 21).unwrap_err().to_string();
+    assert!(e.contains("stray.png: mask value 37 at pixel (2, 1) (1 pixels) is outside [0, 21)"), "{e}");
+    assert!(load_mask(&stray, 38).is_ok());
+
+    let jpeg = dir.path().join("mask.png");
+    save(&GrayImage::from_pixel(4, 4, Luma([1])), &dir.path().join("m.jpg"));
+    std::fs::rename(dir.path().join("m.jpg"), &jpeg).unwrap();
+    let e = load_mask(&jpeg, 21).unwrap_err().to_string();
+    assert!(e.contains("found a JPEG"), "{e}");
+}
+
+#[test]
+fn image_and_mask_of_different_sizes_name_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    save(&RgbImage::new(8, 8), &root.join("val/images/x.png"));
+    save(&GrayImage::new(8, 6), &root.join("val/masks/x.png"));
+    let ds = Dataset::open(root, "val").unwrap();
+    let e = ds.validate(2).unwrap_err().to_string();
+    assert!(e.contains("val/masks/x.png: mask is 8x6 but its image") && e.contains("val/images/x.png is 8x8"), "{e}");
+}
+
+#[test]
+fn synth_writes_a_voc_layout_with_boundary_bands() {
+    let dir = tempfile::tempdir().unwrap();
+    data::synth(dir.path(), &data::SynthOptions { classes: 6, train: 6, val: 2, size: 64, seed: 3 }).unwrap();
+    let ds = Dataset::open(dir.path(), "train").unwrap();
+    assert_eq!(ds.items.len(), 6);
+    ds.validate(6).unwrap();
+    let masks: Vec<GrayImage> = ds.items.iter().map(|i| load_mask(&i.mask, 6).unwrap()).collect();
+    let values: std::collections::BTreeSet<u8> = masks.iter().flat_map(|m| m.as_raw().iter().copied()).collect();
+    assert!(values.contains(&0) && values.contains(&255), "{values:?}");
+    assert!(values.iter().filter(|&&v| v > 0 && v < 6).count() >= 2, "{values:?}");
+    // Same seed, same bytes.
+    let again = tempfile::tempdir().unwrap();
+    data::synth(again.path(), &data::SynthOptions { classes: 6, train: 6, val: 2, size: 64, seed: 3 }).unwrap();
+    let a = std::fs::read(dir.path().join("SegmentationClass/train_00003.png")).unwrap();
+    assert_eq!(a, std::fs::read(again.path().join("SegmentationClass/train_00003.png")).unwrap());
+}

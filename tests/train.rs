@@ -1,0 +1,205 @@
+//! `segtune train`: frozen backbone and BatchNorm, new classifier, learning, resume, outputs,
+//! and bad input.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use burn::store::burn_pack::Reader;
+use segtune::data::{self, SynthOptions};
+use segtune::model::{Checkpoint, generated::deeplabv3plus_mobilenetv2 as reference_model};
+use segtune::train::{self, BnMode, Freeze, TrainConfig};
+
+fn small_set(dir: &Path, classes: usize, train: usize, size: u32) {
+    data::synth(dir, &SynthOptions { classes, train, val: 4, size, seed: 5 }).unwrap();
+}
+
+fn small_config(data: &Path) -> TrainConfig {
+    let mut c = TrainConfig::new(data.to_path_buf());
+    c.classes = 4;
+    c.epochs = 1;
+    c.batch = 2;
+    c.crop = 64;
+    c.lr = 0.01;
+    c
+}
+
+/// burn path → raw bytes of a run's newest checkpoint.
+fn checkpoint_tensors(run: &Path) -> HashMap<String, Vec<u8>> {
+    let dir = train::RunDir(run.to_path_buf()).latest_checkpoint().expect("a checkpoint");
+    let reader = Reader::from_file(dir.join("model.bpk")).unwrap();
+    reader.tensor_names().into_iter().map(|n| (n.to_string(), reader.tensor_data(n).unwrap())).collect()
+}
+
+/// burn path → raw bytes of the shipped model's weights.
+fn initial_tensors() -> HashMap<String, Vec<u8>> {
+    let ckpt = Checkpoint::open(None, None).unwrap();
+    ckpt.tensors().unwrap().into_iter().map(|t| (t.name.clone(), t.to_bytes().unwrap().to_vec())).collect()
+}
+
+#[test]
+fn frozen_backbone_and_frozen_bn_stay_bit_identical_while_the_decoder_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    small_set(&dir.path().join("data"), 4, 8, 64);
+    let mut cfg = small_config(&dir.path().join("data"));
+    cfg.freeze = Freeze::Backbone;
+    cfg.bn = BnMode::Frozen;
+    cfg.epochs = 2;
+    let summary = train::train(cfg, &dir.path().join("run")).unwrap();
+    assert!(summary.trainable < summary.total / 2, "{} of {} trainable", summary.trainable, summary.total);
+
+    let before = initial_tensors();
+    let after = checkpoint_tensors(&dir.path().join("run"));
+    let (mut backbone, mut stats, mut decoder_changed, mut decoder) = (0, 0, 0, 0);
+    for e in reference_model::PARAMS {
+        let (b, a) = (&before[e.burn], &after[e.burn]);
+        let is_stat = e.burn.ends_with("running_mean") || e.burn.ends_with("running_var");
+        if e.value.starts_with("encoder.") || is_stat {
+            assert!(a == b, "{} ({}) changed", e.burn, e.value);
+            backbone += !is_stat as usize;
+            stats += is_stat as usize;
+        } else if e.burn.ends_with("weight") && a.len() == b.len() {
+            decoder += 1;
+            decoder_changed += (a != b) as usize;
+        }
+    }
+    assert_eq!(stats, 122);
+    assert!(backbone > 150, "{backbone} backbone tensors checked");
+    assert!(decoder > 5 && decoder_changed == decoder, "{decoder_changed} of {decoder} decoder weights changed");
+}
+
+#[test]
+fn bn_train_updates_running_statistics() {
+    // The counterpart of the test above: without freezing, the same check must fail.
+    let dir = tempfile::tempdir().unwrap();
+    small_set(&dir.path().join("data"), 4, 4, 64);
+    let mut cfg = small_config(&dir.path().join("data"));
+    cfg.bn = BnMode::Train;
+    train::train(cfg, &dir.path().join("run")).unwrap();
+    let (before, after) = (initial_tensors(), checkpoint_tensors(&dir.path().join("run")));
+    let changed = reference_model::PARAMS
+        .iter()
+        .filter(|e| e.burn.ends_with("running_var") && before[e.burn] != after[e.burn])
+        .count();
+    assert_eq!(changed, 61);
+}
+
+#[test]
+fn loss_falls_on_a_small_set() {
+    let dir = tempfile::tempdir().unwrap();
+    small_set(&dir.path().join("data"), 4, 16, 64);
+    let mut cfg = small_config(&dir.path().join("data"));
+    cfg.bn = BnMode::Train;
+    cfg.batch = 4;
+    cfg.epochs = 5;
+    cfg.lr = 0.02;
+    let s = train::train(cfg, &dir.path().join("run")).unwrap();
+    let (first, last) = (s.history[0].train_loss, s.history.last().unwrap().train_loss);
+    assert!(last <= 0.7 * first, "train loss {first:.4} -> {last:.4}: expected a fall of at least 30%");
+    // What a person sees.
+    let run = dir.path().join("run");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics.as_array().unwrap().len(), 5);
+    for key in ["epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr"] {
+        assert!(metrics[4][key].is_number(), "metrics.json lacks {key}");
+    }
+    assert_eq!(std::fs::read_to_string(run.join("metrics.csv")).unwrap().lines().count(), 6);
+    assert!(run.join("curves.png").is_file() && run.join("snapshots/epoch_005.png").is_file());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["crop"], 64);
+    assert_eq!(image::image_dimensions(run.join("snapshots/epoch_001.png")).unwrap(), (3 * 64, 64));
+}
+
+#[test]
+fn resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    small_set(&dir.path().join("data"), 4, 6, 64);
+    let mut cfg = small_config(&dir.path().join("data"));
+    cfg.epochs = 3;
+    cfg.bn = BnMode::Train;
+    cfg.seed = 9;
+    train::train(cfg.clone(), &dir.path().join("whole")).unwrap();
+    cfg.stop_after = Some(2);
+    let partial = train::train(cfg, &dir.path().join("split")).unwrap();
+    assert_eq!(partial.history.len(), 2);
+    let resumed = train::resume(&dir.path().join("split")).unwrap();
+    assert_eq!(resumed.history.len(), 3);
+    let (a, b) = (checkpoint_tensors(&dir.path().join("whole")), checkpoint_tensors(&dir.path().join("split")));
+    assert_eq!(a.len(), b.len());
+    for (name, bytes) in &a {
+        assert!(bytes == &b[name], "{name} differs after resume");
+    }
+}
+
+fn segtune(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_segtune")).args(args).output().unwrap()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_training_input_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    small_set(&data, 4, 4, 64);
+    let d = data.to_str().unwrap();
+    let run = dir.path().join("run");
+    let r = run.to_str().unwrap();
+
+    let out = segtune(&["train", "--data", d, "--out", r, "--classes", "4", "--crop", "50"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--crop 50: expected a positive multiple of 16"));
+
+    let out =
+        segtune(&["train", "--data", d, "--out", r, "--classes", "4", "--bn", "train", "--batch", "1", "--crop", "64"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--bn train with --batch 1: BatchNorm needs more than one value per channel"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Labels go up to 3: two classes are too few, and the error names the mask and the value.
+    let out =
+        segtune(&["train", "--data", d, "--out", r, "--classes", "2", "--crop", "64", "--epochs", "1", "--batch", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("SegmentationClass/") && err.contains("is outside [0, 2) and not 255"), "{err}");
+
+    let list = data.join("ImageSets/Segmentation/val.txt");
+    std::fs::write(&list, "").unwrap();
+    let out = segtune(&["train", "--data", d, "--out", r, "--classes", "4", "--crop", "64"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("val.txt") && stderr(&out).contains("split \"val\" is empty"), "{}", stderr(&out));
+
+    std::fs::write(&list, "nope\n").unwrap();
+    let out = segtune(&["train", "--data", d, "--out", r, "--classes", "4", "--crop", "64"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("lists \"nope\", but") && stderr(&out).contains("nope.jpg does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"));
+}
+
+#[test]
+fn a_nan_loss_stops_with_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    small_set(&dir.path().join("data"), 4, 4, 64);
+    let weights = dir.path().join("nan.onnx");
+    let mut m = common::reference();
+    common::map_initializer(&mut m, "encoder.features.0.0.weight", |i, v| if i == 0 { f32::NAN } else { v });
+    common::write_model(&m, &weights);
+    let mut cfg = small_config(&dir.path().join("data"));
+    cfg.weights = Some(weights);
+    let err = train::train(cfg, &dir.path().join("run")).unwrap_err().to_string();
+    assert!(err.contains("loss is NaN at epoch 1, step 1 of the epoch (global step 1); stopped"), "{err}");
+    assert!(err.contains("last good checkpoint is none yet"), "{err}");
+}
