@@ -6,6 +6,8 @@
 
 pub mod data;
 pub mod error;
+pub mod export;
+pub mod infer;
 pub mod loss;
 pub mod metrics;
 pub mod model;

@@ -9,6 +9,18 @@ use segtune::model::{self, Checkpoint};
 use segtune::train::{self, BnMode, DeviceKind, Freeze, OptimizerKind, TrainConfig};
 use segtune::{data, onnx, validate};
 
+/// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
+macro_rules! emit {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 /// Fine-tune and deploy DeepLabv3+ semantic-segmentation models through ONNX.
 #[derive(Parser)]
 #[command(name = "segtune", version, about)]
@@ -55,6 +67,56 @@ enum Command {
     },
     /// Fine-tune a model on a dataset (or --resume a run).
     Train(Box<TrainArgs>),
+    /// Write a run's fine-tuned weights back into its original ONNX graph.
+    Export {
+        /// The run directory (from `segtune train --out`).
+        run_dir: PathBuf,
+        /// The ONNX file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Score an ONNX model with onnxruntime on a dataset split (mIoU, per-class IoU, pixel accuracy).
+    Validate {
+        /// The ONNX model (e.g. from `segtune export`).
+        file: PathBuf,
+        /// Dataset directory: VOC layout or SPLIT/images + SPLIT/masks.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Compare the export's logits with the burn model of this run on the first val images.
+        #[arg(long, value_name = "RUN_DIR")]
+        parity: Option<PathBuf>,
+        /// onnxruntime intra-op threads (0: its default).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Segment new images with onnxruntime: palette masks (same names, .png), overlays, summary.json.
+    Infer {
+        /// The ONNX model (e.g. from `segtune export`).
+        model: PathBuf,
+        /// Image files, folders or globs (`*`, `?` in the file name).
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write overlay/STEM.jpg, the image blended with its mask.
+        #[arg(long)]
+        overlay: bool,
+        /// Images per onnxruntime run.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// onnxruntime intra-op threads (0: its default).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Model input side: images are letterboxed to this square (rounded to a multiple of 16).
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+    },
     /// Compare the burn model (CPU) with onnxruntime on the same seeded input.
     Parity {
         /// Compiled-in model (default: deeplabv3plus_mobilenetv2, or the one matching --weights).
@@ -179,14 +241,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Import { checkpoint, model } => {
             let summary = model::import(model.as_deref(), &checkpoint)?;
-            println!("{summary}");
+            emit!("{summary}");
         }
         Command::Synth { out, classes, train, val, size, seed } => {
             data::synth(&out, &data::SynthOptions { classes, train, val, size, seed })?;
-            println!(
-                "wrote {train} train and {val} val images ({classes} classes, {size}x{size}) to {}",
-                out.display()
-            );
+            emit!("wrote {train} train and {val} val images ({classes} classes, {size}x{size}) to {}", out.display());
         }
         Command::Train(args) => {
             let summary = match (&args.resume, &args.out) {
@@ -198,16 +257,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) => unreachable!("clap requires --out or --resume"),
             };
             if let Some(best) = summary.history.iter().map(|m| m.val_miou).reduce(f64::max) {
-                println!("best val mIoU {best:.4}; run in {}", summary.run_dir.display());
+                emit!("best val mIoU {best:.4}; run in {}", summary.run_dir.display());
+            }
+        }
+        Command::Export { run_dir, out } => {
+            emit!("{}", segtune::export::export(&run_dir, &out)?);
+        }
+        Command::Validate { file, data, split, json, parity, threads } => {
+            let report = validate::validate_onnx(&file, &data, &split, parity.as_deref(), threads)?;
+            emit!("{report}");
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
+                data::write_atomic(&path, |f| std::io::Write::write_all(f, text.as_bytes()))?;
+            }
+            if report.parity.as_ref().is_some_and(|p| !p.pass) {
+                eprintln!(
+                    "error: the export does not match the burn model of its run (max |Δ| > 1e-4 or argmax agreement < 99.99%)"
+                );
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Infer { model, inputs, out, overlay, batch, threads, size } => {
+            let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size };
+            let summary = segtune::infer::infer(&model, &inputs, &opts)?;
+            emit!(
+                "wrote {} masks to {} ({:.1} images/s, onnxruntime {:.1} s of {:.1} s){}",
+                summary.images.len(),
+                opts.out.display(),
+                summary.images_per_s,
+                summary.run_seconds,
+                summary.seconds,
+                if opts.overlay { ", with overlays" } else { "" }
+            );
+            if !summary.failed.is_empty() {
+                let names: Vec<&str> = summary.failed.iter().map(|(f, _)| f.as_str()).collect();
+                eprintln!("error: {} input(s) could not be read and were skipped: {}", names.len(), names.join(", "));
+                return Ok(ExitCode::from(1));
             }
         }
         Command::Inspect { file, json } => {
             let proto = onnx::read_model(&file)?;
             let report = onnx::inspect(&proto, &file);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
+                emit!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
             } else {
-                print!("{report}");
+                emit!("{}", report.to_string().trim_end());
             }
         }
         Command::Parity { model, weights, size, batch, tol, seed, threads, repeat, json } => {
@@ -215,9 +309,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = validate::ParityOptions { batch, size, tol, seed, threads, repeat };
             let report = validate::parity_check(&ckpt, &opts)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
+                emit!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
             } else {
-                println!("{report}");
+                emit!("{report}");
             }
             if !report.pass {
                 eprintln!("error: parity failed: max |Δ| {:.3e} > tolerance {:.1e}", report.max_abs_diff, report.tol);

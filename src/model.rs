@@ -349,6 +349,12 @@ impl Checkpoint {
         Err(Error::bad_file(path, format!("{what}: {}", first_error.unwrap_or_else(|| "no models compiled in".into()))))
     }
 
+    /// The index in this checkpoint's graph of the reference graph's node `reference_node`
+    /// (they differ when the two exports share tensors through different `Identity` nodes).
+    pub fn node_index(&self, reference_node: usize) -> usize {
+        self.node_map[reference_node].expect("parameter nodes are never Identity")
+    }
+
     /// Where the weights come from, for messages.
     pub fn origin(&self) -> String {
         match &self.path {

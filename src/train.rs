@@ -285,7 +285,8 @@ impl ModuleMapper for Setup<'_> {
                 let bound = (6.0 / (fan_in + fan_out)).sqrt();
                 (0..dims.iter().product::<usize>()).map(|_| self.rng.range(-bound, bound)).collect()
             };
-            param = Param::initialized(param.id, Tensor::from_data(TensorData::new(vals, dims), self.device));
+            param = Param::initialized(param.id, Tensor::from_data(TensorData::new(vals, dims), self.device))
+                .set_require_grad(true);
         }
         if self.frozen.contains(path.as_str()) { param.set_require_grad(false) } else { param }
     }
@@ -414,14 +415,40 @@ pub fn train(cfg: TrainConfig, run_dir: &Path) -> Result<TrainSummary> {
     run(cfg, run_dir, None)
 }
 
+/// A run's `config.json`.
+pub fn load_config(run_dir: &Path) -> Result<TrainConfig> {
+    let path = RunDir(run_dir.to_path_buf()).config();
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::bad_file(run_dir, "expected a segtune run directory (config.json), found none")
+        }
+        _ => Error::io(&path, e),
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, format!("expected a segtune run config: {e}")))
+}
+
+/// The model of a run as its newest checkpoint holds it (weights and BN statistics), on
+/// `device`, with the run's BN mode and freezing applied.
+pub fn load_trained<M: SegModel>(run_dir: &Path, device: &Device) -> Result<M> {
+    let mut cfg = load_config(run_dir)?;
+    let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
+    let model_classes = model_classes(&ckpt)?;
+    if cfg.classes == 0 {
+        cfg.classes = model_classes;
+    }
+    let dir = RunDir(run_dir.to_path_buf())
+        .latest_checkpoint()
+        .ok_or_else(|| Error::bad_file(run_dir, "expected a run with at least one checkpoint, found none"))?;
+    let model: M = build_model(&cfg, &ckpt, model_classes, device)?;
+    let (model, _, _) = load_checkpoint(&dir, model, make_optimizer(&cfg))?;
+    Ok(model)
+}
+
 /// `segtune train --resume RUN_DIR`: continues from the newest checkpoint.
 pub fn resume(run_dir: &Path) -> Result<TrainSummary> {
-    let rd = RunDir(run_dir.to_path_buf());
-    let text = std::fs::read_to_string(rd.config()).map_err(|e| Error::io(rd.config(), e))?;
-    let mut cfg: TrainConfig = serde_json::from_str(&text)
-        .map_err(|e| Error::bad_file(rd.config(), format!("expected a segtune run config: {e}")))?;
+    let mut cfg = load_config(run_dir)?;
     cfg.stop_after = None;
-    let latest = rd.latest_checkpoint();
+    let latest = RunDir(run_dir.to_path_buf()).latest_checkpoint();
     run(cfg, run_dir, latest)
 }
 

@@ -234,3 +234,210 @@ mod tests {
         assert!(a.index_axis(ndarray::Axis(1), 0).iter().all(|&v| v >= lo && v <= hi));
     }
 }
+
+/// What `segtune validate` measures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationReport {
+    pub file: String,
+    pub data: String,
+    pub split: String,
+    pub num_images: usize,
+    pub miou: f64,
+    pub pixel_accuracy: f64,
+    pub frequency_weighted_iou: f64,
+    pub class_names: Vec<String>,
+    /// IoU per class, `null` for classes absent from both ground truth and prediction.
+    pub per_class_iou: Vec<Option<f64>>,
+    pub pixels: u64,
+    pub seconds: f64,
+    pub parity: Option<ExportParity>,
+}
+
+/// The export against the burn model of its run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportParity {
+    pub run: String,
+    pub images: usize,
+    pub max_abs_diff: f32,
+    pub argmax_agreement: f64,
+    pub pass: bool,
+}
+
+impl std::fmt::Display for ValidationReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} on {} ({} split, {} images, {} pixels)",
+            self.file, self.data, self.split, self.num_images, self.pixels
+        )?;
+        writeln!(f, "{:>4}  {:<16} {:>8}", "id", "class", "IoU")?;
+        for (i, (name, iou)) in self.class_names.iter().zip(&self.per_class_iou).enumerate() {
+            let iou = iou.map_or("absent".to_string(), |v| format!("{v:.4}"));
+            writeln!(f, "{i:>4}  {name:<16} {iou:>8}")?;
+        }
+        writeln!(
+            f,
+            "mIoU {:.4}   pixel accuracy {:.4}   frequency-weighted IoU {:.4}",
+            self.miou, self.pixel_accuracy, self.frequency_weighted_iou
+        )?;
+        if let Some(p) = &self.parity {
+            writeln!(
+                f,
+                "parity vs burn ({}): {} images, max |Δ| {:.3e}, argmax agreement {:.4}% -> {}",
+                p.run,
+                p.images,
+                p.max_abs_diff,
+                p.argmax_agreement * 100.0,
+                if p.pass { "PASS" } else { "FAIL" }
+            )?;
+        }
+        write!(f, "took {:.1} s", self.seconds)
+    }
+}
+
+/// The class count of an exported model: `segtune.classes`, else the fixed class dimension.
+pub fn model_classes(proto: &crate::onnx::ModelProto, path: &std::path::Path) -> Result<usize> {
+    let meta = crate::onnx::metadata(proto);
+    if let Some(c) = meta.get("segtune.classes").and_then(|v| v.parse().ok()) {
+        return Ok(c);
+    }
+    let out = crate::onnx::graph(proto).output.first().map(crate::onnx::ValueInfo::from_proto);
+    match out.as_ref().and_then(|o| o.dims.get(1)) {
+        Some(crate::onnx::Dim::Fixed(c)) if *c > 0 => Ok(*c as usize),
+        _ => Err(Error::bad_file(
+            path,
+            "expected a fixed class dimension on the output or segtune.classes metadata, found neither",
+        )),
+    }
+}
+
+/// `segtune validate FILE.onnx --data DIR`: onnxruntime over a split, scored from a confusion
+/// matrix; with `parity_run`, also the export's logits against the run's burn model.
+pub fn validate_onnx(
+    file: &std::path::Path,
+    data: &std::path::Path,
+    split: &str,
+    parity_run: Option<&std::path::Path>,
+    threads: usize,
+) -> Result<ValidationReport> {
+    let started = Instant::now();
+    let proto = crate::onnx::read_model(file)?;
+    crate::model::check_input_rank(&proto, file)?;
+    let meta = crate::onnx::metadata(&proto);
+    let norm = Normalization::from_metadata(&meta).map_err(|e| Error::bad_file(file, e))?;
+    let classes = model_classes(&proto, file)?;
+    let names: Vec<String> = match meta.get("segtune.class_names") {
+        Some(v) if v.split(',').count() == classes => v.split(',').map(String::from).collect(),
+        _ => crate::export::class_names(data, classes),
+    };
+    let ds = crate::data::Dataset::open(data, split)?;
+    ds.validate(classes).map_err(|e| match e {
+        Error::BadFile { path, problem } => Error::BadFile {
+            path,
+            problem: format!("{problem} (the model {} has {classes} output classes)", file.display()),
+        },
+        other => other,
+    })?;
+    let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+    let mut ort = OrtModel::from_bytes(&bytes, &file.display().to_string(), threads)?;
+    let batches: Vec<Vec<usize>> = (0..ds.items.len()).map(|i| vec![i]).collect();
+    let loader = crate::data::Loader::start(
+        crate::data::LoaderSpec { items: ds.items.clone(), batches, classes, norm, augment: None, seed: 0, epoch: 0 },
+        4,
+    );
+    let mut cm = crate::metrics::ConfusionMatrix::new(classes);
+    let mut first: Vec<(Array4<f32>, Array4<f32>)> = vec![];
+    for batch in loader {
+        let batch = batch?;
+        let shape = match batch.layout {
+            Layout::Nchw => (batch.n, 3, batch.h, batch.w),
+            Layout::Nhwc => (batch.n, batch.h, batch.w, 3),
+        };
+        let input = Array4::from_shape_vec(shape, batch.images.clone()).expect("batch shape");
+        let mut logits = ort.run(input.view())?;
+        if batch.layout == Layout::Nhwc {
+            logits = logits.permuted_axes([0, 3, 1, 2]).as_standard_layout().to_owned();
+        }
+        if logits.shape()[1] != classes {
+            return Err(Error::bad_file(
+                file,
+                format!("expected {classes} output channels, found {}", logits.shape()[1]),
+            ));
+        }
+        cm.update(&batch.masks, &argmax_nchw(&logits));
+        if parity_run.is_some() && first.len() < 2 {
+            first.push((input, logits));
+        }
+    }
+    let parity = match parity_run {
+        Some(run) => Some(export_parity(run, &first)?),
+        None => None,
+    };
+    let s = cm.scores();
+    Ok(ValidationReport {
+        file: file.display().to_string(),
+        data: data.display().to_string(),
+        split: split.to_string(),
+        num_images: ds.items.len(),
+        miou: s.miou,
+        pixel_accuracy: s.pixel_accuracy,
+        frequency_weighted_iou: s.frequency_weighted_iou,
+        class_names: names,
+        per_class_iou: s.per_class_iou,
+        pixels: s.pixels,
+        seconds: started.elapsed().as_secs_f64(),
+        parity,
+    })
+}
+
+/// Class index per pixel of `[N, C, H, W]` logits, in `[N, H, W]` order.
+pub fn argmax_nchw(logits: &Array4<f32>) -> Vec<u8> {
+    let (n, c, h, w) = logits.dim();
+    let mut out = Vec::with_capacity(n * h * w);
+    for i in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                let mut best = (0usize, f32::NEG_INFINITY);
+                for k in 0..c {
+                    let v = logits[[i, k, y, x]];
+                    if v > best.1 {
+                        best = (k, v);
+                    }
+                }
+                out.push(best.0 as u8);
+            }
+        }
+    }
+    out
+}
+
+/// The run's burn model (CPU) on the same inputs as onnxruntime: max |Δ| ≤ 1e-4 and argmax
+/// agreement ≥ 99.99 % pass.
+fn export_parity(run: &std::path::Path, pairs: &[(Array4<f32>, Array4<f32>)]) -> Result<ExportParity> {
+    let cfg = crate::train::load_config(run)?;
+    let info = crate::model::find(&cfg.model)?;
+    struct Go<'a>(&'a std::path::Path, &'a [(Array4<f32>, Array4<f32>)]);
+    impl crate::model::ModelFn for Go<'_> {
+        type Output = Result<(f32, f64)>;
+        fn call<M: SegModel>(self) -> Self::Output {
+            let device = crate::model::cpu_device();
+            let model: M = crate::train::load_trained(self.0, &device)?;
+            let (mut max, mut agree, mut total) = (0f32, 0f64, 0f64);
+            for (input, ort) in self.1 {
+                let mut burn = to_array(model.logits(to_tensor(input.view(), &device)));
+                if burn.shape() != ort.shape() {
+                    burn = burn.permuted_axes([0, 3, 1, 2]).as_standard_layout().to_owned();
+                }
+                let (m, _, a) = compare_logits(&burn, ort);
+                let pixels = (ort.shape()[0] * ort.shape()[2] * ort.shape()[3]) as f64;
+                max = max.max(m);
+                agree += a * pixels;
+                total += pixels;
+            }
+            Ok((max, agree / total.max(1.0)))
+        }
+    }
+    let (max_abs_diff, argmax_agreement) = crate::model::with_model(info, Go(run, pairs))?;
+    let pass = max_abs_diff <= 1e-4 && argmax_agreement >= 0.9999;
+    Ok(ExportParity { run: run.display().to_string(), images: pairs.len(), max_abs_diff, argmax_agreement, pass })
+}

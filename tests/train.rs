@@ -71,19 +71,47 @@ fn frozen_backbone_and_frozen_bn_stay_bit_identical_while_the_decoder_learns() {
 }
 
 #[test]
-fn bn_train_updates_running_statistics() {
-    // The counterpart of the test above: without freezing, the same check must fail.
+fn freezing_parameters_alone_does_not_freeze_batchnorm() {
+    // The counterpart of the test above, and burn's pitfall: with the backbone's parameters
+    // frozen but --bn train, BN still normalizes with batch statistics and updates its running
+    // statistics on an autodiff device, backbone BN layers included.
+    let dir = tempfile::tempdir().unwrap();
+    small_set(&dir.path().join("data"), 4, 4, 64);
+    let mut cfg = small_config(&dir.path().join("data"));
+    cfg.freeze = Freeze::Backbone;
+    cfg.bn = BnMode::Train;
+    train::train(cfg, &dir.path().join("run")).unwrap();
+    let (before, after) = (initial_tensors(), checkpoint_tensors(&dir.path().join("run")));
+    let changed = |suffix: &str| {
+        reference_model::PARAMS.iter().filter(|e| e.burn.ends_with(suffix) && before[e.burn] != after[e.burn]).count()
+    };
+    assert_eq!(changed("running_var"), 61);
+    assert_eq!(changed("running_mean"), 61);
+    let frozen_weights_changed = reference_model::PARAMS
+        .iter()
+        .filter(|e| e.value.starts_with("encoder.") && e.burn.ends_with("weight") && before[e.burn] != after[e.burn])
+        .count();
+    assert_eq!(frozen_weights_changed, 0);
+}
+
+#[test]
+fn without_freezing_everything_trains_including_the_new_head() {
     let dir = tempfile::tempdir().unwrap();
     small_set(&dir.path().join("data"), 4, 4, 64);
     let mut cfg = small_config(&dir.path().join("data"));
     cfg.bn = BnMode::Train;
-    train::train(cfg, &dir.path().join("run")).unwrap();
-    let (before, after) = (initial_tensors(), checkpoint_tensors(&dir.path().join("run")));
-    let changed = reference_model::PARAMS
+    let summary = train::train(cfg, &dir.path().join("run")).unwrap();
+    assert_eq!(summary.trainable, summary.total, "nothing frozen, the new 4-class head included");
+    // Every burn parameter (Identity-shared ONNX tensors count once per user) but the BN running
+    // statistics (state, not parameters), with the 21-class head (21·256 + 21) replaced by a
+    // 4-class one.
+    let init = initial_tensors();
+    let params: usize = reference_model::PARAMS
         .iter()
-        .filter(|e| e.burn.ends_with("running_var") && before[e.burn] != after[e.burn])
-        .count();
-    assert_eq!(changed, 61);
+        .filter(|e| !e.burn.ends_with("running_mean") && !e.burn.ends_with("running_var"))
+        .map(|e| init[e.burn].len() / 4)
+        .sum();
+    assert_eq!(summary.total, params - (21 * 256 + 21) + (4 * 256 + 4));
 }
 
 #[test]
@@ -202,4 +230,47 @@ fn a_nan_loss_stops_with_the_step() {
     let err = train::train(cfg, &dir.path().join("run")).unwrap_err().to_string();
     assert!(err.contains("loss is NaN at epoch 1, step 1 of the epoch (global step 1); stopped"), "{err}");
     assert!(err.contains("last good checkpoint is none yet"), "{err}");
+}
+
+#[test]
+fn frozen_bn_at_initial_statistics_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    small_set(&data, 4, 2, 64);
+    let run = dir.path().join("run");
+    let args = ["train", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--classes", "4"];
+    let out =
+        segtune(&[&args[..], &["--epochs", "1", "--batch", "2", "--crop", "64", "--freeze", "backbone"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("warning: the BatchNorm statistics of models/deeplabv3plus_mobilenetv2.onnx (embedded) are still at their initial values"), "{err}");
+    assert!(err.contains("use --bn train, or start from a pretrained checkpoint"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("parameters trainable (freeze Backbone, bn Frozen)"), "{stdout}");
+
+    // --bn train: no warning.
+    let run2 = dir.path().join("run2");
+    let out = segtune(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run2.to_str().unwrap(),
+        "--classes",
+        "4",
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--crop",
+        "64",
+        "--bn",
+        "train",
+    ]);
+    assert!(out.status.success());
+    assert!(!stderr(&out).contains("initial values"));
+    // A second run into the same directory is refused; --resume of a finished run changes nothing.
+    let out = segtune(&[&args[..], &["--crop", "64"]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("already holds a run (config.json); use --resume"), "{}", stderr(&out));
 }

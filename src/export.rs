@@ -1,0 +1,302 @@
+//! `segtune export`: writes a run's fine-tuned weights and BatchNorm statistics back into the
+//! original ONNX graph (prost), un-sharing tensors that `Identity` nodes shared but training set
+//! apart, resizing the classifier for a new class count, adding segtune's metadata, and proving
+//! the file with onnxruntime before it is written (atomically).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::store::burn_pack::Reader;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::{Checkpoint, Layout};
+use crate::onnx::{self, IdentityResolver, ModelProto, TensorProto};
+use crate::runtime::OrtModel;
+use crate::train::{self, RunDir};
+
+/// The 21 PASCAL VOC class names, used when a run has 21 classes and no `classes.txt`.
+pub const VOC_CLASSES: [&str; 21] = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+];
+
+/// Class names of a dataset: `DIR/classes.txt` (one per line) if present, the VOC names for 21
+/// classes, else `class_0`, `class_1`, ...
+pub fn class_names(data: &Path, classes: usize) -> Vec<String> {
+    if let Ok(text) = std::fs::read_to_string(data.join("classes.txt")) {
+        let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+        if names.len() == classes {
+            return names;
+        }
+    }
+    if classes == VOC_CLASSES.len() {
+        return VOC_CLASSES.iter().map(|s| s.to_string()).collect();
+    }
+    (0..classes).map(|i| if i == 0 { "background".to_string() } else { format!("class_{i}") }).collect()
+}
+
+/// What `segtune export` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    pub out: PathBuf,
+    pub model: String,
+    pub source: String,
+    pub checkpoint: PathBuf,
+    pub tensors_written: usize,
+    /// Parameters that shared an initializer through `Identity` in the source but now differ.
+    pub unshared: usize,
+    pub classes: usize,
+    pub best_val_miou: Option<f64>,
+    pub bytes: usize,
+}
+
+impl std::fmt::Display for ExportReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "exported    {} ({} bytes)", self.out.display(), self.bytes)?;
+        writeln!(f, "from        {} into the graph of {}", self.checkpoint.display(), self.source)?;
+        writeln!(f, "tensors     {} written, {} un-shared from Identity aliases", self.tensors_written, self.unshared)?;
+        let best = self.best_val_miou.map_or("n/a".to_string(), |m| format!("{m:.4}"));
+        writeln!(f, "classes     {} (best val mIoU {best})", self.classes)?;
+        write!(f, "checked     onnxruntime loads it and its output has {} classes", self.classes)
+    }
+}
+
+fn f32_bytes(t: &TensorProto, dir: Option<&Path>) -> Result<Vec<u8>, String> {
+    Ok(onnx::tensor_f32(t, dir)?.iter().flat_map(|v| v.to_le_bytes()).collect())
+}
+
+fn set_data(t: &mut TensorProto, dims: &[usize], bytes: Vec<u8>) {
+    t.dims = dims.iter().map(|&d| d as i64).collect();
+    t.data_type = Some(onnx::DATA_TYPE_FLOAT);
+    t.float_data.clear();
+    t.raw_data = Some(bytes);
+    t.data_location = None;
+    t.external_data.clear();
+}
+
+/// `segtune export RUN_DIR --out FILE.onnx`.
+pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
+    let cfg = train::load_config(run_dir)?;
+    let ckpt_dir = RunDir(run_dir.to_path_buf())
+        .latest_checkpoint()
+        .ok_or_else(|| Error::bad_file(run_dir, "expected a run with at least one checkpoint, found none"))?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(Error::bad_file(out, format!("expected an existing directory {}, found none", parent.display())));
+    }
+    let source = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
+    let pack_path = ckpt_dir.join("model.bpk");
+    let pack = Reader::from_file(&pack_path)
+        .map_err(|e| Error::bad_file(&pack_path, format!("expected a burnpack: {e:?}")))?;
+    let trained: HashMap<String, (Vec<usize>, Vec<u8>)> = pack
+        .into_tensors()
+        .map_err(|e| Error::bad_file(&pack_path, format!("{e:?}")))?
+        .into_iter()
+        .map(|t| {
+            let bytes = t.to_bytes().map(|b| b.to_vec()).unwrap_or_default();
+            (t.name.clone(), (t.shape.to_vec(), bytes))
+        })
+        .collect();
+
+    let mut proto: ModelProto = source.proto.clone();
+    let dir = source.path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+    let classifier = train::classifier_paths(source.info);
+    let (mut written, mut unshared) = (0, 0);
+    {
+        let g = proto.graph.as_mut().expect("decoded models have a graph");
+        let identity_free: Vec<(usize, usize, String)> = {
+            let resolver = IdentityResolver::new(g);
+            source
+                .info
+                .params
+                .iter()
+                .map(|e| {
+                    let node = source.node_index(e.node);
+                    let value = &g.node[node].input[e.input];
+                    (node, e.input, resolver.resolve(value).to_string())
+                })
+                .collect()
+        };
+        let index: HashMap<String, usize> =
+            g.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), i)).collect();
+        // Pass 1: parameters that read their initializer directly; pass 2: Identity aliases,
+        // which keep sharing only while their trained value equals the shared one.
+        for pass in 0..2 {
+            for (e, (node, input, init)) in source.info.params.iter().zip(&identity_free) {
+                let value = g.node[*node].input[*input].clone();
+                let direct = &value == init;
+                if direct != (pass == 0) {
+                    continue;
+                }
+                let Some((dims, bytes)) = trained.get(e.burn) else {
+                    return Err(Error::bad_file(
+                        &pack_path,
+                        format!(
+                            "expected tensor {} of {}, found none: the run does not match the ONNX",
+                            e.burn, cfg.model
+                        ),
+                    ));
+                };
+                let slot = index[init.as_str()];
+                let old_dims: Vec<usize> = g.initializer[slot].dims.iter().map(|&d| d as usize).collect();
+                let class_head = classifier.contains(&e.burn);
+                if *dims != old_dims && !(class_head && dims[1..] == old_dims[1..]) {
+                    return Err(Error::bad_file(
+                        &pack_path,
+                        format!(
+                            "tensor {} has shape {dims:?}, the ONNX initializer {init:?} {old_dims:?}: the run does not match the ONNX",
+                            e.burn
+                        ),
+                    ));
+                }
+                if direct {
+                    set_data(&mut g.initializer[slot], dims, bytes.clone());
+                } else {
+                    let shared = f32_bytes(&g.initializer[slot], dir.as_deref())
+                        .map_err(|m| Error::bad_file(source.origin(), m))?;
+                    if &shared == bytes && old_dims == *dims {
+                        written += 1;
+                        continue;
+                    }
+                    let name = format!("{value}.segtune");
+                    let mut t = TensorProto { name: Some(name.clone()), ..Default::default() };
+                    set_data(&mut t, dims, bytes.clone());
+                    g.initializer.push(t);
+                    g.node[*node].input[*input] = name;
+                    unshared += 1;
+                }
+                written += 1;
+            }
+        }
+        if cfg.classes != model_outputs(g).unwrap_or(cfg.classes) {
+            for o in &mut g.output {
+                set_class_dim(o, cfg.classes);
+            }
+            for v in &mut g.value_info {
+                if v.name() == g.output.first().map(|o| o.name().to_string()).unwrap_or_default() {
+                    set_class_dim(v, cfg.classes);
+                }
+            }
+        }
+    }
+
+    let history: Vec<train::EpochMetrics> = std::fs::read_to_string(run_dir.join("metrics.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let best = history.iter().map(|m| m.val_miou).reduce(f64::max);
+    let names = class_names(&cfg.data, cfg.classes);
+    let n = &source.normalization;
+    let summary = serde_json::json!({
+        "run": run_dir.display().to_string(),
+        "epochs": history.len(),
+        "best_val_miou": best,
+        "final_val_miou": history.last().map(|m| m.val_miou),
+        "final_train_loss": history.last().map(|m| m.train_loss),
+        "loss": cfg.loss.to_string(),
+        "optimizer": cfg.optimizer,
+        "lr": cfg.lr,
+        "batch": cfg.batch,
+        "crop": cfg.crop,
+        "freeze": cfg.freeze,
+        "bn": cfg.bn,
+        "data": cfg.data.display().to_string(),
+    });
+    let meta: Vec<(&str, String)> = vec![
+        ("segtune.version", env!("CARGO_PKG_VERSION").to_string()),
+        ("segtune.model", cfg.model.clone()),
+        ("segtune.classes", cfg.classes.to_string()),
+        ("segtune.class_names", names.join(",")),
+        ("segtune.mean", n.mean.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")),
+        ("segtune.std", n.std.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")),
+        ("segtune.layout", if n.layout == Layout::Nhwc { "NHWC" } else { "NCHW" }.to_string()),
+        ("segtune.ignore_index", crate::IGNORE_INDEX.to_string()),
+        ("segtune.size_multiple", n.size_multiple.to_string()),
+        ("segtune.input_rule", format!("height and width multiples of {}", n.size_multiple)),
+        ("segtune.training", summary.to_string()),
+        ("segtune.source", format!("fine-tuned by segtune {} from {}", env!("CARGO_PKG_VERSION"), source.origin())),
+    ];
+    for (k, v) in meta {
+        match proto.metadata_props.iter_mut().find(|p| p.key() == k) {
+            Some(p) => p.value = Some(v),
+            None => {
+                proto.metadata_props.push(onnx::proto::StringStringEntryProto { key: Some(k.into()), value: Some(v) })
+            }
+        }
+    }
+
+    use prost::Message;
+    let bytes = proto.encode_to_vec();
+    verify(&bytes, out, cfg.classes, &source.normalization)?;
+    crate::data::write_atomic(out, |f| std::io::Write::write_all(f, &bytes))?;
+    Ok(ExportReport {
+        out: out.to_path_buf(),
+        model: cfg.model.clone(),
+        source: source.origin(),
+        checkpoint: ckpt_dir,
+        tensors_written: written,
+        unshared,
+        classes: cfg.classes,
+        best_val_miou: best,
+        bytes: bytes.len(),
+    })
+}
+
+/// The fixed class dimension of the first graph output, if any.
+fn model_outputs(g: &onnx::GraphProto) -> Option<usize> {
+    let o = onnx::ValueInfo::from_proto(g.output.first()?);
+    match o.dims.get(1) {
+        Some(onnx::Dim::Fixed(c)) => Some(*c as usize),
+        _ => None,
+    }
+}
+
+fn set_class_dim(v: &mut onnx::ValueInfoProto, classes: usize) {
+    use onnx::proto::{tensor_shape_proto::dimension::Value as D, type_proto::Value as T};
+    if let Some(T::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        && let Some(dim) = t.shape.as_mut().and_then(|s| s.dim.get_mut(1))
+        && matches!(dim.value, Some(D::DimValue(_)))
+    {
+        dim.value = Some(D::DimValue(classes as i64));
+    }
+}
+
+/// Loads the bytes in onnxruntime and runs one small input: the export is not written unless
+/// this works and the output has `classes` channels.
+fn verify(bytes: &[u8], out: &Path, classes: usize, norm: &crate::model::Normalization) -> Result<()> {
+    let mut session = OrtModel::from_bytes(bytes, &out.display().to_string(), 1)?;
+    let s = norm.size_multiple * 4;
+    let input = crate::validate::seeded_input(1, s, norm, 0);
+    let logits = session.run(input.view())?;
+    let channels = match norm.layout {
+        Layout::Nchw => logits.shape()[1],
+        Layout::Nhwc => logits.shape()[3],
+    };
+    if channels != classes || logits.iter().any(|v| !v.is_finite()) {
+        return Err(Error::CheckFailed(format!(
+            "{}: the exported graph gives {channels} output channels (expected {classes}) or non-finite logits; nothing was written",
+            out.display()
+        )));
+    }
+    Ok(())
+}
