@@ -214,10 +214,21 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
-/// Decodes an index mask: a palette or grayscale PNG whose pixel values are class indices
-/// (255 = ignore). Refuses colour masks, multi-channel masks and values outside
-/// [0, classes) ∪ {255}, naming the value.
-pub fn load_mask(path: &Path, classes: usize) -> Result<GrayImage> {
+/// A mask PNG as stored: every channel value of every pixel, before any interpretation.
+#[derive(Debug, Clone)]
+pub struct RawMask {
+    pub width: u32,
+    pub height: u32,
+    /// 1 for palette / grayscale, 2 gray + alpha, 3 RGB, 4 RGBA.
+    pub channels: usize,
+    /// `width * height * channels` values, row-major, channels interleaved.
+    pub values: Vec<u16>,
+    /// Whether the PNG is a palette image (values are palette indices).
+    pub indexed: bool,
+}
+
+/// Reads a mask PNG without interpreting it (see [`load_mask`] for the checked index mask).
+pub fn read_mask_raw(path: &Path) -> Result<RawMask> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
     decoder.set_transformations(png::Transformations::IDENTITY);
@@ -236,45 +247,57 @@ pub fn load_mask(path: &Path, classes: usize) -> Result<GrayImage> {
     let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| Error::bad_file(path, "mask too large"))?];
     let info =
         reader.next_frame(&mut buf).map_err(|e| Error::bad_file(path, format!("truncated or corrupt PNG: {e}")))?;
-    let (cols, rows) = (w as usize, h as usize);
-    let values: Vec<u16> = match (info.color_type, info.bit_depth) {
-        (png::ColorType::Indexed | png::ColorType::Grayscale, png::BitDepth::Sixteen) => (0..rows)
-            .flat_map(|y| {
-                let line = &buf[y * info.line_size..];
-                (0..cols).map(move |x| u16::from_be_bytes([line[2 * x], line[2 * x + 1]]))
-            })
-            .collect(),
-        (png::ColorType::Indexed | png::ColorType::Grayscale, depth) => {
-            let bits = depth as usize;
-            (0..rows)
-                .flat_map(|y| {
-                    let line = &buf[y * info.line_size..];
-                    (0..cols).map(move |x| {
-                        let bit = x * bits;
-                        let byte = line[bit / 8];
-                        ((byte >> (8 - bits - bit % 8)) & ((1u16 << bits) - 1) as u8) as u16
-                    })
-                })
-                .collect()
+    let channels = match info.color_type {
+        png::ColorType::Indexed | png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+    };
+    let bits = info.bit_depth as usize;
+    let per_row = w as usize * channels;
+    let mut values = Vec::with_capacity(per_row * h as usize);
+    for y in 0..h as usize {
+        let line = &buf[y * info.line_size..];
+        for i in 0..per_row {
+            values.push(match bits {
+                16 => u16::from_be_bytes([line[2 * i], line[2 * i + 1]]),
+                8 => line[i] as u16,
+                _ => {
+                    let bit = i * bits;
+                    ((line[bit / 8] >> (8 - bits - bit % 8)) & ((1u16 << bits) - 1) as u8) as u16
+                }
+            });
         }
-        (png::ColorType::Rgb | png::ColorType::Rgba, _) => {
+    }
+    Ok(RawMask { width: w, height: h, channels, values, indexed: info.color_type == png::ColorType::Indexed })
+}
+
+/// Decodes an index mask: a palette or grayscale PNG whose pixel values are class indices
+/// (255 = ignore). Refuses colour masks, multi-channel masks and values outside
+/// [0, classes) ∪ {255}, naming the value.
+pub fn load_mask(path: &Path, classes: usize) -> Result<GrayImage> {
+    let raw = read_mask_raw(path)?;
+    match raw.channels {
+        1 => {}
+        2 => {
+            return Err(Error::bad_file(
+                path,
+                "expected a single-channel index mask, found 2 channels (grayscale + alpha)",
+            ));
+        }
+        _ => {
             return Err(Error::bad_file(
                 path,
                 "expected a single-channel index mask (palette or grayscale PNG), found RGB colours; \
                  map each colour to its class index (e.g. the VOC palette) first",
             ));
         }
-        (png::ColorType::GrayscaleAlpha, _) => {
-            return Err(Error::bad_file(
-                path,
-                "expected a single-channel index mask, found 2 channels (grayscale + alpha)",
-            ));
-        }
-    };
-    let mut out = Vec::with_capacity(values.len());
-    for (i, &v) in values.iter().enumerate() {
+    }
+    let cols = raw.width as usize;
+    let mut out = Vec::with_capacity(raw.values.len());
+    for (i, &v) in raw.values.iter().enumerate() {
         if v != IGNORE_INDEX as u16 && v as usize >= classes {
-            let count = values.iter().filter(|&&u| u == v).count();
+            let count = raw.values.iter().filter(|&&u| u == v).count();
             return Err(Error::bad_file(
                 path,
                 format!(
@@ -287,7 +310,7 @@ pub fn load_mask(path: &Path, classes: usize) -> Result<GrayImage> {
         }
         out.push(v as u8);
     }
-    Ok(GrayImage::from_raw(w, h, out).expect("size matches"))
+    Ok(GrayImage::from_raw(raw.width, raw.height, out).expect("size matches"))
 }
 
 /// An image with its mask, checked to be the same size.

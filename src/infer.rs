@@ -221,7 +221,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
         std::fs::create_dir_all(opts.out.join("overlay")).map_err(|e| Error::io(opts.out.join("overlay"), e))?;
     }
     let bytes = std::fs::read(model).map_err(|e| Error::io(model, e))?;
-    let mut session = OrtModel::from_bytes(&bytes, &model.display().to_string(), opts.threads)?;
+    let mut session = OrtModel::with_options(&bytes, &model.display().to_string(), opts.threads, false)?;
 
     // Stage 1 (thread): decode + letterbox a batch in parallel.
     type Decoded = (Vec<Prepared>, Vec<(String, String)>);

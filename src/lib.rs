@@ -5,6 +5,7 @@
 //! against onnxruntime). `main.rs` only parses the command line and dispatches here.
 
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod export;
 pub mod infer;

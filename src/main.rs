@@ -31,6 +31,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline in a few minutes: synthesize, fine-tune, export, validate, infer.
+    Demo {
+        /// Folder for everything the demo writes.
+        #[arg(long, default_value = "segtune-demo")]
+        out: PathBuf,
+        /// Fine-tuning epochs.
+        #[arg(long, default_value_t = 12)]
+        epochs: usize,
+    },
     /// Check that an ONNX checkpoint matches a compiled-in architecture and load its weights.
     Import {
         /// The checkpoint (.onnx) to load.
@@ -239,6 +248,9 @@ impl TrainArgs {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Demo { out, epochs } => {
+            segtune::demo::demo(&out, epochs)?;
+        }
         Command::Import { checkpoint, model } => {
             let summary = model::import(model.as_deref(), &checkpoint)?;
             emit!("{summary}");

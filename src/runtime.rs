@@ -132,12 +132,21 @@ pub struct OrtModel {
 impl OrtModel {
     /// A session over ONNX bytes; `threads` = 0 lets onnxruntime choose.
     pub fn from_bytes(bytes: &[u8], origin: &str, threads: usize) -> Result<Self> {
+        Self::with_options(bytes, origin, threads, true)
+    }
+
+    /// As [`from_bytes`](Self::from_bytes); `spinning` = false stops onnxruntime's idle threads
+    /// from busy-waiting between ops, for pipelines whose other stages need the cores.
+    pub fn with_options(bytes: &[u8], origin: &str, threads: usize, spinning: bool) -> Result<Self> {
         let env = environment()?;
         let fail = |e: String| Error::bad_file(origin, format!("onnxruntime refused the model: {e}"));
         let mut builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
-        builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| fail(e.to_string()))?;
+        builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| fail(e.to_string()))?;
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(|e| fail(e.to_string()))?;
+        }
+        if !spinning {
+            builder = builder.with_intra_op_spinning(false).map_err(|e| fail(e.to_string()))?;
         }
         let session = builder.commit_from_memory(bytes).map_err(|e| fail(e.to_string()))?;
         Ok(OrtModel { session, origin: origin.to_string() })

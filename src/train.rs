@@ -427,6 +427,29 @@ pub fn load_config(run_dir: &Path) -> Result<TrainConfig> {
     serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, format!("expected a segtune run config: {e}")))
 }
 
+/// Val scores of the model a run with `cfg` would start from (its new classifier included),
+/// before any training: the "before" of a fine-tune.
+pub fn evaluate_start(cfg: &TrainConfig) -> Result<Scores> {
+    let mut cfg = cfg.clone();
+    let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
+    let model_classes = model_classes(&ckpt)?;
+    if cfg.classes == 0 {
+        cfg.classes = model_classes;
+    }
+    let val = Dataset::open(&cfg.data, &cfg.val_split)?;
+    val.validate(cfg.classes)?;
+    struct Go<'a>(&'a TrainConfig, &'a Checkpoint, usize, &'a Dataset);
+    impl ModelFn for Go<'_> {
+        type Output = Result<Scores>;
+        fn call<M: SegModel>(self) -> Self::Output {
+            let device = model::cpu_device();
+            let model: M = build_model(self.0, self.1, self.2, &device)?;
+            evaluate(&model, self.3, self.0, &self.1.normalization, None).map(|(s, _)| s)
+        }
+    }
+    model::with_model(ckpt.info, Go(&cfg, &ckpt, model_classes, &val))
+}
+
 /// The model of a run as its newest checkpoint holds it (weights and BN statistics), on
 /// `device`, with the run's BN mode and freezing applied.
 pub fn load_trained<M: SegModel>(run_dir: &Path, device: &Device) -> Result<M> {

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# segtune infer against the Python pipeline (onnxruntime + Pillow + numpy) doing the same work on
+# the same model, 200 JPEGs of 500x375, letterboxed to 512, batch 4, same thread budget.
+# Creates bench/.venv-infer (onnxruntime 1.31.1, pillow, numpy) on first use.
+# Usage: bench/infer.sh [MODEL=models/deeplabv3plus_mobilenetv2.onnx]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${1:-models/deeplabv3plus_mobilenetv2.onnx}
+threads=$(nproc)
+work=target/bench-infer
+cargo build -q
+[ -x bench/.venv-infer/bin/python ] || { python3 -m venv bench/.venv-infer && bench/.venv-infer/bin/pip install -q onnxruntime==1.31.1 pillow numpy; }
+py=bench/.venv-infer/bin/python
+rm -rf "$work" && mkdir -p "$work/images"
+"$py" - "$work/images" <<'PY'
+import sys, numpy as np
+from PIL import Image
+rng = np.random.default_rng(0)
+for i in range(200):
+    a = (rng.random((375, 500, 3)) * 60 + rng.integers(40, 180, 3)).astype(np.uint8)
+    y, x = rng.integers(0, 300), rng.integers(0, 400)
+    a[y:y + 75, x:x + 100] = rng.integers(0, 255, 3)
+    Image.fromarray(a).save(f"{sys.argv[1]}/img_{i:03d}.jpg", quality=90)
+PY
+s=$(date +%s.%N)
+target/debug/segtune infer "$model" "$work/images" --out "$work/segtune" --batch 4 --size 512 --threads "$threads" >/dev/null
+e=$(date +%s.%N)
+seg=$(echo "200 / ($e - $s)" | bc -l)
+printf 'segtune: 200 images in %.2f s = %.2f images/s\n' "$(echo "$e - $s" | bc -l)" "$seg"
+pyout=$("$py" bench/infer_python.py "$model" "$work/images" "$work/python" 512 4 "$threads")
+echo "$pyout"
+pyips=$(echo "$pyout" | sed -E 's/.*= ([0-9.]+) images\/s/\1/')
+printf 'ratio segtune / python: %.2fx (threads %s)\n' "$(echo "$seg / $pyips" | bc -l)" "$threads"

@@ -1,0 +1,211 @@
+//! Round trip: train a few steps, export, load the export in onnxruntime with its metadata, and
+//! match the burn model; validate and infer on it; and their bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use segtune::data::{self, SynthOptions};
+use segtune::train::{self, BnMode, TrainConfig};
+use segtune::{export, onnx, validate};
+
+/// A run trained for one epoch on a small 4-class set, shared by the tests of this file.
+fn trained_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 3, size: 64, seed: 11 }).unwrap();
+    let mut cfg = TrainConfig::new(data.clone());
+    cfg.classes = 4;
+    cfg.epochs = 1;
+    cfg.batch = 2;
+    cfg.crop = 64;
+    cfg.bn = BnMode::Train;
+    let run = dir.join("run");
+    train::train(cfg, &run).unwrap();
+    (data, run)
+}
+
+fn segtune(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_segtune")).args(args).output().unwrap()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn export_round_trip_matches_burn_and_keeps_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run) = trained_run(dir.path());
+    // Also kept under target/tmp for .ci/run's check with Python onnxruntime.
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("roundtrip");
+    std::fs::create_dir_all(&keep).unwrap();
+    let out = keep.join("export.onnx");
+    let report = export::export(&run, &out).unwrap();
+    assert_eq!((report.tensors_written, report.classes), (312, 4));
+    assert!(report.unshared > 0, "BN trained apart what Identity nodes shared");
+
+    let (reference, exported) = (common::reference(), onnx::read_model(&out).unwrap());
+    let names = |m: &onnx::ModelProto| onnx::graph(m).node.iter().map(|n| n.name().to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&reference), names(&exported), "node order and names kept");
+    assert_eq!(onnx::opset(&exported), Some(17));
+    let meta = onnx::metadata(&exported);
+    assert_eq!(meta["segtune.classes"], "4");
+    assert_eq!(meta["segtune.class_names"], "background,class_1,class_2,class_3");
+    assert_eq!(meta["segtune.ignore_index"], "255");
+    assert_eq!(meta["segtune.mean"], "0.485,0.456,0.406");
+    let training: serde_json::Value = serde_json::from_str(&meta["segtune.training"]).unwrap();
+    assert!(training["best_val_miou"].is_number());
+    let inspect = onnx::inspect(&exported, &out);
+    assert_eq!(inspect.outputs[0].dims[1], onnx::Dim::Fixed(4));
+
+    // onnxruntime from Rust against the run's burn model, on val images.
+    let v = validate::validate_onnx(&out, &data, "val", Some(&run), 0).unwrap();
+    let p = v.parity.as_ref().unwrap();
+    assert!(p.pass && p.max_abs_diff <= 1e-4 && p.argmax_agreement >= 0.9999, "{p:?}");
+    assert_eq!(v.num_images, 3);
+    assert_eq!(v.per_class_iou.len(), 4);
+
+    // What .ci/run's Python check compares against: the input and the burn logits.
+    let device = segtune::model::cpu_device();
+    let model: segtune::model::generated::deeplabv3plus_mobilenetv2::Model =
+        train::load_trained(&run, &device).unwrap();
+    let input = validate::seeded_input(1, 64, &segtune::model::Normalization::IMAGENET, 5);
+    let logits =
+        validate::to_array(segtune::model::SegModel::logits(&model, validate::to_tensor(input.view(), &device)));
+    let f32s = |a: &ndarray::Array4<f32>| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(keep.join("input.bin"), f32s(&input)).unwrap();
+    std::fs::write(keep.join("logits.bin"), f32s(&logits)).unwrap();
+}
+
+#[test]
+fn validate_json_and_class_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run) = trained_run(dir.path());
+    let model = dir.path().join("m.onnx");
+    export::export(&run, &model).unwrap();
+    let json = dir.path().join("report.json");
+    let out = segtune(&[
+        "validate",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in ["miou", "pixel_accuracy", "per_class_iou", "num_images"] {
+        assert!(!v[key].is_null(), "{key} missing");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("background") && text.contains("mIoU"), "{text}");
+
+    // A 6-class dataset against the 4-class export.
+    let six = dir.path().join("six");
+    data::synth(&six, &SynthOptions { classes: 6, train: 1, val: 6, size: 32, seed: 2 }).unwrap();
+    let out = segtune(&["validate", model.to_str().unwrap(), "--data", six.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("SegmentationClass/val_") && err.contains("is outside [0, 4)"), "{err}");
+    assert!(err.contains("has 4 output classes"), "{err}");
+}
+
+#[test]
+fn export_bad_input_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run) = trained_run(dir.path());
+    let missing = dir.path().join("no/such/dir/m.onnx");
+    let out = segtune(&["export", run.to_str().unwrap(), "--out", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("expected an existing directory"), "{}", stderr(&out));
+    assert!(!missing.exists());
+
+    // The run's source checkpoint replaced by a foreign graph: the run no longer matches it.
+    let foreign = dir.path().join("foreign.onnx");
+    common::write_model(&common::two_conv_model(&[1, 3, 8, 8]), &foreign);
+    let cfg_path = run.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["weights"] = serde_json::json!(foreign);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let target = dir.path().join("m.onnx");
+    let out = segtune(&["export", run.to_str().unwrap(), "--out", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("foreign.onnx: expected the architecture of deeplabv3plus_mobilenetv2"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!target.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp"))
+            .count(),
+        0
+    );
+
+    let out = segtune(&["export", dir.path().join("nope").to_str().unwrap(), "--out", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("expected a segtune run directory"));
+}
+
+#[test]
+fn infer_writes_masks_and_skips_a_corrupt_image_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run) = trained_run(dir.path());
+    let model = dir.path().join("m.onnx");
+    export::export(&run, &model).unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..3 {
+        std::fs::copy(data.join(format!("JPEGImages/val_{i:05}.jpg")), imgs.join(format!("v{i}.jpg"))).unwrap();
+    }
+    // A 100x60 image: masks come back at the original size.
+    image::RgbImage::from_pixel(100, 60, image::Rgb([40, 90, 200])).save(imgs.join("wide.png")).unwrap();
+    std::fs::write(imgs.join("broken.jpg"), b"this is not a jpeg").unwrap();
+    let out_dir = dir.path().join("pred");
+    let out = segtune(&[
+        "infer",
+        model.to_str().unwrap(),
+        imgs.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--overlay",
+        "--batch",
+        "2",
+        "--size",
+        "64",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("broken.jpg") && err.contains("skipped"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for stem in ["v0", "v1", "v2", "wide"] {
+        assert!(out_dir.join(format!("{stem}.png")).is_file(), "{stem}.png");
+        assert!(out_dir.join(format!("overlay/{stem}.jpg")).is_file());
+    }
+    assert_eq!(image::image_dimensions(out_dir.join("wide.png")).unwrap(), (100, 60));
+    let mask = segtune::data::load_mask(&out_dir.join("v0.png"), 4).unwrap();
+    assert_eq!(mask.dimensions(), (64, 64));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["images"].as_array().unwrap().len(), 4);
+    assert_eq!(summary["failed"].as_array().unwrap().len(), 1);
+    let fractions: f64 =
+        summary["images"][0]["class_fractions"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
+    assert!((fractions - 1.0).abs() < 1e-9);
+    // A glob.
+    let pattern = imgs.join("v?.jpg");
+    let out = segtune(&[
+        "infer",
+        model.to_str().unwrap(),
+        pattern.to_str().unwrap(),
+        "--out",
+        dir.path().join("p2").to_str().unwrap(),
+        "--size",
+        "64",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(dir.path().join("p2")).unwrap().count(), 4, "3 masks and summary.json");
+}
