@@ -6,6 +6,7 @@
 
 pub mod data;
 pub mod demo;
+pub mod doctor;
 pub mod error;
 pub mod export;
 pub mod infer;

@@ -126,6 +126,18 @@ enum Command {
         #[arg(long, default_value_t = 512)]
         size: usize,
     },
+    /// Tell why a fine-tune does not learn: labels, images, model, initial loss, overfitting one
+    /// batch (with a learning-rate sweep), BatchNorm; the most likely cause first.
+    Doctor {
+        #[command(flatten)]
+        flags: Box<TrainFlags>,
+        /// Also write the report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Optimizer steps of each overfit-one-batch run.
+        #[arg(long, default_value_t = 25)]
+        steps: usize,
+    },
     /// Compare the burn model (CPU) with onnxruntime on the same seeded input.
     Parity {
         /// Compiled-in model (default: deeplabv3plus_mobilenetv2, or the one matching --weights).
@@ -158,18 +170,25 @@ enum Command {
     },
 }
 
-/// `segtune train` arguments; every default is documented on [`TrainConfig`].
+/// `segtune train` arguments.
 #[derive(clap::Args)]
 struct TrainArgs {
     /// Continue the run in this directory from its newest checkpoint (other flags are ignored).
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["data", "out"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out"])]
     resume: Option<PathBuf>,
-    /// Dataset directory: VOC layout or SPLIT/images + SPLIT/masks.
-    #[arg(long, required_unless_present = "resume")]
-    data: Option<PathBuf>,
     /// Run directory to create (config, checkpoints, metrics, curves, snapshots).
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    flags: TrainFlags,
+}
+
+/// The training flags `train` and `doctor` share; every default is documented on [`TrainConfig`].
+#[derive(clap::Args)]
+struct TrainFlags {
+    /// Dataset directory: VOC layout or SPLIT/images + SPLIT/masks (required).
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Compiled-in model.
     #[arg(long, default_value = model::DEFAULT_MODEL)]
     model: String,
@@ -218,9 +237,10 @@ struct TrainArgs {
     stop_after: Option<usize>,
 }
 
-impl TrainArgs {
-    fn config(self) -> TrainConfig {
-        let mut c = TrainConfig::new(self.data.unwrap_or_default());
+impl TrainFlags {
+    fn config(self) -> Result<TrainConfig, segtune::Error> {
+        let data = self.data.ok_or_else(|| segtune::Error::BadArgument("--data DIR is required".into()))?;
+        let mut c = TrainConfig::new(data);
         c.model = self.model;
         c.weights = self.weights;
         c.classes = self.classes.unwrap_or(0);
@@ -242,7 +262,7 @@ impl TrainArgs {
         c.device = self.device;
         c.seed = self.seed;
         c.stop_after = self.stop_after;
-        c
+        Ok(c)
     }
 }
 
@@ -264,7 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(dir), _) => train::resume(dir)?,
                 (None, Some(out)) => {
                     let out = out.clone();
-                    train::train(args.config(), &out)?
+                    train::train(args.flags.config()?, &out)?
                 }
                 (None, None) => unreachable!("clap requires --out or --resume"),
             };
@@ -304,6 +324,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !summary.failed.is_empty() {
                 let names: Vec<&str> = summary.failed.iter().map(|(f, _)| f.as_str()).collect();
                 eprintln!("error: {} input(s) could not be read and were skipped: {}", names.len(), names.join(", "));
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Doctor { flags, json, steps } => {
+            let cfg = flags.config()?;
+            let opts = segtune::doctor::DoctorOptions { steps, ..Default::default() };
+            let report = segtune::doctor::doctor(&cfg, &opts)?;
+            emit!("{}", report.to_string().trim_end());
+            if let Some(path) = json {
+                segtune::doctor::write_json(&report, &path)?;
+            }
+            if report.failures() > 0 {
                 return Ok(ExitCode::from(1));
             }
         }

@@ -234,7 +234,15 @@ pub fn match_architecture(
     let live = |g: &onnx::GraphProto| -> Vec<usize> {
         g.node.iter().enumerate().filter(|(_, n)| n.op_type() != "Identity").map(|(i, _)| i).collect()
     };
-    let (rl, cl) = (live(rg), live(cg));
+    let (rl, mut cl) = (live(rg), live(cg));
+    // A checkpoint that only adds a Softmax on the output (the seed's mistake) matches: the
+    // compiled model gives the logits before it, which is what segtune trains on.
+    if cl.len() == rl.len() + 1
+        && onnx::trailing_softmax(cg, onnx::opset(ckpt)).is_some()
+        && cl.last().is_some_and(|&i| matches!(cg.node[i].op_type(), "Softmax" | "LogSoftmax"))
+    {
+        cl.pop();
+    }
     for (k, (&ri, &ci)) in rl.iter().zip(&cl).enumerate() {
         let (rn, cn) = (&rg.node[ri], &cg.node[ci]);
         if rn.op_type() != cn.op_type() || rn.domain() != cn.domain() {

@@ -325,7 +325,12 @@ impl ModuleVisitor for Counter {
 
 /// Builds the model a run trains: the checkpoint's weights, a new classifier when the class
 /// count differs, the freeze and BN settings applied.
-fn build_model<M: SegModel>(cfg: &TrainConfig, ckpt: &Checkpoint, model_classes: usize, device: &Device) -> Result<M> {
+pub(crate) fn build_model<M: SegModel>(
+    cfg: &TrainConfig,
+    ckpt: &Checkpoint,
+    model_classes: usize,
+    device: &Device,
+) -> Result<M> {
     let model: M = ckpt.load(device)?;
     let classifier: HashSet<&str> = classifier_paths(ckpt.info).into_iter().collect();
     let frozen = match cfg.freeze {
@@ -343,7 +348,7 @@ fn build_model<M: SegModel>(cfg: &TrainConfig, ckpt: &Checkpoint, model_classes:
     }))
 }
 
-fn make_optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
+pub(crate) fn make_optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
     let clip = cfg.grad_clip.map(burn::grad_clipping::GradientClippingConfig::Norm);
     match cfg.optimizer {
         OptimizerKind::Sgd => SgdConfig::new()
@@ -492,7 +497,7 @@ fn run(mut cfg: TrainConfig, run_dir: &Path, resume_from: Option<PathBuf>) -> Re
     model::with_model(ckpt.info, Go(&cfg, &ckpt, model_classes, run_dir, resume_from))
 }
 
-fn model_classes(ckpt: &Checkpoint) -> Result<usize> {
+pub(crate) fn model_classes(ckpt: &Checkpoint) -> Result<usize> {
     let g = onnx::graph(&ckpt.proto);
     let head = classifier_paths(ckpt.info);
     let entry = ckpt.info.params.iter().find(|e| head.first() == Some(&e.burn)).expect("a classifier");
@@ -684,7 +689,7 @@ fn run_typed<M: SegModel>(
     })
 }
 
-fn batch_tensors(batch: &Batch, device: &Device) -> (Tensor<4>, Tensor<3, Int>) {
+pub(crate) fn batch_tensors(batch: &Batch, device: &Device) -> (Tensor<4>, Tensor<3, Int>) {
     let shape = match batch.layout {
         model::Layout::Nchw => [batch.n, 3, batch.h, batch.w],
         model::Layout::Nhwc => [batch.n, batch.h, batch.w, 3],
@@ -696,7 +701,7 @@ fn batch_tensors(batch: &Batch, device: &Device) -> (Tensor<4>, Tensor<3, Int>) 
 }
 
 /// Whether every BN running mean is 0 and every running variance 1 (never trained).
-fn bn_statistics_at_init<M: SegModel>(model: &M) -> bool {
+pub(crate) fn bn_statistics_at_init<M: SegModel>(model: &M) -> bool {
     model.valid().collect(None, None, false).iter().all(|t| {
         let v = model::pack_f32(t);
         if t.name.ends_with(".running_mean") {

@@ -1,0 +1,915 @@
+//! `segtune doctor`: tells a user why their fine-tune does not learn. It checks the labels, the
+//! images, the model, the initial loss, whether one batch can be overfit (with a learning-rate
+//! sweep when it cannot), and BatchNorm, and ranks the most likely cause first with the exact
+//! `segtune train` flags that fix it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use burn::module::{ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::store::ModuleSnapshot;
+use burn::tensor::{Device, Tensor};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::IGNORE_INDEX;
+use crate::data::{self, Augment, Dataset, Item, Loader, LoaderSpec};
+use crate::error::Result;
+use crate::loss::{self, LossSpec};
+use crate::model::{self, Checkpoint, ModelFn, SegModel};
+use crate::onnx;
+use crate::train::{self, BnMode, TrainConfig};
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Fail,
+    Warn,
+    Pass,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        })
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    /// What was measured.
+    pub measured: String,
+    /// The concrete fix (empty when nothing needs fixing).
+    pub fix: String,
+    /// `segtune train` flags that apply the fix, if flags can.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+}
+
+fn check(name: &str, status: Status, measured: impl Into<String>, fix: impl Into<String>, flags: &[&str]) -> Check {
+    Check {
+        name: name.to_string(),
+        status,
+        measured: measured.into(),
+        fix: fix.into(),
+        flags: flags.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    pub checks: Vec<Check>,
+    /// The most likely cause first, then the others that failed or warned.
+    pub summary: Vec<String>,
+    /// The `segtune train` command with every suggested flag applied.
+    pub suggested_command: Option<String>,
+}
+
+impl DoctorReport {
+    pub fn failures(&self) -> usize {
+        self.checks.iter().filter(|c| c.status == Status::Fail).count()
+    }
+}
+
+impl fmt::Display for DoctorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
+        for c in &self.checks {
+            writeln!(f, "{}  {:<width$}  {}", c.status, c.name, c.measured)?;
+            if !c.fix.is_empty() {
+                writeln!(f, "      {:<width$}  fix: {}", "", c.fix)?;
+            }
+        }
+        writeln!(f)?;
+        for (i, line) in self.summary.iter().enumerate() {
+            writeln!(f, "{}{line}", if i == 0 { "most likely: " } else { "also:        " })?;
+        }
+        if let Some(cmd) = &self.suggested_command {
+            writeln!(f, "try:         {cmd}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How much work the doctor does.
+#[derive(Debug, Clone, Copy)]
+pub struct DoctorOptions {
+    /// Optimizer steps of each overfit-one-batch run (default 25).
+    pub steps: usize,
+    /// Images in the overfit batch (default: --batch, at most 4).
+    pub max_batch: usize,
+    /// Side of the overfit batch's crops (default: --crop, at most 128).
+    pub max_crop: usize,
+}
+
+impl Default for DoctorOptions {
+    fn default() -> Self {
+        DoctorOptions { steps: 25, max_batch: 4, max_crop: 128 }
+    }
+}
+
+/// What a scan of one split's masks and images found.
+#[derive(Debug, Default)]
+struct SplitScan {
+    masks: usize,
+    histogram: BTreeMap<u16, u64>,
+    pixels: u64,
+    out_of_range: Vec<(String, u16)>,
+    colour: Vec<String>,
+    colours: BTreeMap<[u16; 3], u64>,
+    one_hot: Vec<String>,
+    multi_channel: Vec<String>,
+    size_mismatch: Vec<String>,
+    unreadable: Vec<String>,
+    image_kinds: BTreeMap<String, usize>,
+    min_size: Option<(u32, u32)>,
+    max_size: Option<(u32, u32)>,
+}
+
+enum MaskKind {
+    Index(Vec<u16>),
+    OneHot,
+    Colour(Vec<[u16; 3]>),
+    MultiChannel,
+}
+
+fn classify(raw: &data::RawMask) -> MaskKind {
+    match raw.channels {
+        1 => MaskKind::Index(raw.values.clone()),
+        2 => MaskKind::MultiChannel,
+        c => {
+            let pixels: Vec<&[u16]> = raw.values.chunks_exact(c).collect();
+            let colour_channels = 3.min(c);
+            let hot = pixels.iter().all(|p| {
+                let nonzero: Vec<u16> = p[..colour_channels].iter().copied().filter(|&v| v != 0).collect();
+                nonzero.len() <= 1 && nonzero.iter().all(|&v| v == 1 || v == 255)
+            });
+            if hot { MaskKind::OneHot } else { MaskKind::Colour(pixels.iter().map(|p| [p[0], p[1], p[2]]).collect()) }
+        }
+    }
+}
+
+/// One item as the doctor sees it: the raw mask, the image's size and colour type.
+struct ScannedItem {
+    mask_name: String,
+    raw: data::RawMask,
+    dims: (u32, u32),
+    kind: String,
+}
+
+fn scan_item(item: &Item) -> std::result::Result<ScannedItem, String> {
+    use image::ImageDecoder;
+    let raw = data::read_mask_raw(&item.mask).map_err(|e| e.to_string())?;
+    let decoder = image::ImageReader::open(&item.image)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| format!("{}: {e}", item.image.display()))?
+        .into_decoder()
+        .map_err(|e| format!("{}: {e}", item.image.display()))?;
+    let kind = format!("{:?}", decoder.color_type()).to_lowercase();
+    Ok(ScannedItem { mask_name: item.mask.display().to_string(), raw, dims: decoder.dimensions(), kind })
+}
+
+fn scan_split(ds: &Dataset, classes: usize) -> SplitScan {
+    let per_item: Vec<std::result::Result<ScannedItem, String>> = ds.items.par_iter().map(scan_item).collect();
+    let mut s = SplitScan::default();
+    for r in per_item {
+        let ScannedItem { mask_name: name, raw, dims, kind } = match r {
+            Ok(v) => v,
+            Err(e) => {
+                s.unreadable.push(e);
+                continue;
+            }
+        };
+        s.masks += 1;
+        *s.image_kinds.entry(kind).or_insert(0) += 1;
+        s.min_size = Some(s.min_size.map_or(dims, |m| (m.0.min(dims.0), m.1.min(dims.1))));
+        s.max_size = Some(s.max_size.map_or(dims, |m| (m.0.max(dims.0), m.1.max(dims.1))));
+        if dims != (raw.width, raw.height) {
+            s.size_mismatch.push(format!("{name} ({}x{}) vs its image ({}x{})", raw.width, raw.height, dims.0, dims.1));
+        }
+        match classify(&raw) {
+            MaskKind::Index(values) => {
+                for v in values {
+                    *s.histogram.entry(v).or_insert(0) += 1;
+                    s.pixels += 1;
+                    if v != IGNORE_INDEX as u16 && v as usize >= classes && s.out_of_range.len() < 1000 {
+                        s.out_of_range.push((name.clone(), v));
+                    }
+                }
+            }
+            MaskKind::OneHot => s.one_hot.push(name),
+            MaskKind::MultiChannel => s.multi_channel.push(name),
+            MaskKind::Colour(colours) => {
+                for c in colours {
+                    *s.colours.entry(c).or_insert(0) += 1;
+                }
+                s.colour.push(name);
+            }
+        }
+    }
+    s
+}
+
+fn first_names(v: &[String], n: usize) -> String {
+    let mut shown: Vec<&str> = v.iter().take(n).map(String::as_str).collect();
+    if v.len() > n {
+        shown.push("...");
+    }
+    shown.join(", ")
+}
+
+fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) -> bool {
+    let hist = |s: &SplitScan| {
+        let total = s.pixels.max(1) as f64;
+        s.histogram
+            .iter()
+            .map(|(v, c)| format!("{v}: {:.1}%", 100.0 * *c as f64 / total))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    checks.push(check(
+        "labels.histogram",
+        Status::Pass,
+        format!("train [{}]; val [{}]", hist(train), hist(val)),
+        "",
+        &[],
+    ));
+    let mut usable = true;
+    let colour: Vec<String> = train.colour.iter().chain(&val.colour).cloned().collect();
+    let one_hot: Vec<String> = train
+        .one_hot
+        .iter()
+        .chain(&val.one_hot)
+        .chain(&train.multi_channel)
+        .chain(&val.multi_channel)
+        .cloned()
+        .collect();
+    if !colour.is_empty() {
+        usable = false;
+        let palette = data::voc_palette();
+        let mut colours: Vec<([u16; 3], u64)> =
+            train.colours.iter().chain(&val.colours).map(|(k, v)| (*k, *v)).collect();
+        colours.sort_by_key(|c| std::cmp::Reverse(c.1));
+        let hints: Vec<String> = colours
+            .iter()
+            .take(6)
+            .map(|(c, _)| {
+                let idx = palette.iter().position(|p| p.iter().zip(c).all(|(a, b)| *a as u16 == *b));
+                match idx {
+                    Some(i) => format!("({},{},{}) -> {i}", c[0], c[1], c[2]),
+                    None => format!("({},{},{}) -> not in the VOC palette", c[0], c[1], c[2]),
+                }
+            })
+            .collect();
+        checks.push(check(
+            "labels.format",
+            Status::Fail,
+            format!("{} masks store RGB colours instead of class indices: {}", colour.len(), first_names(&colour, 3)),
+            format!(
+                "convert colours to indices (VOC palette: {}); save as a palette or 8-bit grayscale PNG whose values are the indices",
+                hints.join(", ")
+            ),
+            &[],
+        ));
+    } else if !one_hot.is_empty() {
+        usable = false;
+        checks.push(check(
+            "labels.format",
+            Status::Fail,
+            format!("{} masks are one-hot or multi-channel (one channel per class): {}", one_hot.len(), first_names(&one_hot, 3)),
+            "store one channel holding the class index of each pixel (the argmax over the one-hot channels), 255 where ignored",
+            &[],
+        ));
+    } else {
+        checks.push(check(
+            "labels.format",
+            Status::Pass,
+            format!("{} single-channel index masks", train.masks + val.masks),
+            "",
+            &[],
+        ));
+    }
+    let bad: Vec<&(String, u16)> = train.out_of_range.iter().chain(&val.out_of_range).collect();
+    if bad.is_empty() {
+        checks.push(check(
+            "labels.range",
+            Status::Pass,
+            format!("all values in [0, {}) or {IGNORE_INDEX}", cfg.classes),
+            "",
+            &[],
+        ));
+    } else {
+        usable = false;
+        let values: BTreeSet<u16> = bad.iter().map(|b| b.1).collect();
+        let files: BTreeSet<&str> = bad.iter().map(|b| b.0.as_str()).collect();
+        let max = values.iter().max().copied().unwrap_or(0);
+        let flag = format!("--classes {}", max + 1);
+        checks.push(Check {
+            name: "labels.range".into(),
+            status: Status::Fail,
+            measured: format!(
+                "values {values:?} outside [0, {}) and not {IGNORE_INDEX}, in {} files: {}",
+                cfg.classes,
+                files.len(),
+                first_names(&files.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 3)
+            ),
+            fix: format!("relabel those pixels, or if they are real classes train with {flag}"),
+            flags: vec![flag],
+        });
+    }
+    let ignored =
+        |s: &SplitScan| *s.histogram.get(&(IGNORE_INDEX as u16)).unwrap_or(&0) as f64 / s.pixels.max(1) as f64;
+    let (ti, vi) = (ignored(train), ignored(val));
+    checks.push(check(
+        "labels.ignore",
+        if ti.max(vi) > 0.5 { Status::Warn } else { Status::Pass },
+        format!("{:.1}% of train and {:.1}% of val pixels are {IGNORE_INDEX} (ignored)", ti * 100.0, vi * 100.0),
+        if ti.max(vi) > 0.5 { "most pixels are ignored: check that 255 marks only boundaries / void" } else { "" },
+        &[],
+    ));
+    let present = |s: &SplitScan| -> BTreeSet<usize> {
+        s.histogram.keys().filter(|&&v| (v as usize) < cfg.classes).map(|&v| v as usize).collect()
+    };
+    let (tp, vp) = (present(train), present(val));
+    let missing_train: Vec<usize> = (0..cfg.classes).filter(|c| !tp.contains(c)).collect();
+    let missing_val: Vec<usize> = (0..cfg.classes).filter(|c| !vp.contains(c)).collect();
+    if usable && (!missing_train.is_empty() || !missing_val.is_empty()) {
+        checks.push(check(
+            "labels.coverage",
+            Status::Warn,
+            format!("classes missing from train: {missing_train:?}; from val: {missing_val:?}"),
+            "a class never seen in train cannot be learned, one absent from val is left out of mIoU; check --classes and the split",
+            &[],
+        ));
+    } else if usable {
+        checks.push(check(
+            "labels.coverage",
+            Status::Pass,
+            format!("all {} classes occur in train and val", cfg.classes),
+            "",
+            &[],
+        ));
+    }
+    usable
+}
+
+fn image_checks(train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) -> bool {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for (k, v) in train.image_kinds.iter().chain(&val.image_kinds) {
+        *kinds.entry(k.clone()).or_insert(0) += v;
+    }
+    let unreadable: Vec<String> = train.unreadable.iter().chain(&val.unreadable).cloned().collect();
+    let mismatch: Vec<String> = train.size_mismatch.iter().chain(&val.size_mismatch).cloned().collect();
+    let sizes = match (train.min_size, train.max_size) {
+        (Some(a), Some(b)) => format!("sizes {}x{} to {}x{}", a.0, a.1, b.0, b.1),
+        _ => "no sizes".into(),
+    };
+    let kinds_text = kinds.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+    if !unreadable.is_empty() || !mismatch.is_empty() {
+        checks.push(check(
+            "images.format",
+            Status::Fail,
+            format!(
+                "{} unreadable ({}), {} image/mask size mismatches ({}); {kinds_text}",
+                unreadable.len(),
+                first_names(&unreadable, 2),
+                mismatch.len(),
+                first_names(&mismatch, 2)
+            ),
+            "every image needs a readable file and a mask of exactly its size",
+            &[],
+        ));
+        return false;
+    }
+    checks.push(check(
+        "images.format",
+        Status::Pass,
+        format!("{kinds_text}; {sizes}; every mask matches its image"),
+        "",
+        &[],
+    ));
+    true
+}
+
+fn normalization_check(ds: &Dataset, norm: &model::Normalization, checks: &mut Vec<Check>) {
+    let sample: Vec<&Item> = ds.items.iter().take(16).collect();
+    let stats: Vec<(f64, f64, f64)> = sample
+        .par_iter()
+        .filter_map(|item| data::load_image(&item.image).ok())
+        .map(|img| {
+            let (mut sum, mut sq, mut n) = (0f64, 0f64, 0f64);
+            for p in img.pixels() {
+                for c in 0..3 {
+                    let v = ((p[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c]) as f64;
+                    sum += v;
+                    sq += v * v;
+                    n += 1.0;
+                }
+            }
+            (sum, sq, n)
+        })
+        .collect();
+    let (sum, sq, n) = stats.iter().fold((0.0, 0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+    if n == 0.0 {
+        return;
+    }
+    let mean = sum / n;
+    let std = (sq / n - mean * mean).max(0.0).sqrt();
+    let expected = format!("model expects (x/255 - {:?}) / {:?}", norm.mean, norm.std);
+    let ok = mean.abs() < 1.0 && (0.25..3.0).contains(&std);
+    checks.push(check(
+        "images.normalization",
+        if ok { Status::Pass } else { Status::Warn },
+        format!("normalized pixels of {} images: mean {mean:.3}, std {std:.3}; {expected}", stats.len()),
+        if ok {
+            String::new()
+        } else {
+            "after normalization pixels should have mean near 0 and std near 1: images that are nearly black, saturated or \
+             already normalized (e.g. saved from [-1, 1] or [0, 1] floats) do not match what the model expects"
+                .to_string()
+        },
+        &[],
+    ));
+}
+
+fn model_checks(cfg: &TrainConfig, ckpt: &Checkpoint, model_classes: usize, checks: &mut Vec<Check>) {
+    let g = onnx::graph(&ckpt.proto);
+    match onnx::trailing_softmax(g, onnx::opset(&ckpt.proto)) {
+        Some(s) => checks.push(check(
+            "model.softmax",
+            Status::Warn,
+            format!("{} ends in {} node {:?} (axis {}): its output {:?} holds probabilities", ckpt.origin(), s.op_type, s.node, s.axis, s.output),
+            "segtune trains on the logits before the softmax (its compiled model has none); a loss that expects logits \
+             (cross-entropy, Dice from logits) on this file's output applies softmax twice and barely learns: drop the softmax",
+            &[],
+        )),
+        None => checks.push(check("model.softmax", Status::Pass, "no softmax on the output: the model gives logits", "", &[])),
+    }
+    let head = if cfg.classes == model_classes {
+        format!("{model_classes} outputs = {} dataset classes", cfg.classes)
+    } else {
+        format!(
+            "{model_classes} outputs, {} dataset classes: a fresh {}-class classifier replaces the old one",
+            cfg.classes, cfg.classes
+        )
+    };
+    checks.push(check("model.classes", Status::Pass, head, "", &[]));
+}
+
+/// `segtune doctor`.
+pub fn doctor(cfg: &TrainConfig, opts: &DoctorOptions) -> Result<DoctorReport> {
+    let mut cfg = cfg.clone();
+    let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
+    let model_classes = train::model_classes(&ckpt)?;
+    if cfg.classes == 0 {
+        cfg.classes = model_classes;
+    }
+    let train_set = Dataset::open(&cfg.data, &cfg.train_split)?;
+    let val_set = Dataset::open(&cfg.data, &cfg.val_split)?;
+    let mut checks = vec![];
+    let (ts, vs) = (scan_split(&train_set, cfg.classes), scan_split(&val_set, cfg.classes));
+    let labels_ok = label_checks(&cfg, &ts, &vs, &mut checks);
+    let images_ok = image_checks(&ts, &vs, &mut checks);
+    normalization_check(&train_set, &ckpt.normalization, &mut checks);
+    model_checks(&cfg, &ckpt, model_classes, &mut checks);
+    bn_config_check(&cfg, &mut checks);
+
+    if labels_ok && images_ok && !(cfg.bn == BnMode::Train && cfg.batch < 2) {
+        struct Go<'a>(&'a TrainConfig, &'a Checkpoint, usize, &'a Dataset, &'a DoctorOptions);
+        impl ModelFn for Go<'_> {
+            type Output = Result<Vec<Check>>;
+            fn call<M: SegModel>(self) -> Self::Output {
+                training_checks::<M>(self.0, self.1, self.2, self.3, self.4)
+            }
+        }
+        checks.extend(model::with_model(ckpt.info, Go(&cfg, &ckpt, model_classes, &train_set, opts))?);
+    } else {
+        checks.push(check(
+            "train.overfit",
+            Status::Warn,
+            "not run: the labels, images or BatchNorm settings above must be fixed first",
+            "fix the FAIL lines above, then run the doctor again",
+            &[],
+        ));
+    }
+    Ok(summarize(&cfg, checks))
+}
+
+fn bn_config_check(cfg: &TrainConfig, checks: &mut Vec<Check>) {
+    match (cfg.bn, cfg.batch) {
+        (BnMode::Train, 1) => checks.push(check(
+            "bn.batch",
+            Status::Fail,
+            "--bn train with --batch 1: BatchNorm needs more than one value per channel (the ASPP image-pooling branch has one per image)",
+            "use --batch 8 (at least 2), or --bn frozen with trained statistics",
+            &["--batch 8"],
+        )),
+        (BnMode::Train, 2) => checks.push(check(
+            "bn.batch",
+            Status::Warn,
+            "--bn train with --batch 2: batch statistics of 2 images are noisy and the running statistics follow them",
+            "use --batch 8 or more with --bn train, or --bn frozen with trained statistics (DeepLab's small-batch recipe)",
+            &["--batch 8"],
+        )),
+        (BnMode::Train, b) => checks.push(check("bn.batch", Status::Pass, format!("--bn train with --batch {b}"), "", &[])),
+        (BnMode::Frozen, b) => checks.push(check("bn.batch", Status::Pass, format!("--bn frozen with --batch {b}: running statistics are used"), "", &[])),
+    }
+}
+
+/// A fixed batch of the first train images (center crops, no randomness).
+fn fixed_batch(
+    cfg: &TrainConfig,
+    ds: &Dataset,
+    norm: &model::Normalization,
+    opts: &DoctorOptions,
+) -> Result<data::Batch> {
+    let n = cfg.batch.clamp(1, opts.max_batch).min(ds.items.len());
+    let crop = cfg.crop.min(opts.max_crop).max(norm.size_multiple);
+    let spec = LoaderSpec {
+        items: ds.items.clone(),
+        batches: vec![(0..n).collect()],
+        classes: cfg.classes,
+        norm: *norm,
+        augment: Some(Augment { crop, scale: (1.0, 1.0), flip: false }),
+        seed: 0,
+        epoch: 0,
+    };
+    Loader::start(spec, 1).next().expect("one batch")
+}
+
+struct ZeroGrads<'a> {
+    grads: &'a GradientsParams,
+    path: Vec<String>,
+    zero: Vec<String>,
+}
+
+impl ModuleVisitor for ZeroGrads<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !param.is_require_grad() {
+            return;
+        }
+        if let Some(g) = self.grads.get::<D>(param.id)
+            && g.abs().max().into_scalar::<f32>() == 0.0
+        {
+            self.zero.push(self.path.join("."));
+        }
+    }
+}
+
+/// Loss of `steps` steps at constant `lr` on `batch`, from the initial model; returns the losses,
+/// the model after them, and the parameters whose first gradient was exactly zero.
+fn overfit<M: SegModel>(
+    cfg: &TrainConfig,
+    model: M,
+    batch: &data::Batch,
+    device: &Device,
+    lr: f64,
+    steps: usize,
+) -> (Vec<f64>, M, Vec<String>) {
+    let mut cfg = cfg.clone();
+    cfg.lr = lr;
+    let mut optim = train::make_optimizer(&cfg);
+    let mut model = model;
+    let (mut losses, mut zero) = (vec![], vec![]);
+    for step in 0..steps {
+        let (x, y) = train::batch_tensors(batch, device);
+        let loss = loss::compute(&cfg.loss, model.logits(x), y, cfg.class_weights.as_deref());
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        losses.push(value);
+        if !value.is_finite() {
+            break;
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        if step == 0 {
+            let mut v = ZeroGrads { grads: &grads, path: vec![], zero: vec![] };
+            model.visit(&mut v);
+            zero = v.zero;
+        }
+        model = optim.step(lr, model, grads);
+    }
+    (losses, model, zero)
+}
+
+fn fall(losses: &[f64]) -> f64 {
+    match (losses.first(), losses.last()) {
+        (Some(&a), Some(&b)) if a.is_finite() && b.is_finite() && a > 0.0 => 1.0 - b / a,
+        _ => f64::NEG_INFINITY,
+    }
+}
+
+fn bn_stats<M: SegModel>(model: &M) -> BTreeMap<String, Vec<f32>> {
+    model
+        .valid()
+        .collect(None, None, false)
+        .iter()
+        .filter(|t| t.name.ends_with("running_mean") || t.name.ends_with("running_var"))
+        .map(|t| (t.name.clone(), model::pack_f32(t)))
+        .collect()
+}
+
+fn training_checks<M: SegModel>(
+    cfg: &TrainConfig,
+    ckpt: &Checkpoint,
+    model_classes: usize,
+    ds: &Dataset,
+    opts: &DoctorOptions,
+) -> Result<Vec<Check>> {
+    let mut checks = vec![];
+    let device = model::cpu_device().autodiff();
+    device.seed(cfg.seed);
+    let batch = fixed_batch(cfg, ds, &ckpt.normalization, opts)?;
+    let start: M = train::build_model(cfg, ckpt, model_classes, &device)?;
+
+    // Trainable parameters.
+    struct Count(usize, usize, Vec<String>);
+    impl ModuleVisitor for Count {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.2.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.2.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if self.2.last().is_some_and(|f| f.starts_with("running_")) {
+                return;
+            }
+            let n = p.shape().num_elements();
+            self.1 += n;
+            if p.is_require_grad() {
+                self.0 += n;
+            }
+        }
+    }
+    let mut count = Count(0, 0, vec![]);
+    start.visit(&mut count);
+    checks.push(check(
+        "model.trainable",
+        if count.0 == 0 { Status::Fail } else { Status::Pass },
+        format!("{} of {} parameters trainable (--freeze {:?})", count.0, count.1, cfg.freeze),
+        if count.0 == 0 { "nothing can learn: unfreeze something" } else { "" },
+        &[],
+    ));
+
+    // BN statistics at their initial values.
+    let at_init = train::bn_statistics_at_init(&start);
+    checks.push(match (cfg.bn, at_init) {
+        (BnMode::Frozen, true) => check(
+            "bn.statistics",
+            Status::Fail,
+            "--bn frozen, and every BN running mean is 0 and every variance 1 (never trained): frozen BN then normalizes nothing. \
+             A PyTorch peer frozen at such statistics stays at val mIoU 0.14 (all background)",
+            "train BN (--bn train with --batch 8) or start from a checkpoint whose BN statistics were trained (--weights)",
+            &["--bn train", "--batch 8"],
+        ),
+        (BnMode::Train, true) => check("bn.statistics", Status::Pass, "statistics at their initial values; --bn train will learn them", "", &[]),
+        (_, false) => check("bn.statistics", Status::Pass, "BN running statistics were trained (not at mean 0 / variance 1)", "", &[]),
+    });
+
+    // Initial loss against ln(C).
+    let ce = LossSpec::default();
+    let (x, y) = train::batch_tensors(&batch, &device);
+    let initial = loss::compute(&ce, start.logits(x), y, None).into_scalar::<f32>() as f64;
+    let ln_c = (cfg.classes as f64).ln();
+    let ratio = initial / ln_c;
+    let fresh = cfg.classes != model_classes;
+    let status =
+        if !initial.is_finite() || (fresh && !(0.5..=2.0).contains(&ratio)) { Status::Warn } else { Status::Pass };
+    checks.push(check(
+        "loss.initial",
+        status,
+        format!(
+            "cross-entropy {initial:.4} at initialization, ln({}) = {ln_c:.4}, ratio {ratio:.2}{}",
+            cfg.classes,
+            if fresh { " (fresh head)" } else { "" }
+        ),
+        if status == Status::Pass {
+            String::new()
+        } else if ratio > 2.0 {
+            "far above ln(C): the head starts confidently wrong — logits are large (inputs not normalized as the model \
+             expects, BN statistics that do not fit the data, or a bad initialization)"
+                .into()
+        } else {
+            "far below ln(C) for a fresh head: check that the labels are not nearly all one class".into()
+        },
+        &[],
+    ));
+
+    // Overfit one batch with the user's recipe.
+    let before = bn_stats(&start);
+    let (losses, trained, zero) = overfit(cfg, start.clone(), &batch, &device, cfg.lr, opts.steps);
+    let f = fall(&losses);
+    let measured = format!(
+        "{} steps at --lr {:e} on {} images of {}²: loss {:.4} -> {:.4} ({:.0}% lower)",
+        losses.len(),
+        cfg.lr,
+        batch.n,
+        batch.h,
+        losses.first().copied().unwrap_or(f64::NAN),
+        losses.last().copied().unwrap_or(f64::NAN),
+        f * 100.0
+    );
+    if f >= 0.5 {
+        checks.push(check("train.overfit", Status::Pass, measured, "", &[]));
+    } else {
+        let mut sweep = vec![];
+        for lr in [1e-4, 1e-3, 1e-2, 3e-2, 1e-1] {
+            if (lr - cfg.lr).abs() / cfg.lr < 1e-6 {
+                continue;
+            }
+            let (l, _, _) = overfit(cfg, start.clone(), &batch, &device, lr, opts.steps);
+            sweep.push((lr, fall(&l)));
+        }
+        let tried = sweep.iter().map(|(lr, f)| format!("{lr:e}: {:.0}%", f * 100.0)).collect::<Vec<_>>().join(", ");
+        // The smallest rate that fits the batch: larger ones fit it faster but train less stably.
+        let best = sweep.iter().filter(|(_, f)| *f >= 0.5).map(|b| b.0).reduce(f64::min);
+        match best {
+            Some(lr) => {
+                let flag = format!("--lr {lr:e}");
+                checks.push(Check {
+                    name: "train.overfit".into(),
+                    status: Status::Fail,
+                    measured: format!("{measured}; learning-rate sweep (loss drop): {tried}"),
+                    fix: format!(
+                        "the recipe cannot fit even one batch at --lr {:e}; {lr:e} does: train with {flag}",
+                        cfg.lr
+                    ),
+                    flags: vec![flag],
+                });
+            }
+            None => checks.push(check(
+                "train.overfit",
+                Status::Fail,
+                format!("{measured}; no learning rate in the sweep fits it either ({tried})"),
+                "the problem is not the learning rate: check the labels, the loss (--loss ce), and what is frozen",
+                &[],
+            )),
+        }
+    }
+    checks.push(if zero.is_empty() {
+        check("train.gradients", Status::Pass, "every trainable parameter receives a non-zero gradient", "", &[])
+    } else {
+        check(
+            "train.gradients",
+            Status::Warn,
+            format!("{} trainable parameters have an exactly zero gradient: {}", zero.len(), first_names(&zero, 4)),
+            "layers whose gradient is exactly zero do not learn: dead ReLUs, a detached branch, or inputs that are always zero",
+            &[],
+        )
+    });
+
+    // Running-statistic drift over the overfit steps.
+    let after = bn_stats(&trained);
+    let (mut drift, mut n) = (0f64, 0usize);
+    for (name, b) in &before {
+        if !name.ends_with("running_var") {
+            continue;
+        }
+        let a = &after[name];
+        drift += b.iter().zip(a).map(|(x, y)| ((y - x).abs() / x.abs().max(1e-6)) as f64).sum::<f64>()
+            / b.len().max(1) as f64;
+        n += 1;
+    }
+    let drift = drift / n.max(1) as f64;
+    // From initial statistics any drift is expected (they converge to the data's); trained ones
+    // that swing by more than their own size point at a wrong momentum or mismatched inputs.
+    let swinging = !at_init && drift > 1.0;
+    checks.push(check(
+        "bn.drift",
+        if swinging { Status::Warn } else { Status::Pass },
+        format!(
+            "running variances moved by {:.1}% on average over {} steps (--bn {:?}){}",
+            drift * 100.0,
+            losses.len(),
+            cfg.bn,
+            if at_init && cfg.bn == BnMode::Train { ", converging from their initial values" } else { "" }
+        ),
+        if swinging {
+            "trained running statistics swing with every batch: check the checkpoint's BN momentum convention and that the \
+             inputs are normalized as the model expects"
+        } else {
+            ""
+        },
+        &[],
+    ));
+
+    // Train-mode versus eval-mode loss on the same batch after those steps.
+    let (x, y) = train::batch_tensors(&batch, &device);
+    let train_loss = loss::compute(&ce, trained.logits(x), y, None).into_scalar::<f32>() as f64;
+    let eval_model = trained.valid();
+    let cpu = model::cpu_device();
+    let (x, y) = train::batch_tensors(&batch, &cpu);
+    let eval_loss = loss::compute(&ce, eval_model.logits(x), y, None).into_scalar::<f32>() as f64;
+    let gap = eval_loss / train_loss.max(1e-6);
+    // With --bn train from initial statistics the running averages are still converging after a
+    // few steps; the gap then says nothing about the recipe.
+    let converging = at_init && cfg.bn == BnMode::Train;
+    let status = if converging {
+        Status::Pass
+    } else if gap > 10.0 {
+        Status::Fail
+    } else if gap > 3.0 {
+        Status::Warn
+    } else {
+        Status::Pass
+    };
+    checks.push(Check {
+        name: "bn.train_eval_gap".into(),
+        status,
+        measured: format!(
+            "same batch after {} steps: train-mode loss {train_loss:.4}, eval-mode loss {eval_loss:.4} ({gap:.1}x){}",
+            losses.len(),
+            if converging { "; running statistics still converging from their initial values" } else { "" }
+        ),
+        fix: if status == Status::Pass {
+            String::new()
+        } else {
+            "the seed's signature: a small training loss and a huge eval loss means the running statistics used at eval do \
+             not describe the data. Train BN with enough images per batch, or freeze it at trained statistics"
+                .into()
+        },
+        flags: if status == Status::Pass || cfg.bn == BnMode::Train { vec![] } else { vec!["--bn train".into(), "--batch 8".into()] },
+    });
+    Ok(checks)
+}
+
+/// Orders causes (FAIL before WARN, then by how fundamental the check is) and builds the
+/// suggested command.
+fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
+    const PRIORITY: [&str; 12] = [
+        "labels.format",
+        "labels.range",
+        "images.format",
+        "bn.batch",
+        "bn.statistics",
+        "model.softmax",
+        "train.overfit",
+        "bn.train_eval_gap",
+        "model.trainable",
+        "loss.initial",
+        "images.normalization",
+        "labels.coverage",
+    ];
+    let rank = |c: &Check| (c.status, PRIORITY.iter().position(|p| *p == c.name).unwrap_or(PRIORITY.len()));
+    let mut bad: Vec<&Check> = checks.iter().filter(|c| c.status != Status::Pass).collect();
+    bad.sort_by_key(|c| rank(c));
+    let summary: Vec<String> = if bad.is_empty() {
+        vec!["nothing found: the setup can learn (every check passed)".into()]
+    } else {
+        bad.iter()
+            .map(|c| format!("{} {}: {}", c.status, c.name, if c.fix.is_empty() { &c.measured } else { &c.fix }))
+            .collect()
+    };
+    let mut flags: Vec<String> = vec![];
+    for c in &bad {
+        for f in &c.flags {
+            let key = f.split_whitespace().next().unwrap_or("");
+            if !flags.iter().any(|g| g.split_whitespace().next() == Some(key)) {
+                flags.push(f.clone());
+            }
+        }
+    }
+    let suggested_command = (!flags.is_empty()).then(|| {
+        let mut cmd = format!("segtune train --model {} --data {} --out RUN_DIR", cfg.model, cfg.data.display());
+        if let Some(w) = &cfg.weights {
+            cmd += &format!(" --weights {}", w.display());
+        }
+        let has = |k: &str| flags.iter().any(|f| f.starts_with(k));
+        cmd += &format!(" --classes {}", cfg.classes);
+        if !has("--batch") {
+            cmd += &format!(" --batch {}", cfg.batch);
+        }
+        if !has("--lr") {
+            cmd += &format!(" --lr {:e}", cfg.lr);
+        }
+        if !has("--bn") {
+            cmd += &format!(" --bn {}", format!("{:?}", cfg.bn).to_lowercase());
+        }
+        for f in &flags {
+            cmd += &format!(" {f}");
+        }
+        cmd
+    });
+    DoctorReport { checks, summary, suggested_command }
+}
+
+/// Writes the report as JSON (atomically).
+pub fn write_json(report: &DoctorReport, path: &Path) -> Result<()> {
+    let text = serde_json::to_string_pretty(report).expect("report serializes");
+    data::write_atomic(path, |f| std::io::Write::write_all(f, text.as_bytes()))
+}
