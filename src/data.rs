@@ -123,35 +123,12 @@ impl Dataset {
 }
 
 impl Dataset {
-    /// Checks every mask (values in [0, classes) ∪ {255}, one channel) and that every image's
-    /// header is readable and matches its mask's size, in parallel, before any training starts.
-    /// The first failing item in list order is reported.
+    /// Checks every item before any training starts, in parallel: the mask (values in
+    /// [0, classes) ∪ {255}, one channel), the image (decoded in full, so a truncated file is
+    /// found now rather than hours into a run), and that both have the same size. The first
+    /// failing item in list order is reported.
     pub fn validate(&self, classes: usize) -> Result<()> {
-        let results: Vec<Result<()>> = self
-            .items
-            .par_iter()
-            .map(|item| {
-                let mask = load_mask(&item.mask, classes)?;
-                let (w, h) = image::ImageReader::open(&item.image)
-                    .map_err(|e| Error::io(&item.image, e))?
-                    .with_guessed_format()
-                    .map_err(|e| Error::io(&item.image, e))?
-                    .into_dimensions()
-                    .map_err(|e| Error::bad_file(&item.image, format!("expected a readable image: {e}")))?;
-                if (w, h) != mask.dimensions() {
-                    return Err(Error::bad_file(
-                        &item.mask,
-                        format!(
-                            "mask is {}x{} but its image {} is {w}x{h}; expected the same size",
-                            mask.width(),
-                            mask.height(),
-                            item.image.display()
-                        ),
-                    ));
-                }
-                Ok(())
-            })
-            .collect();
+        let results: Vec<Result<()>> = self.items.par_iter().map(|item| load_item(item, classes).map(|_| ())).collect();
         results.into_iter().collect()
     }
 }
@@ -198,20 +175,37 @@ fn folder_items(dir: &Path) -> Result<Vec<Item>> {
 /// Decodes an image as 8-bit RGB (grayscale, RGBA and 16-bit images are converted), refusing
 /// images whose header declares more than [`MAX_IMAGE_PIXELS`] before decoding.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    let (w, h) = reader.into_dimensions().map_err(|e| Error::bad_file(path, format!("expected an image: {e}")))?;
-    if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
-        return Err(Error::bad_file(path, format!("image of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")));
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::bad_file(path, "no such file; expected an image"),
+        _ => Error::io(path, e),
+    })?;
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let format = reader.format();
+    let (w, h) =
+        reader.into_dimensions().map_err(|e| Error::bad_file(path, format!("expected a readable image: {e}")))?;
+    if w as u64 * h as u64 > max_image_pixels() {
+        return Err(Error::bad_file(
+            path,
+            format!("image of {w}x{h} pixels exceeds the limit of {} (SEGTUNE_MAX_IMAGE_PIXELS)", max_image_pixels()),
+        ));
     }
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    let img = reader.decode().map_err(|e| Error::bad_file(path, format!("expected a readable image: {e}")))?;
+    // JPEG decoders fill a truncated file's missing rows with grey instead of failing.
+    if format == Some(image::ImageFormat::Jpeg) {
+        let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        if end < 2 || bytes[end - 2..end] != [0xff, 0xd9] {
+            return Err(Error::bad_file(path, "expected a readable image: truncated JPEG (no end-of-image marker)"));
+        }
+    }
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| Error::bad_file(path, format!("expected a readable image: {e}")))?;
     Ok(img.to_rgb8())
+}
+
+/// The largest image (in pixels) segtune decodes: `SEGTUNE_MAX_IMAGE_PIXELS`, default
+/// [`MAX_IMAGE_PIXELS`]. Checked from the header, before decoding (a decompression bomb).
+pub fn max_image_pixels() -> u64 {
+    std::env::var("SEGTUNE_MAX_IMAGE_PIXELS").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_IMAGE_PIXELS)
 }
 
 /// A mask PNG as stored: every channel value of every pixel, before any interpretation.
@@ -241,8 +235,11 @@ pub fn read_mask_raw(path: &Path) -> Result<RawMask> {
         }
     })?;
     let (w, h) = (reader.info().width, reader.info().height);
-    if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
-        return Err(Error::bad_file(path, format!("mask of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")));
+    if w as u64 * h as u64 > max_image_pixels() {
+        return Err(Error::bad_file(
+            path,
+            format!("mask of {w}x{h} pixels exceeds the limit of {} (SEGTUNE_MAX_IMAGE_PIXELS)", max_image_pixels()),
+        ));
     }
     let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| Error::bad_file(path, "mask too large"))?];
     let info =

@@ -903,6 +903,11 @@ fn save_checkpoint<M: SegModel>(rd: &RunDir, model: &M, optim: &ModuleOptimizer,
         source: std::io::Error::other(format!("{e:?}")),
     })?;
     let state_json = serde_json::to_string_pretty(state).expect("state serializes");
+    // Crash tests pause here, mid-write, to kill the process at the worst moment.
+    if let Some(ms) = std::env::var("SEGTUNE_TEST_CHECKPOINT_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+        data::write_atomic(&tmp.path().join("model.bpk"), |f| std::io::Write::write_all(f, &model_bytes))?;
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     for (file, bytes) in
         [("model.bpk", &model_bytes[..]), ("optimizer.bpk", &optim_bytes[..]), ("state.json", state_json.as_bytes())]
     {

@@ -87,3 +87,54 @@ fn synth_writes_a_voc_layout_with_boundary_bands() {
     let a = std::fs::read(dir.path().join("SegmentationClass/train_00003.png")).unwrap();
     assert_eq!(a, std::fs::read(again.path().join("SegmentationClass/train_00003.png")).unwrap());
 }
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_from_its_header() {
+    // A 70-byte PNG whose header declares 50000 x 50000 RGB pixels (7.5 GB decoded).
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(50_000u32.to_be_bytes());
+    ihdr.extend(50_000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32(&ihdr).to_be_bytes());
+    for (kind, data) in [(&b"IDAT"[..], &[0x78u8, 0x9c][..]), (&b"IEND"[..], &[][..])] {
+        let chunk: Vec<u8> = kind.iter().chain(data).copied().collect();
+        png.extend((data.len() as u32).to_be_bytes());
+        png.extend(&chunk);
+        png.extend(crc32(&chunk).to_be_bytes());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.png");
+    std::fs::write(&path, &png).unwrap();
+    let started = std::time::Instant::now();
+    let e = segtune::data::load_image(&path).unwrap_err().to_string();
+    assert!(e.contains("bomb.png: image of 50000x50000 pixels exceeds the limit"), "{e}");
+    assert!(started.elapsed().as_secs_f64() < 1.0);
+    let e = load_mask(&path, 21).unwrap_err().to_string();
+    assert!(e.contains("exceeds the limit"), "{e}");
+}
+
+#[test]
+fn truncated_jpegs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.jpg");
+    RgbImage::from_fn(64, 64, |x, y| Rgb([x as u8 * 4, y as u8 * 4, 9])).save(&path).unwrap();
+    assert!(segtune::data::load_image(&path).is_ok());
+    let b = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &b[..b.len() - 40]).unwrap();
+    let e = segtune::data::load_image(&path).unwrap_err().to_string();
+    assert!(e.contains("t.jpg") && e.contains("truncated JPEG"), "{e}");
+}
