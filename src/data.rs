@@ -223,12 +223,16 @@ pub struct RawMask {
 
 /// Reads a mask PNG without interpreting it (see [`load_mask`] for the checked index mask).
 pub fn read_mask_raw(path: &Path) -> Result<RawMask> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_mask_raw(&bytes, path)
+}
+
+/// [`read_mask_raw`] on bytes in memory; `path` names them in errors.
+pub fn decode_mask_raw(bytes: &[u8], path: &Path) -> Result<RawMask> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::IDENTITY);
     let mut reader = decoder.read_info().map_err(|e| {
-        let head = std::fs::read(path).ok().and_then(|b| b.get(..3).map(|h| h.to_vec())).unwrap_or_default();
-        if head == [0xff, 0xd8, 0xff] {
+        if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
             Error::bad_file(path, "expected a PNG index mask, found a JPEG (lossy compression corrupts class indices)")
         } else {
             Error::bad_file(path, format!("expected a PNG index mask: {e}"))
@@ -273,7 +277,13 @@ pub fn read_mask_raw(path: &Path) -> Result<RawMask> {
 /// (255 = ignore). Refuses colour masks, multi-channel masks and values outside
 /// [0, classes) ∪ {255}, naming the value.
 pub fn load_mask(path: &Path, classes: usize) -> Result<GrayImage> {
-    let raw = read_mask_raw(path)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_mask(&bytes, path, classes)
+}
+
+/// [`load_mask`] on bytes in memory; `path` names them in errors.
+pub fn decode_mask(bytes: &[u8], path: &Path, classes: usize) -> Result<GrayImage> {
+    let raw = decode_mask_raw(bytes, path)?;
     match raw.channels {
         1 => {}
         2 => {
