@@ -22,6 +22,8 @@ pub const DATA_TYPE_FLOAT: i32 = 1;
 /// Largest element count segtune accepts for one tensor (2^31): beyond it the dims are absurd
 /// for a segmentation model and would only serve to exhaust memory.
 pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 31;
+/// Largest graph segtune accepts, in nodes plus initializers (Xception-65 DeepLab has ~1,000).
+pub const MAX_GRAPH_ITEMS: usize = 200_000;
 
 /// Reads and decodes an ONNX model, refusing empty, foreign, truncated or graph-less files.
 pub fn read_model(path: &Path) -> Result<ModelProto> {
@@ -50,6 +52,13 @@ pub fn decode_model(bytes: &[u8], origin: &Path) -> Result<ModelProto> {
     let Some(graph) = model.graph.as_ref() else {
         return Err(Error::bad_file(origin, "expected an ONNX model with a graph, found none"));
     };
+    let items = graph.node.len() + graph.initializer.len();
+    if items > MAX_GRAPH_ITEMS {
+        return Err(Error::bad_file(
+            origin,
+            format!("expected a graph of at most {MAX_GRAPH_ITEMS} nodes and initializers, found {items}"),
+        ));
+    }
     if model.ir_version() <= 0 || graph.node.is_empty() {
         return Err(Error::bad_file(
             origin,
@@ -502,6 +511,27 @@ mod tests {
         assert!(e.contains("found a PNG image"), "{e}");
         let e = decode_model(&[0xff; 64], p).unwrap_err().to_string();
         assert!(e.contains("expected an ONNX model"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_and_huge_graphs_are_refused() {
+        // Subgraphs nested far beyond prost's recursion limit: a decode error, not a stack overflow.
+        use prost::Message;
+        let mut g = GraphProto { name: Some("leaf".into()), ..Default::default() };
+        for _ in 0..200 {
+            let attr = AttributeProto { name: Some("then_branch".into()), g: Some(g), ..Default::default() };
+            let node = NodeProto { op_type: Some("If".into()), attribute: vec![attr], ..Default::default() };
+            g = GraphProto { node: vec![node], ..Default::default() };
+        }
+        let m = ModelProto { ir_version: Some(8), graph: Some(g), ..Default::default() };
+        let e = decode_model(&m.encode_to_vec(), Path::new("deep.onnx")).unwrap_err().to_string();
+        assert!(e.contains("deep.onnx") && e.contains("corrupt protobuf"), "{e}");
+
+        let node = NodeProto { op_type: Some("Relu".into()), ..Default::default() };
+        let g = GraphProto { node: vec![node; MAX_GRAPH_ITEMS + 1], ..Default::default() };
+        let m = ModelProto { ir_version: Some(8), graph: Some(g), ..Default::default() };
+        let e = decode_model(&m.encode_to_vec(), Path::new("huge.onnx")).unwrap_err().to_string();
+        assert!(e.contains("at most 200000 nodes"), "{e}");
     }
 
     #[test]

@@ -63,21 +63,7 @@ fn inspect_flags_a_trailing_softmax() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("softmax.onnx");
     let mut m = common::reference();
-    let g = m.graph.as_mut().unwrap();
-    g.node.push(segtune::onnx::NodeProto {
-        op_type: Some("Softmax".into()),
-        name: Some("probs".into()),
-        input: vec!["output".into()],
-        output: vec!["probabilities".into()],
-        attribute: vec![segtune::onnx::AttributeProto {
-            name: Some("axis".into()),
-            i: Some(1),
-            r#type: Some(2),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    g.output[0].name = Some("probabilities".into());
+    common::append_softmax(&mut m);
     common::write_model(&m, &path);
     let out = segtune(&["inspect", path.to_str().unwrap()]);
     let s = text(&out.stdout);

@@ -120,21 +120,7 @@ fn a_model_ending_in_softmax_is_warned_about() {
     let data = set(dir.path());
     let weights = dir.path().join("softmax.onnx");
     let mut m = common::reference();
-    let g = m.graph.as_mut().unwrap();
-    g.node.push(segtune::onnx::NodeProto {
-        op_type: Some("Softmax".into()),
-        name: Some("probs".into()),
-        input: vec!["output".into()],
-        output: vec!["probabilities".into()],
-        attribute: vec![segtune::onnx::AttributeProto {
-            name: Some("axis".into()),
-            i: Some(1),
-            r#type: Some(2),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    g.output[0].name = Some("probabilities".into());
+    common::append_softmax(&mut m);
     common::write_model(&m, &weights);
     let mut cfg = config(&data);
     cfg.weights = Some(weights);

@@ -274,3 +274,26 @@ fn frozen_bn_at_initial_statistics_is_warned_about() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("already holds a run (config.json); use --resume"), "{}", stderr(&out));
 }
+
+#[test]
+fn adamw_with_warmup_and_gradient_clipping_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    small_set(&dir.path().join("data"), 4, 8, 64);
+    let mut cfg = small_config(&dir.path().join("data"));
+    cfg.optimizer = train::OptimizerKind::Adamw;
+    cfg.lr = 1e-3;
+    cfg.weight_decay = 1e-2;
+    cfg.warmup_steps = 2;
+    cfg.grad_clip = Some(1.0);
+    cfg.bn = BnMode::Train;
+    cfg.batch = 4;
+    cfg.epochs = 3;
+    let s = train::train(cfg.clone(), &dir.path().join("run")).unwrap();
+    let (first, last) = (s.history[0].train_loss, s.history[2].train_loss);
+    assert!(last < first, "AdamW: train loss {first:.4} -> {last:.4}");
+    // Warmup then poly: step 0 at lr/2, step 1 at lr, then decaying to 0 at the end.
+    assert!((train::learning_rate(&cfg, 0, 6) - 5e-4).abs() < 1e-12);
+    assert!((train::learning_rate(&cfg, 1, 6) - 1e-3).abs() < 1e-12);
+    assert!((train::learning_rate(&cfg, 3, 6) - 1e-3 * 0.5f64.powf(0.9)).abs() < 1e-12);
+    assert!(train::learning_rate(&cfg, 6, 6).abs() < 1e-12);
+}

@@ -102,3 +102,23 @@ pub fn two_conv_model(input_dims: &[i64]) -> ModelProto {
         ..Default::default()
     }
 }
+
+/// Appends a Softmax (axis 1) on the model's output, as the seed's model had: the graph output
+/// becomes `probabilities`, produced by node `probs`.
+pub fn append_softmax(model: &mut ModelProto) {
+    let g = model.graph.as_mut().unwrap();
+    g.node.push(onnx::NodeProto {
+        op_type: Some("Softmax".into()),
+        name: Some("probs".into()),
+        input: vec!["output".into()],
+        output: vec!["probabilities".into()],
+        attribute: vec![onnx::AttributeProto {
+            name: Some("axis".into()),
+            i: Some(1),
+            r#type: Some(2),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    g.output[0].name = Some("probabilities".into());
+}

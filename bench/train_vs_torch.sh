@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Training step time and peak memory of `segtune train` against PyTorch, same model (smp
+# DeepLabV3Plus mobilenet_v2, 6 classes), same batch, crop, optimizer and loss, same threads:
+#   (a) full fine-tune, BN in train mode;  (b) --freeze backbone --bn frozen.
+# segtune's ms/step is batch / images_per_s of a 1-epoch run (loader wait included, evaluation
+# excluded). PyTorch comes from a venv this script creates (bench/.venv-torch), never from CI.
+# Usage: bench/train_vs_torch.sh [BATCH=2] [CROP=256] [STEPS=10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+batch=${1:-2}; crop=${2:-256}; steps=${3:-10}
+threads=$(nproc)
+py=${TORCH_PYTHON:-bench/.venv-torch/bin/python}
+if [ ! -x "$py" ]; then
+  python3 -m venv bench/.venv-torch && bench/.venv-torch/bin/pip install -q torch segmentation-models-pytorch==0.6.0
+fi
+cargo build -q
+work=target/bench-train
+rm -rf "$work" && mkdir -p "$work"
+target/debug/segtune synth "$work/data" --classes 6 --train $((batch * (steps + 1))) --val 2 --size "$crop" --seed 1 >/dev/null
+peak() { # peak RSS (MiB) of a command, from getrusage of the child
+  python3 -c 'import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)' "$@"
+}
+printf '%-26s %12s %12s %8s %14s %14s\n' config "segtune ms" "PyTorch ms" ratio "segtune MiB" "PyTorch MiB"
+for config in full frozen; do
+  flags=(--bn train)
+  [ "$config" = frozen ] && flags=(--freeze backbone --bn frozen)
+  rm -rf "$work/run_$config"
+  seg_mib=$(peak target/debug/segtune train --data "$work/data" --out "$work/run_$config" --classes 6 --epochs 1 \
+    --batch "$batch" --crop "$crop" --lr 0.01 "${flags[@]}")
+  ips=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["images_per_s"])' "$work/run_$config/metrics.json")
+  seg_ms=$(python3 -c "print(f'{1000 * $batch / $ips:.1f}')")
+  torch_ms=$("$py" bench/train_step_torch.py "$config" "$batch" "$crop" "$steps" "$threads")
+  torch_mib=$(peak "$py" bench/train_step_torch.py "$config" "$batch" "$crop" 3 "$threads")
+  printf '%-26s %12s %12s %7.2fx %14s %14s\n' "$config (batch $batch, $crop²)" "$seg_ms" "$torch_ms" \
+    "$(python3 -c "print($seg_ms / $torch_ms)")" "$seg_mib" "$torch_mib"
+done
+echo "threads: $threads (burn flex: rayon over all cores; PyTorch: torch.set_num_threads)"
