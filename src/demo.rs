@@ -34,8 +34,8 @@ pub fn demo(out: &Path, epochs: usize) -> Result<DemoReport> {
     let run_dir = out.join("run");
     let model_path = out.join("model.onnx");
     let pred_dir = out.join("predictions");
-    println!("[1/5] synthesizing a 6-class set (128², 120 train, 30 val) into {}", data_dir.display());
-    data::synth(&data_dir, &SynthOptions { classes: 6, train: 120, val: 30, size: 128, seed: 1 })?;
+    println!("[1/5] synthesizing a 6-class set (128², 200 train, 50 val) into {}", data_dir.display());
+    data::synth(&data_dir, &SynthOptions { classes: 6, train: 200, val: 50, size: 128, seed: 1 })?;
 
     let mut cfg = TrainConfig::new(data_dir.clone());
     cfg.classes = 6;

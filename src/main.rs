@@ -37,7 +37,7 @@ enum Command {
         #[arg(long, default_value = "segtune-demo")]
         out: PathBuf,
         /// Fine-tuning epochs.
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, default_value_t = 8)]
         epochs: usize,
     },
     /// Check that an ONNX checkpoint matches a compiled-in architecture and load its weights.

@@ -209,3 +209,23 @@ fn infer_writes_masks_and_skips_a_corrupt_image_loudly() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read_dir(dir.path().join("p2")).unwrap().count(), 4, "3 masks and summary.json");
 }
+
+#[test]
+fn demo_runs_the_whole_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = segtune(&["demo", "--out", out.to_str().unwrap(), "--epochs", "1"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}{}", text, stderr(&o));
+    for p in
+        ["data/ImageSets/Segmentation/train.txt", "run/config.json", "run/curves.png", "model.onnx", "validation.json"]
+    {
+        assert!(out.join(p).is_file(), "{p}");
+    }
+    assert_eq!(std::fs::read_dir(out.join("predictions/overlay")).unwrap().count(), 8);
+    assert!(text.contains("val mIoU before fine-tuning") && text.contains("export parity PASS"), "{text}");
+    // A second demo into the same folder is refused rather than mixed with the first.
+    let again = segtune(&["demo", "--out", out.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("expected a new or empty folder"));
+}
