@@ -124,7 +124,9 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
     let (mut written, mut unshared) = (0, 0);
     {
         let g = proto.graph.as_mut().expect("decoded models have a graph");
-        let identity_free: Vec<(usize, usize, String)> = {
+        // Per parameter: its node in this graph, the input slot, and the initializer it reads
+        // (after following Identity nodes).
+        let sources: Vec<(usize, usize, String)> = {
             let resolver = IdentityResolver::new(g);
             source
                 .info
@@ -142,7 +144,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         // Pass 1: parameters that read their initializer directly; pass 2: Identity aliases,
         // which keep sharing only while their trained value equals the shared one.
         for pass in 0..2 {
-            for (e, (node, input, init)) in source.info.params.iter().zip(&identity_free) {
+            for (e, (node, input, init)) in source.info.params.iter().zip(&sources) {
                 let value = g.node[*node].input[*input].clone();
                 let direct = &value == init;
                 if direct != (pass == 0) {

@@ -497,13 +497,15 @@ fn run(mut cfg: TrainConfig, run_dir: &Path, resume_from: Option<PathBuf>) -> Re
     model::with_model(ckpt.info, Go(&cfg, &ckpt, model_classes, run_dir, resume_from))
 }
 
+/// The class count of a checkpoint: the output channels of its classifier's weight, read from the
+/// checkpoint's own graph (its initializer names may differ from the compiled-in model's).
 pub(crate) fn model_classes(ckpt: &Checkpoint) -> Result<usize> {
     let g = onnx::graph(&ckpt.proto);
     let head = classifier_paths(ckpt.info);
-    let entry = ckpt.info.params.iter().find(|e| head.first() == Some(&e.burn)).expect("a classifier");
-    let node = &g.node[entry.node];
-    let _ = node;
-    let dims = g.initializer.iter().find(|t| t.name() == entry.onnx).map(|t| t.dims.clone()).unwrap_or_default();
+    let weight = ckpt.info.params.iter().find(|e| head.contains(&e.burn) && e.input == 1).expect("a classifier weight");
+    let node = &g.node[ckpt.node_index(weight.node)];
+    let name = onnx::IdentityResolver::new(g).resolve(&node.input[weight.input]).to_string();
+    let dims = g.initializer.iter().find(|t| t.name() == name).map(|t| t.dims.clone()).unwrap_or_default();
     dims.first().map(|&d| d as usize).ok_or_else(|| Error::bad_file(ckpt.origin(), "classifier weight has no shape"))
 }
 

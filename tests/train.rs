@@ -297,3 +297,37 @@ fn adamw_with_warmup_and_gradient_clipping_trains() {
     assert!((train::learning_rate(&cfg, 3, 6) - 1e-3 * 0.5f64.powf(0.9)).abs() < 1e-12);
     assert!(train::learning_rate(&cfg, 6, 6).abs() < 1e-12);
 }
+
+#[test]
+fn a_checkpoint_with_other_initializer_names_trains() {
+    // Eval-mode and other exporters name tensors differently (`onnx::Conv_312`); only the
+    // architecture has to match.
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = common::reference();
+    let g = m.graph.as_mut().unwrap();
+    let renames: HashMap<String, String> =
+        g.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), format!("onnx::Tensor_{i}"))).collect();
+    for t in &mut g.initializer {
+        t.name = Some(renames[t.name()].clone());
+    }
+    for n in &mut g.node {
+        for input in &mut n.input {
+            if let Some(new) = renames.get(input.as_str()) {
+                *input = new.clone();
+            }
+        }
+    }
+    let weights = dir.path().join("renamed.onnx");
+    common::write_model(&m, &weights);
+    small_set(&dir.path().join("data"), 4, 2, 64);
+    let mut cfg = small_config(&dir.path().join("data"));
+    cfg.weights = Some(weights);
+    cfg.bn = BnMode::Train;
+    let s = train::train(cfg, &dir.path().join("run")).unwrap();
+    assert_eq!(s.history.len(), 1);
+    // The same weights as the shipped file, tensor for tensor.
+    let ckpt = Checkpoint::open(None, Some(&dir.path().join("renamed.onnx"))).unwrap();
+    let renamed: HashMap<String, Vec<u8>> =
+        ckpt.tensors().unwrap().into_iter().map(|t| (t.name.clone(), t.to_bytes().unwrap().to_vec())).collect();
+    assert_eq!(renamed, initial_tensors());
+}
