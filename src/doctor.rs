@@ -637,27 +637,7 @@ fn training_checks<M: SegModel>(
     let start: M = train::build_model(cfg, ckpt, model_classes, &device)?;
 
     // Trainable parameters.
-    struct Count(usize, usize, Vec<String>);
-    impl ModuleVisitor for Count {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.2.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.2.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if self.2.last().is_some_and(|f| f.starts_with("running_")) {
-                return;
-            }
-            let n = p.shape().num_elements();
-            self.1 += n;
-            if p.is_require_grad() {
-                self.0 += n;
-            }
-        }
-    }
-    let mut count = Count(0, 0, vec![]);
-    start.visit(&mut count);
+    let count = train::parameter_counts(&start);
     checks.push(check(
         "model.trainable",
         if count.0 == 0 { Status::Fail } else { Status::Pass },

@@ -190,7 +190,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
                 written += 1;
             }
         }
-        if cfg.classes != model_outputs(g).unwrap_or(cfg.classes) {
+        if cfg.classes != onnx::output_classes(g).unwrap_or(cfg.classes) {
             for o in &mut g.output {
                 set_class_dim(o, cfg.classes);
             }
@@ -262,15 +262,6 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         best_val_miou: best,
         bytes: bytes.len(),
     })
-}
-
-/// The fixed class dimension of the first graph output, if any.
-fn model_outputs(g: &onnx::GraphProto) -> Option<usize> {
-    let o = onnx::ValueInfo::from_proto(g.output.first()?);
-    match o.dims.get(1) {
-        Some(onnx::Dim::Fixed(c)) => Some(*c as usize),
-        _ => None,
-    }
 }
 
 fn set_class_dim(v: &mut onnx::ValueInfoProto, classes: usize) {

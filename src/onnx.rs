@@ -318,6 +318,15 @@ fn elem_type_name(t: i32) -> &'static str {
     }
 }
 
+/// The fixed class dimension (axis 1) of the graph's first output, if it is fixed.
+pub fn output_classes(graph: &GraphProto) -> Option<usize> {
+    let out = ValueInfo::from_proto(graph.output.first()?);
+    match out.dims.get(1) {
+        Some(Dim::Fixed(c)) if *c > 0 => Some(*c as usize),
+        _ => None,
+    }
+}
+
 /// The real graph inputs (those that are not initializers).
 pub fn graph_inputs(graph: &GraphProto) -> Vec<ValueInfo> {
     let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();

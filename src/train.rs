@@ -304,6 +304,13 @@ struct Counter {
     field: Vec<String>,
 }
 
+/// `(trainable, total)` parameter elements of a model, BN running statistics not counted.
+pub(crate) fn parameter_counts<M: SegModel>(model: &M) -> (usize, usize) {
+    let mut counter = Counter { trainable: 0, total: 0, field: vec![] };
+    model.visit(&mut counter);
+    (counter.trainable, counter.total)
+}
+
 impl ModuleVisitor for Counter {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.field.push(name.to_string());
@@ -543,8 +550,7 @@ fn run_typed<M: SegModel>(
         eprintln!("segtune: resuming {} after epoch {} (step {})", run_dir.display(), state.epoch, state.step);
     }
 
-    let mut counter = Counter { trainable: 0, total: 0, field: vec![] };
-    model.visit(&mut counter);
+    let (trainable, total) = parameter_counts(&model);
     let bn_at_init = bn_statistics_at_init(&model);
     if resume_from.is_none() {
         println!(
@@ -552,8 +558,8 @@ fn run_typed<M: SegModel>(
             ckpt.info.name,
             cfg.classes,
             if cfg.classes != model_classes { ", new classifier" } else { "" },
-            counter.trainable,
-            counter.total,
+            trainable,
+            total,
             cfg.freeze,
             cfg.bn
         );
@@ -683,12 +689,7 @@ fn run_typed<M: SegModel>(
             break;
         }
     }
-    Ok(TrainSummary {
-        run_dir: run_dir.to_path_buf(),
-        history: state.history,
-        trainable: counter.trainable,
-        total: counter.total,
-    })
+    Ok(TrainSummary { run_dir: run_dir.to_path_buf(), history: state.history, trainable, total })
 }
 
 pub(crate) fn batch_tensors(batch: &Batch, device: &Device) -> (Tensor<4>, Tensor<3, Int>) {
@@ -905,15 +906,15 @@ fn save_checkpoint<M: SegModel>(rd: &RunDir, model: &M, optim: &ModuleOptimizer,
         source: std::io::Error::other(format!("{e:?}")),
     })?;
     let state_json = serde_json::to_string_pretty(state).expect("state serializes");
-    // Crash tests pause here, mid-write, to kill the process at the worst moment.
-    if let Some(ms) = std::env::var("SEGTUNE_TEST_CHECKPOINT_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
-        data::write_atomic(&tmp.path().join("model.bpk"), |f| std::io::Write::write_all(f, &model_bytes))?;
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
+    // Crash tests pause after the first file, mid-checkpoint, to kill the process at the worst moment.
+    let pause: Option<u64> = std::env::var("SEGTUNE_TEST_CHECKPOINT_PAUSE_MS").ok().and_then(|v| v.parse().ok());
     for (file, bytes) in
         [("model.bpk", &model_bytes[..]), ("optimizer.bpk", &optim_bytes[..]), ("state.json", state_json.as_bytes())]
     {
         data::write_atomic(&tmp.path().join(file), |f| std::io::Write::write_all(f, bytes))?;
+        if let (Some(ms), "model.bpk") = (pause, file) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
     }
     let dest = root.join(&name);
     if dest.exists() {

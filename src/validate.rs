@@ -301,14 +301,12 @@ pub fn model_classes(proto: &crate::onnx::ModelProto, path: &std::path::Path) ->
     if let Some(c) = meta.get("segtune.classes").and_then(|v| v.parse().ok()) {
         return Ok(c);
     }
-    let out = crate::onnx::graph(proto).output.first().map(crate::onnx::ValueInfo::from_proto);
-    match out.as_ref().and_then(|o| o.dims.get(1)) {
-        Some(crate::onnx::Dim::Fixed(c)) if *c > 0 => Ok(*c as usize),
-        _ => Err(Error::bad_file(
+    crate::onnx::output_classes(crate::onnx::graph(proto)).ok_or_else(|| {
+        Error::bad_file(
             path,
             "expected a fixed class dimension on the output or segtune.classes metadata, found neither",
-        )),
-    }
+        )
+    })
 }
 
 /// `segtune validate FILE.onnx --data DIR`: onnxruntime over a split, scored from a confusion
