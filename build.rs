@@ -54,6 +54,7 @@ fn main() {
             .out_dir("model/")
             .load_strategy(LoadStrategy::Bytes)
             .register_op_override(BatchNormMomentum)
+            .register_op_override(LinearResize)
             .run_from_script();
         let gen_dir = out_dir.join("model");
         let bpk = gen_dir.join(format!("{stem}.bpk"));
@@ -305,4 +306,110 @@ fn static_dim0(arg: &Argument) -> Result<usize, ProcessError> {
         .static_shape_known()
         .and_then(|s| s.first().copied())
         .ok_or_else(|| ProcessError::Custom("BatchNorm scale shape must be static".into()))
+}
+
+/// Linear `Resize` as two matrix products (`crate::model::resize_linear`), in place of burn's
+/// `interpolate`: burn's GPU backends (cubecl) have no bilinear interpolate *backward*, so a model
+/// with a bilinear Resize could not train on `wgpu`/`cuda`. A matrix product differentiates on
+/// every backend, and each ONNX coordinate transform (half_pixel, pytorch_half_pixel,
+/// align_corners, asymmetric) is reproduced exactly. Other modes (nearest, cubic) keep burn's op.
+struct LinearResize;
+
+impl OpOverride for LinearResize {
+    fn target(&self) -> NodeType {
+        NodeType::Resize
+    }
+
+    fn forward(&self, node: &Node, ctx: &mut CodegenContext<'_, '_>) -> Result<TokenStream, ProcessError> {
+        use burn_onnx::ext::ArgType;
+        use onnx_ir::node::resize::{CoordinateTransformMode as M, ResizeMode, ResizeScales, ResizeSizes};
+        let Node::Resize(r) = node else {
+            return Err(ProcessError::Custom("expected a Resize node".into()));
+        };
+        let input_arg = &r.inputs[0];
+        if !matches!(&input_arg.ty, ArgType::Tensor(t) if t.rank == 4) {
+            return Err(ProcessError::Custom(format!("Resize {}: segtune supports 4-D inputs only", r.name)));
+        }
+        let output = arg_to_ident(&r.outputs[0]);
+        let input = ctx.arg(input_arg);
+        // Target [height, width], computed in the generated code from `dims` (the input's).
+        let size = match (&r.config.sizes, &r.config.scales) {
+            (Some(ResizeSizes::Static(s)), _) if s.len() >= 2 => {
+                let (h, w) = (s[s.len() - 2], s[s.len() - 1]);
+                quote! { [#h, #w] }
+            }
+            (Some(ResizeSizes::Runtime(re)), _) => match &r.inputs[re.input_index].ty {
+                ArgType::Shape(_) => {
+                    let sizes = arg_to_ident(&r.inputs[re.input_index]);
+                    quote! { [#sizes[2] as usize, #sizes[3] as usize] }
+                }
+                _ => {
+                    let sizes = ctx.arg(&r.inputs[re.input_index]);
+                    quote! {{
+                        let v = #sizes.to_data().convert::<i64>();
+                        let v = v.as_slice::<i64>().expect("i64 after convert");
+                        [v[2] as usize, v[3] as usize]
+                    }}
+                }
+            },
+            (_, Some(ResizeScales::Static(s))) if s.len() >= 2 => {
+                let (sh, sw) = (s[s.len() - 2] as f64, s[s.len() - 1] as f64);
+                quote! { [(dims[2] as f64 * #sh) as usize, (dims[3] as f64 * #sw) as usize] }
+            }
+            (_, Some(ResizeScales::Runtime(re))) => match &r.inputs[re.input_index].ty {
+                ArgType::Shape(_) => {
+                    let scales = arg_to_ident(&r.inputs[re.input_index]);
+                    quote! { [(dims[2] as f64 * #scales[2] as f64) as usize, (dims[3] as f64 * #scales[3] as f64) as usize] }
+                }
+                _ => {
+                    let scales = ctx.arg(&r.inputs[re.input_index]);
+                    quote! {{
+                        let v = #scales.to_data().convert::<f32>();
+                        let v = v.as_slice::<f32>().expect("f32 after convert");
+                        [(dims[2] as f64 * v[2] as f64) as usize, (dims[3] as f64 * v[3] as f64) as usize]
+                    }}
+                }
+            },
+            _ => return Err(ProcessError::Custom(format!("Resize {}: neither sizes nor scales", r.name))),
+        };
+        let transform = match r.config.coordinate_transformation_mode {
+            M::HalfPixel => Some(quote! { crate::model::ResizeCoordinates::HalfPixel }),
+            M::PytorchHalfPixel => Some(quote! { crate::model::ResizeCoordinates::PytorchHalfPixel }),
+            M::AlignCorners => Some(quote! { crate::model::ResizeCoordinates::AlignCorners }),
+            M::Asymmetric => Some(quote! { crate::model::ResizeCoordinates::Asymmetric }),
+            _ => None,
+        };
+        Ok(match (&r.config.mode, transform) {
+            (ResizeMode::Linear, Some(transform)) => quote! {
+                let #output = {
+                    let x = #input;
+                    #[allow(unused_variables)]
+                    let dims = x.dims();
+                    crate::model::resize_linear(x, #size, #transform)
+                };
+            },
+            (mode, _) => {
+                // What burn-onnx generates for the other modes.
+                let mode = match mode {
+                    ResizeMode::Nearest => quote! { burn::tensor::ops::InterpolateMode::Nearest },
+                    ResizeMode::Linear => quote! { burn::tensor::ops::InterpolateMode::Bilinear },
+                    ResizeMode::Cubic => quote! { burn::tensor::ops::InterpolateMode::Bicubic },
+                };
+                let align_corners = r.config.coordinate_transformation_mode == M::AlignCorners;
+                quote! {
+                    let #output = {
+                        let x = #input;
+                        #[allow(unused_variables)]
+                        let dims = x.dims();
+                        burn::tensor::module::interpolate(
+                            x,
+                            burn::tensor::ops::InterpolateOptions::new(#mode)
+                                .with_output_size(#size)
+                                .with_align_corners(#align_corners),
+                        )
+                    };
+                }
+            }
+        })
+    }
 }

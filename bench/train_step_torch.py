@@ -4,7 +4,8 @@ new classifier, SGD momentum 0.9 + weight decay, cross-entropy ignoring 255, ran
 the given size and crop. Config "full": everything trains, BN in train mode. Config "frozen":
 the encoder at requires_grad=False and in eval mode (its BN frozen), decoder BN in eval mode too
 (segtune's --bn frozen freezes every BN). Prints the median ms per step over STEPS after 3
-warm-up steps. Usage: python bench/train_step_torch.py CONFIG BATCH CROP STEPS THREADS"""
+warm-up steps. DEVICE (default cpu) may be cuda: then each step ends with a synchronize.
+Usage: python bench/train_step_torch.py CONFIG BATCH CROP STEPS THREADS [DEVICE]"""
 import sys
 import time
 
@@ -13,13 +14,14 @@ import torch
 import torch.nn.functional as F
 
 config, batch, crop, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+device = torch.device(sys.argv[6] if len(sys.argv) > 6 else "cpu")
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 model = smp.DeepLabV3Plus(encoder_name="mobilenet_v2", encoder_weights=None, classes=6)
 for m in model.modules():
     if isinstance(m, torch.nn.Dropout):
         m.p = 0.0
-model.train()
+model.to(device).train()
 if config == "frozen":
     for p in model.encoder.parameters():
         p.requires_grad = False
@@ -28,8 +30,8 @@ if config == "frozen":
             m.eval()
 params = [p for p in model.parameters() if p.requires_grad]
 opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
-x = torch.randn(batch, 3, crop, crop)
-y = torch.randint(0, 6, (batch, crop, crop))
+x = torch.randn(batch, 3, crop, crop, device=device)
+y = torch.randint(0, 6, (batch, crop, crop), device=device)
 times = []
 for i in range(steps + 3):
     t = time.perf_counter()
@@ -37,6 +39,8 @@ for i in range(steps + 3):
     opt.zero_grad()
     loss.backward()
     opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     if i >= 3:
         times.append(time.perf_counter() - t)
 times.sort()

@@ -510,6 +510,71 @@ pub fn pack_f32(t: &PackTensor) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
+/// How a linear `Resize` maps an output coordinate to an input one (ONNX
+/// `coordinate_transformation_mode`); the generated code calls [`resize_linear`] with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeCoordinates {
+    /// `(o + 0.5) / scale - 0.5` (ONNX's default since opset 11).
+    HalfPixel,
+    /// Like `HalfPixel`, but an output of length 1 reads input coordinate 0 (PyTorch's
+    /// `align_corners=False`).
+    PytorchHalfPixel,
+    /// `o · (in − 1) / (out − 1)`.
+    AlignCorners,
+    /// `o / scale`.
+    Asymmetric,
+}
+
+/// The row-major `[output, input]` matrix of 1-D linear interpolation under `mode`, as
+/// onnxruntime computes it: the source coordinate is clamped to `[0, input − 1]`.
+pub fn linear_weights(input: usize, output: usize, mode: ResizeCoordinates) -> Vec<f32> {
+    let mut m = vec![0f32; output * input];
+    if input == 0 {
+        return m;
+    }
+    let scale = output as f64 / input as f64;
+    for o in 0..output {
+        let x = match mode {
+            ResizeCoordinates::HalfPixel => (o as f64 + 0.5) / scale - 0.5,
+            ResizeCoordinates::PytorchHalfPixel if output > 1 => (o as f64 + 0.5) / scale - 0.5,
+            ResizeCoordinates::AlignCorners if output > 1 => o as f64 * (input - 1) as f64 / (output - 1) as f64,
+            ResizeCoordinates::Asymmetric => o as f64 / scale,
+            _ => 0.0,
+        }
+        .clamp(0.0, (input - 1) as f64);
+        let i0 = x.floor() as usize;
+        let i1 = (i0 + 1).min(input - 1);
+        let w = (x - i0 as f64) as f32;
+        m[o * input + i0] += 1.0 - w;
+        m[o * input + i1] += w;
+    }
+    m
+}
+
+/// Bilinear resize of `[N, C, H, W]` to `[N, C, height, width]` as two matrix products (one per
+/// axis, skipped where the size does not change). It replaces burn's `interpolate` in the
+/// generated models (see `LinearResize` in build.rs) because burn's GPU backends cannot
+/// differentiate a bilinear interpolate; a matrix product differentiates everywhere.
+pub fn resize_linear(x: Tensor<4>, [oh, ow]: [usize; 2], mode: ResizeCoordinates) -> Tensor<4> {
+    use burn::tensor::TensorData;
+    let [n, c, h, w] = x.dims();
+    let device = x.device();
+    // [out, in] weights, transposed to [in, out] for `rows · weights`.
+    let weights = |input: usize, output: usize| {
+        Tensor::<2>::from_data(TensorData::new(linear_weights(input, output, mode), [output, input]), &device)
+            .transpose()
+    };
+    let mut y = x;
+    if ow != w {
+        y = y.reshape([n * c * h, w]).matmul(weights(w, ow)).reshape([n, c, h, ow]);
+    }
+    if oh != h {
+        let t = y.swap_dims(2, 3).reshape([n * c * ow, h]).matmul(weights(h, oh));
+        y = t.reshape([n, c, ow, oh]).swap_dims(2, 3);
+    }
+    y
+}
+
 /// burn's CPU device (the `flex` backend, multi-threaded through rayon).
 pub fn cpu_device() -> Device {
     Device::flex()
@@ -617,4 +682,47 @@ pub fn import(model: Option<&str>, path: &Path) -> Result<ImportSummary> {
         classes,
         normalization: ckpt.normalization,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    #[test]
+    fn resize_linear_matches_burn_interpolate() {
+        use burn::tensor::module::interpolate;
+        use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+        let device = cpu_device();
+        let x = Tensor::<4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 1.0), &device);
+        for (size, align, mode) in [
+            ([10, 14], true, ResizeCoordinates::AlignCorners),
+            ([20, 28], false, ResizeCoordinates::HalfPixel),
+            ([5, 21], false, ResizeCoordinates::PytorchHalfPixel),
+            ([3, 4], true, ResizeCoordinates::AlignCorners),
+        ] {
+            let want = interpolate(
+                x.clone(),
+                InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size(size).with_align_corners(align),
+            );
+            let got = resize_linear(x.clone(), size, mode);
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want).abs().max().into_scalar::<f32>();
+            assert!(diff < 1e-5, "{size:?} {mode:?}: {diff}");
+        }
+        // A 1×1 map (the ASPP image pooling) becomes a constant map.
+        let p = Tensor::<4>::from_data(TensorData::new(vec![2.5f32, -1.0], [1, 2, 1, 1]), &device);
+        let up: Vec<f32> = resize_linear(p, [3, 4], ResizeCoordinates::PytorchHalfPixel).into_data().to_vec().unwrap();
+        assert_eq!(up, [vec![2.5f32; 12], vec![-1.0; 12]].concat());
+    }
+
+    #[test]
+    fn linear_weights_follow_the_onnx_coordinate_transforms() {
+        // 2 → 4, half_pixel: sources -0.25 (clamped to 0), 0.25, 0.75, 1.25 (clamped to 1).
+        assert_eq!(linear_weights(2, 4, ResizeCoordinates::HalfPixel), [1.0, 0.0, 0.75, 0.25, 0.25, 0.75, 0.0, 1.0]);
+        // 2 → 3, align_corners: 0, 0.5, 1.
+        assert_eq!(linear_weights(2, 3, ResizeCoordinates::AlignCorners), [1.0, 0.0, 0.5, 0.5, 0.0, 1.0]);
+        // 2 → 4, asymmetric: 0, 0.5, 1, 1.5 (clamped to 1).
+        assert_eq!(linear_weights(2, 4, ResizeCoordinates::Asymmetric), [1.0, 0.0, 0.5, 0.5, 0.0, 1.0, 0.0, 1.0]);
+    }
 }

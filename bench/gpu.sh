@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# GPU training throughput: segtune's burn `wgpu` backend (Vulkan) against PyTorch CUDA eager on the
+# same work: smp DeepLabV3Plus mobilenet_v2, 6 classes, batch 16, crop 512, SGD momentum 0.9,
+# cross-entropy ignoring 255, BatchNorm in train mode (full fine-tune).
+#
+# For an NVIDIA Linux host that has PyTorch but no Rust toolchain and no network:
+#   here (Rust + internet):  bench/gpu.sh prepare
+#       builds segtune with `--features wgpu` into bench/gpu/segtune, downloads Debian's Vulkan and
+#       GL loaders (bench/gpu/deb) and the segmentation-models-pytorch wheel (bench/gpu/whl).
+#   on the GPU host:         bench/gpu.sh run [BATCH=16] [CROP=512] [EPOCHS=3]
+#       unpacks the loaders if the host has none, times both, prints images/s and the ratio.
+#   on the GPU host:         bench/gpu.sh pretrain   (bench/pretrain.sh on --device wgpu)
+# segtune's images/s is that of its last epoch (`metrics.json`, data loading included, evaluation
+# and the first epochs' shader compilation and autotuning excluded); PyTorch's is batch / median
+# step time after 3 warm-up steps. burn's `cuda` backend is not timed: its build downloads LLVM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+here=bench/gpu
+bin=$here/segtune
+
+unpack() { # the binary, with Python's lzma (the host may lack xz)
+  [ -x "$bin" ] && return 0
+  [ -f "$bin.xz" ] || { echo "error: $bin.xz missing: run 'bench/gpu.sh prepare' on a machine with Rust first" >&2; exit 2; }
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$bin.xz" "$bin"
+  chmod +x "$bin"
+}
+
+vulkan() { # make the NVIDIA Vulkan driver reachable through a loader
+  if ! ldconfig -p | grep -q libvulkan.so.1; then
+    for f in "$here"/deb/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+  fi
+  if ! ls /usr/share/vulkan/icd.d/ /etc/vulkan/icd.d/ 2>/dev/null | grep -qi nvidia; then
+    for j in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json; do
+      [ -f "$j" ] && export VK_DRIVER_FILES="$j" && break
+    done
+    [ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ] &&
+      export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+  fi
+  echo "vulkan: loader $(ldconfig -p | grep -m1 libvulkan.so.1 | awk '{print $NF}'), driver ${VK_DRIVER_FILES:-system icd.d}"
+}
+
+ort_lib() { # onnxruntime from the host's Python package, for `segtune export`'s check
+  local d
+  d=$(python3 -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))' 2>/dev/null) || return 0
+  export ORT_DYLIB_PATH
+  ORT_DYLIB_PATH=$(ls "$d"/libonnxruntime.so.1.* 2>/dev/null | head -n 1)
+}
+
+case "${1:-run}" in
+  prepare)
+    cargo build --features wgpu
+    mkdir -p "$here/deb" "$here/whl"
+    # Stripped and xz-compressed to travel (~30 MB); `run` and `pretrain` unpack it.
+    strip -o "$bin" target/debug/segtune
+    xz -T0 -3 -f "$bin"
+    (cd "$here/deb" && apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 >/dev/null)
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$here/whl" segmentation-models-pytorch==0.6.0
+    echo "prepared $here: $(cd "$here" && ls segtune.xz deb/* whl/* | tr '\n' ' ')"
+    ;;
+  run)
+    batch=${2:-16}; crop=${3:-512}; epochs=${4:-3}
+    unpack
+    vulkan
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    site=$(mktemp -d)
+    python3 -c 'import segmentation_models_pytorch' 2>/dev/null ||
+      { python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$here"/whl/*.whl && export PYTHONPATH="$site"; }
+    work=$(mktemp -d)
+    "$bin" synth "$work/data" --classes 6 --train $((batch * 10)) --val "$batch" --size "$crop" --seed 1 >/dev/null
+    "$bin" train --data "$work/data" --out "$work/run" --classes 6 --epochs "$epochs" --batch "$batch" \
+      --crop "$crop" --lr 0.01 --bn train --device wgpu
+    seg=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[-1]["images_per_s"])' "$work/run/metrics.json")
+    torch_ms=$(python3 bench/train_step_torch.py full "$batch" "$crop" 20 "$(nproc)" cuda)
+    python3 - "$seg" "$torch_ms" "$batch" "$crop" <<'PY'
+import sys
+seg, ms, batch, crop = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch_ips = 1000 * batch / ms
+print(f"train step, batch {batch}, crop {crop}, full fine-tune, BN train")
+print(f"  segtune wgpu       {seg:9.1f} images/s  ({1000 * batch / seg:.0f} ms/step)")
+print(f"  PyTorch CUDA eager {torch_ips:9.1f} images/s  ({ms:.0f} ms/step)")
+print(f"  ratio segtune/PyTorch (images/s) {seg / torch_ips:.2f}x")
+PY
+    ;;
+  pretrain)
+    unpack
+    vulkan
+    ort_lib
+    DEVICE=wgpu SEGTUNE=$bin bench/pretrain.sh
+    ;;
+  *) echo "usage: bench/gpu.sh prepare | run [BATCH] [CROP] [EPOCHS] | pretrain" >&2; exit 2 ;;
+esac
