@@ -515,16 +515,42 @@ impl Drop for Loader {
     }
 }
 
+/// What a synthetic set looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SynthStyle {
+    /// Small fine-tuning sets: 1–3 objects per image, four shapes (disc, square, triangle,
+    /// diamond), one hue per class, striped backgrounds.
+    #[default]
+    Shapes,
+    /// A pretraining corpus: 1–6 objects of eight other shapes (ellipse, ring, cross, star, bar,
+    /// crescent, hexagon, blob) at scales from 4% to 45% of the image, partly outside it,
+    /// occluding each other; five textures; five background kinds with unlabelled clutter;
+    /// boundary bands 2 or 4 px wide and now and then a whole object marked 255 ("difficult").
+    Corpus,
+}
+
 /// Settings of `segtune synth`.
 #[derive(Debug, Clone, Copy)]
 pub struct SynthOptions {
     /// Classes including background (class 0); objects come from classes 1..K.
     pub classes: usize,
+    /// Training images (default 200).
     pub train: usize,
+    /// Validation images (default 50).
     pub val: usize,
-    /// Image side in pixels.
+    /// Image side in pixels (default 128).
     pub size: u32,
+    /// Seed: the same options write the same bytes (default 0).
     pub seed: u64,
+    /// What the images look like (default `shapes`).
+    pub style: SynthStyle,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        SynthOptions { classes: 6, train: 200, val: 50, size: 128, seed: 0, style: SynthStyle::Shapes }
+    }
 }
 
 /// Writes a synthetic segmentation set in VOC layout: textured backgrounds with 1–3 objects of
@@ -547,12 +573,20 @@ pub fn synth(out: &Path, opts: &SynthOptions) -> Result<()> {
         let d = out.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     }
+    let names = synth_class_names(opts.style, opts.classes);
+    write_atomic(&out.join("classes.txt"), |f| {
+        use std::io::Write;
+        names.iter().try_for_each(|n| writeln!(f, "{n}"))
+    })?;
     let palette = voc_palette();
     for (split, count, offset) in [("train", opts.train, 0u64), ("val", opts.val, 1u64 << 32)] {
         let ids: Vec<String> = (0..count).map(|i| format!("{split}_{i:05}")).collect();
         ids.par_iter().enumerate().try_for_each(|(i, id)| -> Result<()> {
             let mut rng = Rng::derive(opts.seed, offset, i as u64);
-            let (img, mask) = synth_sample(opts.size, opts.classes, &mut rng);
+            let (img, mask) = match opts.style {
+                SynthStyle::Shapes => synth_sample(opts.size, opts.classes, &mut rng),
+                SynthStyle::Corpus => corpus_sample(opts.size, opts.classes, &mut rng),
+            };
             let jpg = out.join("JPEGImages").join(format!("{id}.jpg"));
             write_atomic(&jpg, |f| {
                 image::codecs::jpeg::JpegEncoder::new_with_quality(f, 95)
@@ -568,6 +602,24 @@ pub fn synth(out: &Path, opts: &SynthOptions) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// The class names of a synthetic set (written to `classes.txt`, which `segtune export` puts
+/// in the model's metadata): `background`, then each class's shape and texture.
+pub fn synth_class_names(style: SynthStyle, classes: usize) -> Vec<String> {
+    let name = |c: usize| match style {
+        SynthStyle::Shapes => {
+            let shape = ["disc", "square", "triangle", "diamond"][(c - 1) % 4];
+            let texture = ["flat", "checker", "wave"][c % 3];
+            format!("{shape}-{texture}-{c}")
+        }
+        SynthStyle::Corpus => {
+            let shape = ["ellipse", "ring", "cross", "star", "bar", "crescent", "hexagon", "blob"][(c - 1) % 8];
+            let texture = ["flat", "checker", "wave", "radial", "speckle"][((c - 1) / 8 + c % 2) % 5];
+            format!("{shape}-{texture}-{c}")
+        }
+    };
+    std::iter::once("background".to_string()).chain((1..classes).map(name)).collect()
 }
 
 fn synth_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayImage) {
@@ -630,6 +682,137 @@ fn synth_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayImag
             });
             if differs {
                 mask.put_pixel(x, y, image::Luma([IGNORE_INDEX]));
+            }
+        }
+    }
+    (img, mask)
+}
+
+/// One image of the pretraining corpus (see [`SynthStyle::Corpus`]). A class is a fixed
+/// (shape, texture, hue) triple: class c has shape `(c-1) % 8`, texture `(c-1) / 8 + c % 2`
+/// (mod 5) and a hue spread around the wheel, jittered per object, so telling classes apart
+/// needs colour, shape and texture together.
+fn corpus_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayImage) {
+    use std::f32::consts::PI;
+    let s = size as f32;
+    let mut img = RgbImage::new(size, size);
+    let mut noise = Rng(rng.next_u64());
+    // Background: five kinds, a random colour each.
+    let kind = rng.below(5);
+    let c0 = hsv(rng.f32(), rng.range(0.0, 0.5), rng.range(0.25, 0.9)).map(|v| v * 255.0);
+    let c1 = hsv(rng.f32(), rng.range(0.0, 0.5), rng.range(0.25, 0.9)).map(|v| v * 255.0);
+    let (freq, angle) = (rng.range(0.03, 0.4), rng.range(0.0, PI));
+    let cell = 4 + rng.below(28) as u32;
+    let (ca, sa) = (angle.cos(), angle.sin());
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        let (fx, fy) = (x as f32, y as f32);
+        let t = match kind {
+            0 => 0.5 + 0.5 * ((fx * ca + fy * sa) * freq).sin(), // stripes
+            1 => (((x / cell) + (y / cell)) % 2) as f32,          // checker
+            2 => ((fx * ca + fy * sa) / (s * 1.5) + 0.5).clamp(0.0, 1.0), // gradient
+            3 => 0.5 + 0.25 * ((fx * freq).sin() + (fy * freq * 0.7 + 1.3).cos()), // blotches
+            _ => 0.0,                                             // flat
+        };
+        let n = noise.range(-1.0, 1.0) * 14.0;
+        for c in 0..3 {
+            p[c] = (c0[c] * (1.0 - t) + c1[c] * t + n).clamp(0.0, 255.0) as u8;
+        }
+    }
+    // Unlabelled clutter: grey-ish rectangles that stay background.
+    for _ in 0..rng.below(4) {
+        let g = hsv(rng.f32(), rng.range(0.0, 0.25), rng.range(0.2, 0.95)).map(|v| (v * 255.0) as u8);
+        let (x0, y0) = (rng.below(size as usize) as u32, rng.below(size as usize) as u32);
+        let (w, h) = (1 + rng.below(size as usize / 4) as u32, 1 + rng.below(size as usize / 4) as u32);
+        for y in y0..(y0 + h).min(size) {
+            for x in x0..(x0 + w).min(size) {
+                img.put_pixel(x, y, Rgb(g));
+            }
+        }
+    }
+    let mut mask = GrayImage::new(size, size);
+    let mut difficult = GrayImage::new(size, size);
+    let objects = 1 + rng.below(6);
+    for _ in 0..objects {
+        let class = 1 + rng.below(classes - 1);
+        let shape = (class - 1) % 8;
+        let texture = ((class - 1) / 8 + class % 2) % 5;
+        let hue = (class as f32 - 1.0) / (classes as f32 - 1.0).max(1.0) + rng.range(-0.02, 0.02);
+        let color = hsv(hue, rng.range(0.55, 1.0), rng.range(0.5, 1.0));
+        let (cx, cy) = (rng.range(-0.05, 1.05) * s, rng.range(-0.05, 1.05) * s);
+        let r = rng.range(0.04, 0.45) * s;
+        let rot = rng.range(0.0, PI);
+        let (rc, rs) = (rot.cos(), rot.sin());
+        let aspect = rng.range(0.35, 0.7);
+        let lobes = [rng.range(0.0, 0.25), rng.range(0.0, 0.2), rng.range(0.0, 2.0 * PI)];
+        let hard = rng.f32() < 0.04;
+        let period = rng.range(3.0, 9.0);
+        let (x0, x1) = ((cx - r).max(0.0) as u32, ((cx + r).ceil().max(0.0) as u32).min(size));
+        let (y0, y1) = ((cy - r).max(0.0) as u32, ((cy + r).ceil().max(0.0) as u32).min(size));
+        for y in y0..y1 {
+            for x in x0..x1 {
+                let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+                // Rotated coordinates, normalised by the radius.
+                let (u, v) = ((dx * rc + dy * rs) / r, (-dx * rs + dy * rc) / r);
+                let d = (u * u + v * v).sqrt();
+                let a = v.atan2(u);
+                let inside = match shape {
+                    0 => (u * u) + (v / aspect).powi(2) <= 1.0,                      // ellipse
+                    1 => (0.55..=1.0).contains(&d),                                   // ring
+                    2 => (u.abs() <= 0.3 && v.abs() <= 1.0) || (v.abs() <= 0.3 && u.abs() <= 1.0), // cross
+                    3 => d <= 0.45 + 0.55 * (0.5 + 0.5 * (5.0 * a).cos()).powi(3),   // star
+                    4 => u.abs() <= 1.0 && v.abs() <= 0.22,                          // bar
+                    5 => d <= 1.0 && ((u - 0.45).powi(2) + v * v).sqrt() > 0.75,     // crescent
+                    6 => {
+                        // hexagon
+                        let (au, av) = (u.abs(), v.abs());
+                        av <= 0.866 && 0.866 * au + 0.5 * av <= 0.866
+                    }
+                    _ => d <= 0.75 + lobes[0] * (3.0 * a + lobes[2]).sin() + lobes[1] * (5.0 * a).cos(), // blob
+                };
+                if !inside {
+                    continue;
+                }
+                let shade = match texture {
+                    0 => 1.0,
+                    1 => 0.75 + 0.25 * (((x as f32 / period) as u32 + (y as f32 / period) as u32) % 2) as f32,
+                    2 => 0.8 + 0.2 * (u * 2.0 * period).sin(),
+                    3 => 0.7 + 0.3 * (1.0 - d.min(1.0)),
+                    _ => 0.8 + 0.2 * (((x / 2) ^ (y / 2)) % 3) as f32 / 2.0,
+                };
+                let n = noise.range(-6.0, 6.0);
+                img.put_pixel(x, y, Rgb(color.map(|c| (c * shade * 255.0 + n).clamp(0.0, 255.0) as u8)));
+                mask.put_pixel(x, y, image::Luma([class as u8]));
+                difficult.put_pixel(x, y, image::Luma([hard as u8]));
+            }
+        }
+    }
+    // Boundary bands (every pixel within Manhattan distance 1 or 2 of another label), and
+    // difficult objects marked 255 as a whole.
+    let band = 1 + rng.below(2) as i32;
+    let src = mask.clone();
+    for y in 0..size as i32 {
+        for x in 0..size as i32 {
+            let v = src.get_pixel(x as u32, y as u32)[0];
+            let mut differs = difficult.get_pixel(x as u32, y as u32)[0] == 1;
+            'near: for oy in -band..=band {
+                for ox in -band..=band {
+                    if differs {
+                        break 'near;
+                    }
+                    let (nx, ny) = (x + ox, y + oy);
+                    if ox.abs() + oy.abs() <= band
+                        && nx >= 0
+                        && ny >= 0
+                        && nx < size as i32
+                        && ny < size as i32
+                        && src.get_pixel(nx as u32, ny as u32)[0] != v
+                    {
+                        differs = true;
+                    }
+                }
+            }
+            if differs {
+                mask.put_pixel(x as u32, y as u32, image::Luma([IGNORE_INDEX]));
             }
         }
     }

@@ -73,7 +73,7 @@ fn image_and_mask_of_different_sizes_name_both_files() {
 #[test]
 fn synth_writes_a_voc_layout_with_boundary_bands() {
     let dir = tempfile::tempdir().unwrap();
-    data::synth(dir.path(), &data::SynthOptions { classes: 6, train: 6, val: 2, size: 64, seed: 3 }).unwrap();
+    data::synth(dir.path(), &data::SynthOptions { classes: 6, train: 6, val: 2, size: 64, seed: 3, ..Default::default() }).unwrap();
     let ds = Dataset::open(dir.path(), "train").unwrap();
     assert_eq!(ds.items.len(), 6);
     ds.validate(6).unwrap();
@@ -83,7 +83,7 @@ fn synth_writes_a_voc_layout_with_boundary_bands() {
     assert!(values.iter().filter(|&&v| v > 0 && v < 6).count() >= 2, "{values:?}");
     // Same seed, same bytes.
     let again = tempfile::tempdir().unwrap();
-    data::synth(again.path(), &data::SynthOptions { classes: 6, train: 6, val: 2, size: 64, seed: 3 }).unwrap();
+    data::synth(again.path(), &data::SynthOptions { classes: 6, train: 6, val: 2, size: 64, seed: 3, ..Default::default() }).unwrap();
     let a = std::fs::read(dir.path().join("SegmentationClass/train_00003.png")).unwrap();
     assert_eq!(a, std::fs::read(again.path().join("SegmentationClass/train_00003.png")).unwrap());
 }
@@ -137,4 +137,37 @@ fn truncated_jpegs_are_refused() {
     std::fs::write(&path, &b[..b.len() - 40]).unwrap();
     let e = segtune::data::load_image(&path).unwrap_err().to_string();
     assert!(e.contains("t.jpg") && e.contains("truncated JPEG"), "{e}");
+}
+
+#[test]
+fn corpus_style_is_varied_deterministic_and_in_range() {
+    let opts = data::SynthOptions { classes: 21, train: 24, val: 2, size: 96, seed: 7, style: data::SynthStyle::Corpus };
+    let dir = tempfile::tempdir().unwrap();
+    data::synth(dir.path(), &opts).unwrap();
+    let ds = Dataset::open(dir.path(), "train").unwrap();
+    ds.validate(21).unwrap();
+    let mut hist = [0u64; 256];
+    for item in &ds.items {
+        for &v in load_mask(&item.mask, 21).unwrap().as_raw() {
+            hist[v as usize] += 1;
+        }
+    }
+    let total: u64 = hist.iter().sum();
+    assert!(hist[21..255].iter().all(|&n| n == 0), "values outside [0, 21) ∪ {{255}}");
+    let classes_seen = (1..21).filter(|&c| hist[c] > 0).count();
+    assert!(classes_seen >= 14, "only {classes_seen} of 20 object classes in 24 images");
+    let ignore = hist[255] as f64 / total as f64;
+    assert!((0.02..0.3).contains(&ignore), "255 fraction {ignore}");
+    let background = hist[0] as f64 / total as f64;
+    assert!((0.2..0.9).contains(&background), "background fraction {background}");
+    // Different from the default style with the same seed, and the same bytes again.
+    let shapes = tempfile::tempdir().unwrap();
+    data::synth(shapes.path(), &data::SynthOptions { style: data::SynthStyle::Shapes, ..opts }).unwrap();
+    let again = tempfile::tempdir().unwrap();
+    data::synth(again.path(), &opts).unwrap();
+    for f in ["JPEGImages/train_00005.jpg", "SegmentationClass/train_00005.png"] {
+        let a = std::fs::read(dir.path().join(f)).unwrap();
+        assert_eq!(a, std::fs::read(again.path().join(f)).unwrap(), "{f}");
+        assert_ne!(a, std::fs::read(shapes.path().join(f)).unwrap(), "{f}");
+    }
 }
