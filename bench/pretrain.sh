@@ -8,9 +8,14 @@
 #
 # Settings (environment): SEGTUNE binary (target/debug/segtune, built if missing), DEVICE cpu|wgpu,
 # EPOCHS 12, BATCH 16, CROP 256, LR 0.02, TRAIN 4000 and VAL 400 images (256²), SEED 2026,
-# WORK target/pretrain. Writes WORK/run (the training run: config.json, metrics.csv, curves.png)
-# and WORK/deeplabv3plus_mobilenetv2.onnx, and prints its sha256. To ship it:
+# WORK target/pretrain, WEIGHTS (an ONNX checkpoint to continue from; default the compiled-in
+# model). Writes WORK/run (the training run: config.json, metrics.csv, curves.png) and
+# WORK/deeplabv3plus_mobilenetv2.onnx, and prints its sha256. To ship it:
 #   cp WORK/deeplabv3plus_mobilenetv2.onnx models/ && python scripts/make_fixtures.py
+#
+# The shipped model was made in two stages (models/README.md):
+#   1. on an H200:  DEVICE=wgpu SEGTUNE=bench/gpu/segtune EPOCHS=2 bench/pretrain.sh  (cut after epoch 1)
+#   2. on 2 CPU cores: WEIGHTS=stage1.onnx WORK=target/pretrain2 EPOCHS=4 CROP=128 LR=0.01 SEED=2027 bench/pretrain.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEGTUNE=${SEGTUNE:-target/debug/segtune}
@@ -25,8 +30,10 @@ fi
 if [ -f "$WORK/run/checkpoints/latest" ]; then
   "$SEGTUNE" train --resume "$WORK/run"
 else
+  weights=()
+  [ -n "${WEIGHTS:-}" ] && weights=(--weights "$WEIGHTS")
   "$SEGTUNE" train --data "$WORK/corpus" --out "$WORK/run" --epochs "$EPOCHS" --batch "$BATCH" --crop "$CROP" \
-    --lr "$LR" --bn train --freeze none --seed "$SEED" --device "$DEVICE"
+    --lr "$LR" --bn train --freeze none --seed "$SEED" --device "$DEVICE" "${weights[@]}"
 fi
 "$SEGTUNE" export "$WORK/run" --out "$WORK/deeplabv3plus_mobilenetv2.onnx"
 end=$(date +%s)

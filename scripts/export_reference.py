@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
-"""Export the reference model `models/deeplabv3plus_mobilenetv2.onnx`.
+"""Export the reference architecture, the graph of `models/deeplabv3plus_mobilenetv2.onnx`.
 
 segmentation-models-pytorch DeepLabV3Plus(encoder_name="mobilenet_v2", encoder_weights=None,
 classes=21), seeded, exported with torch.onnx at opset 17, BatchNorm kept (TrainingMode.PRESERVE),
 a dynamic batch axis and dynamic spatial axes so that any batch and any size divisible by 16 runs.
 
 Weights are random (torch.manual_seed(SEED)) and BN statistics are at their initial values: no
-model hub is reachable where this was made. See models/README.md for how to bring real weights.
+model hub is reachable where this was made. This file was the shipped model until commit 0e541eb;
+the shipped model now is this graph with weights pretrained by segtune (bench/pretrain.sh), so the
+default output no longer overwrites it. See models/README.md.
 
 Pinned versions this file was made with (torch is needed only to regenerate it, never to build
 or test segtune):
     torch==2.15.0 torchvision==0.29.2 segmentation-models-pytorch==0.6.0 timm==1.0.31
     onnx==1.23.2 onnxruntime==1.31.1 numpy==2.4.6
 
-Usage: python scripts/export_reference.py [--out models/deeplabv3plus_mobilenetv2.onnx]
+Usage: python scripts/export_reference.py [--out target/deeplabv3plus_mobilenetv2_random.onnx]
 """
 import argparse
 import hashlib
@@ -74,7 +76,7 @@ def check(model, path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="models/deeplabv3plus_mobilenetv2.onnx")
+    ap.add_argument("--out", default="target/deeplabv3plus_mobilenetv2_random.onnx")
     args = ap.parse_args()
     model = build()
     export(model, args.out)

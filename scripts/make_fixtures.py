@@ -57,16 +57,63 @@ def losses():
     print({k: v for k, v in out.items() if isinstance(v, float)})
 
 
+def torch_name(onnx_name):
+    """The torch parameter an ONNX value name stands for (`segtune export` names a formerly
+    shared value's own initializer NAME.segtune)."""
+    return onnx_name.removesuffix(".segtune")
+
+
+def load_onnx_weights(model, onnx_model):
+    """Loads the ONNX file's weights into the torch model. Node inputs carry torch's parameter
+    names; a name that is no initializer is an Identity output (torch shares equal tensors, and
+    `segtune export` gives each alias its own initializer), followed back to one."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx_model.graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in onnx_model.graph.node if n.op_type == "Identity"}
+
+    def value(name):
+        # `segtune export` gives a formerly shared value its own initializer, NAME.segtune (the
+        # Identity node and the tensor it copied stay in the graph, unused).
+        if name + ".segtune" in inits:
+            return inits[name + ".segtune"]
+        while name not in inits and name in alias:
+            name = alias[name]
+        return inits.get(name)
+
+    state = model.state_dict()
+    loaded = 0
+    for name, tensor in state.items():
+        arr = value(name)
+        if arr is None:
+            continue
+        assert tuple(arr.shape) == tuple(tensor.shape), (name, arr.shape, tensor.shape)
+        state[name] = torch.from_numpy(arr.copy())
+        loaded += 1
+    model.load_state_dict(state)
+    missing = [k for k in state if value(k) is None and not k.endswith("num_batches_tracked")]
+    assert not missing, f"not in {ONNX_PATH}: {missing[:5]}"
+    print(f"loaded {loaded} tensors from {ONNX_PATH}")
+
+
+def check_against_onnxruntime(model):
+    """The loaded torch model computes what onnxruntime computes from the file (eval mode)."""
+    import onnxruntime
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    want = onnxruntime.InferenceSession(ONNX_PATH).run(None, {"input": x})[0]
+    model.eval()
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(got - want).max())
+    assert diff < 1e-4, f"torch model != onnxruntime on {ONNX_PATH}: max |diff| {diff}"
+    print(f"torch = onnxruntime on {ONNX_PATH} (max |diff| {diff:.1e})")
+
+
 def main():
     losses()
     model = build()
     onnx_model = onnx.load(ONNX_PATH)
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx_model.graph.initializer}
-    state = model.state_dict()
-    # The ONNX file must hold exactly this model's weights.
-    for name, arr in inits.items():
-        if name in state:
-            assert np.array_equal(state[name].numpy(), arr), name
+    load_onnx_weights(model, onnx_model)
+    check_against_onnxruntime(model)
 
     rng = np.random.default_rng(1234)
     x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
@@ -90,7 +137,7 @@ def main():
         if node.op_type != "BatchNormalization":
             continue
         mean_name, var_name = node.input[3], node.input[4]
-        mean, var = state[mean_name].numpy(), state[var_name].numpy()
+        mean, var = state[torch_name(mean_name)].numpy(), state[torch_name(var_name)].numpy()
         index.append({"node": i, "running_mean": mean_name, "running_var": var_name,
                       "channels": int(mean.shape[0]), "offset": offset})
         blobs += [mean.astype(np.float32), var.astype(np.float32)]

@@ -1,6 +1,7 @@
 //! `segtune demo`: the whole spine on an embedded default, in a few minutes on a CPU —
-//! synthesize a set, fine-tune the shipped model briefly, export, validate with onnxruntime,
-//! and segment a few images, all under one folder.
+//! synthesize a set, fine-tune the shipped pretrained model with the DeepLab recipe (frozen
+//! backbone, frozen BatchNorm, new head), export, validate with onnxruntime, and segment a few
+//! images, all under one folder.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,6 +22,21 @@ pub struct DemoReport {
     pub seconds: f64,
 }
 
+/// The demo's training recipe on `data` (the DeepLab fine-tuning recipe): the shipped model's
+/// backbone and every BatchNorm frozen at their pretrained values, a new 6-class head, SGD at
+/// lr 0.02 with the poly schedule, batch 8, crop 128. `segtune doctor` finds nothing wrong with it.
+pub fn recipe(data: PathBuf, epochs: usize) -> TrainConfig {
+    let mut cfg = TrainConfig::new(data);
+    cfg.classes = 6;
+    cfg.epochs = epochs;
+    cfg.batch = 8;
+    cfg.crop = 128;
+    cfg.lr = 0.02;
+    cfg.freeze = Freeze::Backbone;
+    cfg.bn = BnMode::Frozen;
+    cfg
+}
+
 /// Runs the demo into `out` (which must not hold a previous demo's run).
 pub fn demo(out: &Path, epochs: usize) -> Result<DemoReport> {
     let started = Instant::now();
@@ -35,22 +51,18 @@ pub fn demo(out: &Path, epochs: usize) -> Result<DemoReport> {
     let model_path = out.join("model.onnx");
     let pred_dir = out.join("predictions");
     println!("[1/5] synthesizing a 6-class set (128², 200 train, 50 val) into {}", data_dir.display());
-    data::synth(&data_dir, &SynthOptions { classes: 6, train: 200, val: 50, size: 128, seed: 1 })?;
+    data::synth(
+        &data_dir,
+        &SynthOptions { classes: 6, train: 200, val: 50, size: 128, seed: 1, ..Default::default() },
+    )?;
 
-    let mut cfg = TrainConfig::new(data_dir.clone());
-    cfg.classes = 6;
-    cfg.epochs = epochs;
-    cfg.batch = 8;
-    cfg.crop = 128;
-    cfg.lr = 0.02;
-    // The shipped reference has random weights and BN statistics at their initial values, so
-    // the frozen-backbone recipe would freeze noise: train everything, BN included.
-    cfg.freeze = Freeze::None;
-    cfg.bn = BnMode::Train;
+    let cfg = recipe(data_dir.clone(), epochs);
     let before = train::evaluate_start(&cfg)?;
     println!(
-        "[2/5] fine-tuning {} for {epochs} epochs into {} (val mIoU before: {:.4})",
+        "[2/5] fine-tuning {} (--freeze backbone --bn frozen --classes 6 --lr {}) for {epochs} epochs into {} \
+         (val mIoU before: {:.4})",
         cfg.model,
+        cfg.lr,
         run_dir.display(),
         before.miou
     );

@@ -13,7 +13,8 @@ use segtune::{export, onnx, validate};
 /// A run trained for one epoch on a small 4-class set, shared by the tests of this file.
 fn trained_run(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 3, size: 64, seed: 11 }).unwrap();
+    data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 3, size: 64, seed: 11, ..Default::default() })
+        .unwrap();
     let mut cfg = TrainConfig::new(data.clone());
     cfg.classes = 4;
     cfg.epochs = 1;
@@ -43,7 +44,7 @@ fn export_round_trip_matches_burn_and_keeps_the_graph() {
     let out = keep.join("export.onnx");
     let report = export::export(&run, &out).unwrap();
     assert_eq!((report.tensors_written, report.classes), (312, 4));
-    assert!(report.unshared > 0, "BN trained apart what Identity nodes shared");
+    assert_eq!(report.unshared, 0, "the shipped model shares nothing through Identity nodes any more");
 
     let (reference, exported) = (common::reference(), onnx::read_model(&out).unwrap());
     let names = |m: &onnx::ModelProto| onnx::graph(m).node.iter().map(|n| n.name().to_string()).collect::<Vec<_>>();
@@ -51,7 +52,8 @@ fn export_round_trip_matches_burn_and_keeps_the_graph() {
     assert_eq!(onnx::opset(&exported), Some(17));
     let meta = onnx::metadata(&exported);
     assert_eq!(meta["segtune.classes"], "4");
-    assert_eq!(meta["segtune.class_names"], "background,class_1,class_2,class_3");
+    // From the set's classes.txt (written by `segtune synth`).
+    assert_eq!(meta["segtune.class_names"], data::synth_class_names(data::SynthStyle::Shapes, 4).join(","));
     assert_eq!(meta["segtune.ignore_index"], "255");
     assert_eq!(meta["segtune.mean"], "0.485,0.456,0.406");
     let training: serde_json::Value = serde_json::from_str(&meta["segtune.training"]).unwrap();
@@ -103,7 +105,7 @@ fn validate_json_and_class_mismatch() {
 
     // A 6-class dataset against the 4-class export.
     let six = dir.path().join("six");
-    data::synth(&six, &SynthOptions { classes: 6, train: 1, val: 6, size: 32, seed: 2 }).unwrap();
+    data::synth(&six, &SynthOptions { classes: 6, train: 1, val: 6, size: 32, seed: 2, ..Default::default() }).unwrap();
     let out = segtune(&["validate", model.to_str().unwrap(), "--data", six.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
@@ -228,4 +230,30 @@ fn demo_runs_the_whole_pipeline() {
     let again = segtune(&["demo", "--out", out.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("expected a new or empty folder"));
+}
+
+/// Fine-tuning a checkpoint whose equal tensors torch shared through `Identity` nodes trains
+/// them apart; the export gives each its own initializer and still matches the burn model.
+#[test]
+fn export_from_an_identity_shared_checkpoint_unshares_the_aliases() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared.onnx");
+    common::write_model(&common::identity_shared_reference(), &shared);
+    let data = dir.path().join("data");
+    data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 2, size: 64, seed: 12, ..Default::default() })
+        .unwrap();
+    let mut cfg = TrainConfig::new(data.clone());
+    cfg.weights = Some(shared);
+    cfg.classes = 4;
+    cfg.epochs = 1;
+    cfg.batch = 2;
+    cfg.crop = 64;
+    cfg.bn = BnMode::Train;
+    let run = dir.path().join("run");
+    train::train(cfg, &run).unwrap();
+    let out = dir.path().join("export.onnx");
+    let report = export::export(&run, &out).unwrap();
+    assert!(report.unshared > 100, "BN trained apart what Identity nodes shared: {}", report.unshared);
+    let v = validate::validate_onnx(&out, &data, "val", Some(&run), 1).unwrap();
+    assert!(v.parity.as_ref().is_some_and(|p| p.pass), "{v}");
 }

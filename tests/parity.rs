@@ -40,9 +40,9 @@ fn perturbed_checkpoint_changes_burn_output_and_matches_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("perturbed.onnx");
     let mut proto = common::reference();
-    // The classifier's bias (class k gets +0.1·k), and a tensor torch shares through Identity
-    // nodes among many BN parameters.
-    common::map_initializer(&mut proto, "segmentation_head.0.bias", |k, v| v + 0.1 * k as f32);
+    // The classifier's bias (class k gets +k: the pretrained model is confident), and the
+    // first BatchNorm's scale.
+    common::map_initializer(&mut proto, "segmentation_head.0.bias", |k, v| v + k as f32);
     common::map_initializer(&mut proto, "encoder.features.0.1.weight", |_, v| v * 0.5);
     common::write_model(&proto, &path);
 
@@ -61,4 +61,18 @@ fn perturbed_checkpoint_changes_burn_output_and_matches_onnxruntime() {
     let r = validate::parity::<Model>(&perturbed, &opts).unwrap();
     assert!(r.pass, "burn on the perturbed file vs onnxruntime on it: max |Δ| {:e}", r.max_abs_diff);
     assert_eq!(r.weights, path.display().to_string());
+}
+
+/// A checkpoint whose equal tensors are shared through `Identity` nodes (as torch exports a
+/// fresh model) loads into the same architecture, and burn matches onnxruntime on it.
+#[test]
+fn identity_shared_checkpoint_loads_and_matches_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.onnx");
+    common::write_model(&common::identity_shared_reference(), &path);
+    let ckpt = Checkpoint::open(None, Some(&path)).unwrap();
+    assert_eq!(ckpt.info.name, "deeplabv3plus_mobilenetv2", "picked by architecture");
+    let opts = ParityOptions { batch: 2, size: 64, seed: 5, repeat: 0, ..Default::default() };
+    let r = validate::parity::<Model>(&ckpt, &opts).unwrap();
+    assert!(r.pass, "burn vs onnxruntime on the Identity-shared file: max |Δ| {:e}", r.max_abs_diff);
 }

@@ -47,6 +47,42 @@ pub fn map_initializer(model: &mut ModelProto, name: &str, f: impl Fn(usize, f32
     t.raw_data = Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect());
 }
 
+/// The shipped model as torch exported it, with equal tensors shared through `Identity` nodes:
+/// `segtune export` gave each formerly shared value its own initializer `NAME.segtune` and left
+/// the `Identity` nodes and the tensors they copy in place; this points every consumer back to
+/// the `Identity` output and drops the `.segtune` initializers. The shared tensors hold their
+/// initial values (BN weight 1, bias 0, mean 0, variance 1).
+pub fn identity_shared_reference() -> ModelProto {
+    let mut model = reference();
+    let g = model.graph.as_mut().unwrap();
+    let mut repointed = 0;
+    for node in g.node.iter_mut() {
+        for input in node.input.iter_mut() {
+            if let Some(name) = input.strip_suffix(".segtune") {
+                *input = name.to_string();
+                repointed += 1;
+            }
+        }
+    }
+    g.initializer.retain(|t| !t.name().ends_with(".segtune"));
+    assert_eq!(repointed, 214, "the shipped model's un-shared aliases");
+    model
+}
+
+/// Sets every BatchNorm's running mean to 0 and running variance to 1 (never trained).
+pub fn reset_bn_statistics(model: &mut ModelProto) {
+    let bn: Vec<(String, String)> = onnx::graph(model)
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "BatchNormalization")
+        .map(|n| (n.input[3].clone(), n.input[4].clone()))
+        .collect();
+    for (mean, var) in bn {
+        map_initializer(model, &mean, |_, _| 0.0);
+        map_initializer(model, &var, |_, _| 1.0);
+    }
+}
+
 fn value_info(name: &str, dims: &[i64]) -> onnx::ValueInfoProto {
     use onnx::proto::{
         TensorShapeProto, TypeProto,
