@@ -12,7 +12,8 @@ use segtune::train::{BnMode, TrainConfig};
 
 fn set(dir: &Path) -> std::path::PathBuf {
     let data = dir.join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 8, val: 4, size: 64, seed: 21 }).unwrap();
+    data::synth(&data, &SynthOptions { classes: 4, train: 8, val: 4, size: 64, seed: 21, ..Default::default() })
+        .unwrap();
     data
 }
 
@@ -60,6 +61,34 @@ fn healthy_setup_has_no_fail_and_json_lists_every_check() {
             assert!(c[key].is_string(), "{key} in {c}");
         }
     }
+}
+
+/// The synthetic set with the shipped (pretrained) model and the default training flags, sized
+/// to the set (classes, batch, crop): no FAIL. Default `--bn frozen` is right for a model whose
+/// BatchNorm statistics were trained.
+#[test]
+fn default_flags_on_the_shipped_model_have_no_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = TrainConfig::new(set(dir.path()));
+    (cfg.classes, cfg.batch, cfg.crop) = (4, 4, 64);
+    assert_eq!(cfg.bn, BnMode::Frozen);
+    let r = run(&cfg);
+    assert_eq!(r.failures(), 0, "{r}");
+    assert_eq!(status(&r, "bn.statistics").0, Status::Pass, "{r}");
+}
+
+/// `segtune demo`'s recipe (frozen backbone, frozen BN, new 6-class head, lr 0.02) on a set like
+/// the demo's: no FAIL, and one batch overfits.
+#[test]
+fn the_demo_setup_has_no_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    data::synth(&data, &SynthOptions { classes: 6, train: 16, val: 8, size: 128, seed: 1, ..Default::default() })
+        .unwrap();
+    let cfg = segtune::demo::recipe(data, 5);
+    let r = run(&cfg);
+    assert_eq!(r.failures(), 0, "{r}");
+    assert_eq!(status(&r, "train.overfit").0, Status::Pass, "{r}");
 }
 
 #[test]
@@ -169,6 +198,12 @@ fn bn_train_at_batch_1_fails_and_at_batch_2_warns() {
 fn frozen_bn_on_untrained_statistics_fails() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&set(dir.path()));
+    // The shipped model's statistics are trained; a checkpoint's that never were.
+    let untrained = dir.path().join("untrained_bn.onnx");
+    let mut proto = common::reference();
+    common::reset_bn_statistics(&mut proto);
+    common::write_model(&proto, &untrained);
+    cfg.weights = Some(untrained);
     cfg.bn = BnMode::Frozen;
     let r = run(&cfg);
     let (s, text) = status(&r, "bn.statistics");
@@ -176,4 +211,30 @@ fn frozen_bn_on_untrained_statistics_fails() {
     assert!(text.contains("never trained") && text.contains("0.14"), "{text}");
     assert!(r.summary[0].starts_with("FAIL bn.statistics"), "the most likely cause first: {r}");
     assert!(r.suggested_command.unwrap().contains("--bn train"));
+}
+
+/// The seed's signature: training-mode loss falls while eval mode, which uses running
+/// statistics that do not describe the data (here: every running variance 10⁸× too large, as a
+/// momentum-convention bug leaves them), gives back most of the starting loss.
+#[test]
+fn running_statistics_that_do_not_fit_the_data_fail_the_train_eval_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&set(dir.path()));
+    let mut proto = common::reference();
+    let vars: Vec<String> = segtune::onnx::graph(&proto)
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "BatchNormalization")
+        .map(|n| n.input[4].clone())
+        .collect();
+    for v in &vars {
+        common::map_initializer(&mut proto, v, |_, x| x * 1e8);
+    }
+    let path = dir.path().join("bad_running_var.onnx");
+    common::write_model(&proto, &path);
+    cfg.weights = Some(path);
+    let r = run(&cfg);
+    let (s, text) = status(&r, "bn.train_eval_gap");
+    assert_eq!(s, Status::Fail, "{r}");
+    assert!(text.contains("predicting only the class frequencies") && text.contains("seed's signature"), "{text}");
 }
