@@ -224,12 +224,13 @@ fn dims_string(d: &[i64]) -> String {
 /// Matches `ckpt` against a compiled-in model's reference graph: the same op sequence with the
 /// same attributes (Identity nodes ignored: exporters use them to share equal tensors), and the
 /// same shape for every parameter. Returns the checkpoint node index of each reference node, or
-/// a message that names the first difference.
+/// how far the match got (2 per matching node, 1 more when only an attribute differs) and a
+/// message that names the first difference.
 pub fn match_architecture(
     info: &ModelInfo,
     reference: &ModelProto,
     ckpt: &ModelProto,
-) -> Result<Vec<Option<usize>>, String> {
+) -> Result<Vec<Option<usize>>, (usize, String)> {
     let (rg, cg) = (onnx::graph(reference), onnx::graph(ckpt));
     let live = |g: &onnx::GraphProto| -> Vec<usize> {
         g.node.iter().enumerate().filter(|(_, n)| n.op_type() != "Identity").map(|(i, _)| i).collect()
@@ -246,21 +247,31 @@ pub fn match_architecture(
     for (k, (&ri, &ci)) in rl.iter().zip(&cl).enumerate() {
         let (rn, cn) = (&rg.node[ri], &cg.node[ci]);
         if rn.op_type() != cn.op_type() || rn.domain() != cn.domain() {
-            return Err(format!(
-                "node {k} ({:?}): expected {} as in {} (node {:?}), found {}",
-                cn.name(),
-                rn.op_type(),
-                info.name,
-                rn.name(),
-                cn.op_type()
+            return Err((
+                2 * k,
+                format!(
+                    "node {k} ({:?}): expected {} as in {} (node {:?}), found {}",
+                    cn.name(),
+                    rn.op_type(),
+                    info.name,
+                    rn.name(),
+                    cn.op_type()
+                ),
             ));
         }
         if let Some(diff) = attribute_difference(rn, cn, info.name) {
-            return Err(format!("node {k} ({:?}, {}): {diff} (node {:?})", cn.name(), cn.op_type(), rn.name()));
+            return Err((
+                2 * k + 1,
+                format!("node {k} ({:?}, {}): {diff} (node {:?})", cn.name(), cn.op_type(), rn.name()),
+            ));
         }
     }
     if rl.len() != cl.len() {
-        return Err(format!("expected {} nodes (Identity excluded) as in {}, found {}", rl.len(), info.name, cl.len()));
+        let matched = 2 * rl.len().min(cl.len());
+        return Err((
+            matched,
+            format!("expected {} nodes (Identity excluded) as in {}, found {}", rl.len(), info.name, cl.len()),
+        ));
     }
     let mut map = vec![None; rg.node.len()];
     for (&ri, &ci) in rl.iter().zip(&cl) {
@@ -274,32 +285,35 @@ pub fn match_architecture(
     for e in info.params {
         let cn = &cg.node[map[e.node].expect("param nodes are never Identity")];
         let Some(value) = cn.input.get(e.input).filter(|v| !v.is_empty()) else {
-            return Err(format!(
-                "node {:?} ({}): expected input {} ({}), found none",
-                cn.name(),
-                cn.op_type(),
-                e.input,
-                e.burn
+            return Err((
+                2 * rl.len(),
+                format!("node {:?} ({}): expected input {} ({}), found none", cn.name(), cn.op_type(), e.input, e.burn),
             ));
         };
         let init = resolver.resolve(value);
         let Some(found) = shapes.get(init) else {
-            return Err(format!(
-                "node {:?} ({}): expected input {} ({value:?}) to be an initializer, found a computed value",
-                cn.name(),
-                cn.op_type(),
-                e.input
+            return Err((
+                2 * rl.len(),
+                format!(
+                    "node {:?} ({}): expected input {} ({value:?}) to be an initializer, found a computed value",
+                    cn.name(),
+                    cn.op_type(),
+                    e.input
+                ),
             ));
         };
         let expected = rshapes.get(e.onnx).copied().unwrap_or(&[]);
         if *found != expected {
-            return Err(format!(
-                "node {:?} ({}): initializer {init:?} expected shape {} as in {}, found {}",
-                cn.name(),
-                cn.op_type(),
-                dims_string(expected),
-                info.name,
-                dims_string(found)
+            return Err((
+                2 * rl.len(),
+                format!(
+                    "node {:?} ({}): initializer {init:?} expected shape {} as in {}, found {}",
+                    cn.name(),
+                    cn.op_type(),
+                    dims_string(expected),
+                    info.name,
+                    dims_string(found)
+                ),
             ));
         }
     }
@@ -336,7 +350,8 @@ impl Checkpoint {
             Some(name) => vec![find(name)?],
             None => all().iter().collect(),
         };
-        let mut first_error = None;
+        // Without a match, report the difference from the closest model (the longest match).
+        let mut closest: Option<(usize, String)> = None;
         for info in candidates {
             let reference = info.reference()?;
             match match_architecture(info, &reference, &proto) {
@@ -345,8 +360,10 @@ impl Checkpoint {
                         Normalization::from_metadata(&onnx::metadata(&proto)).map_err(|e| Error::bad_file(path, e))?;
                     return Ok(Checkpoint { info, path: Some(path.to_path_buf()), proto, normalization, node_map });
                 }
-                Err(e) => {
-                    first_error.get_or_insert(e);
+                Err((matched, e)) => {
+                    if closest.as_ref().is_none_or(|(best, _)| matched > *best) {
+                        closest = Some((matched, e));
+                    }
                 }
             }
         }
@@ -354,7 +371,10 @@ impl Checkpoint {
             Some(name) => format!("expected the architecture of {name}"),
             None => "expected the architecture of a compiled-in model".to_string(),
         };
-        Err(Error::bad_file(path, format!("{what}: {}", first_error.unwrap_or_else(|| "no models compiled in".into()))))
+        Err(Error::bad_file(
+            path,
+            format!("{what}: {}", closest.map_or_else(|| "no models compiled in".into(), |(_, e)| e)),
+        ))
     }
 
     /// The index in this checkpoint's graph of the reference graph's node `reference_node`
@@ -712,7 +732,8 @@ mod tests {
         }
         // A 1×1 map (the ASPP image pooling) becomes a constant map.
         let p = Tensor::<4>::from_data(TensorData::new(vec![2.5f32, -1.0], [1, 2, 1, 1]), &device);
-        let up: Vec<f32> = resize_linear(p, [3, 4], ResizeCoordinates::PytorchHalfPixel).into_data().to_vec().unwrap();
+        let up: Vec<f32> =
+            resize_linear(p, [3, 4], ResizeCoordinates::PytorchHalfPixel).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(up, [vec![2.5f32; 12], vec![-1.0; 12]].concat());
     }
 
