@@ -708,10 +708,10 @@ fn corpus_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayIma
         let (fx, fy) = (x as f32, y as f32);
         let t = match kind {
             0 => 0.5 + 0.5 * ((fx * ca + fy * sa) * freq).sin(), // stripes
-            1 => (((x / cell) + (y / cell)) % 2) as f32,          // checker
+            1 => (((x / cell) + (y / cell)) % 2) as f32,         // checker
             2 => ((fx * ca + fy * sa) / (s * 1.5) + 0.5).clamp(0.0, 1.0), // gradient
             3 => 0.5 + 0.25 * ((fx * freq).sin() + (fy * freq * 0.7 + 1.3).cos()), // blotches
-            _ => 0.0,                                             // flat
+            _ => 0.0,                                            // flat
         };
         let n = noise.range(-1.0, 1.0) * 14.0;
         for c in 0..3 {
@@ -756,12 +756,12 @@ fn corpus_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayIma
                 let d = (u * u + v * v).sqrt();
                 let a = v.atan2(u);
                 let inside = match shape {
-                    0 => (u * u) + (v / aspect).powi(2) <= 1.0,                      // ellipse
-                    1 => (0.55..=1.0).contains(&d),                                   // ring
+                    0 => (u * u) + (v / aspect).powi(2) <= 1.0, // ellipse
+                    1 => (0.55..=1.0).contains(&d),             // ring
                     2 => (u.abs() <= 0.3 && v.abs() <= 1.0) || (v.abs() <= 0.3 && u.abs() <= 1.0), // cross
-                    3 => d <= 0.45 + 0.55 * (0.5 + 0.5 * (5.0 * a).cos()).powi(3),   // star
-                    4 => u.abs() <= 1.0 && v.abs() <= 0.22,                          // bar
-                    5 => d <= 1.0 && ((u - 0.45).powi(2) + v * v).sqrt() > 0.75,     // crescent
+                    3 => d <= 0.45 + 0.55 * (0.5 + 0.5 * (5.0 * a).cos()).powi(3), // star
+                    4 => u.abs() <= 1.0 && v.abs() <= 0.22,     // bar
+                    5 => d <= 1.0 && ((u - 0.45).powi(2) + v * v).sqrt() > 0.75, // crescent
                     6 => {
                         // hexagon
                         let (au, av) = (u.abs(), v.abs());

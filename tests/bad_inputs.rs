@@ -53,7 +53,8 @@ fn every_subcommand_refuses_bad_input_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let good = root.join("good");
-    data::synth(&good, &SynthOptions { classes: 4, train: 4, val: 2, size: 32, seed: 8, ..Default::default() }).unwrap();
+    data::synth(&good, &SynthOptions { classes: 4, train: 4, val: 2, size: 32, seed: 8, ..Default::default() })
+        .unwrap();
     let reference = common::reference_path();
     let bytes = std::fs::read(&reference).unwrap();
 

@@ -73,7 +73,11 @@ fn image_and_mask_of_different_sizes_name_both_files() {
 #[test]
 fn synth_writes_a_voc_layout_with_boundary_bands() {
     let dir = tempfile::tempdir().unwrap();
-    data::synth(dir.path(), &data::SynthOptions { classes: 6, train: 6, val: 2, size: 64, seed: 3, ..Default::default() }).unwrap();
+    data::synth(
+        dir.path(),
+        &data::SynthOptions { classes: 6, train: 6, val: 2, size: 64, seed: 3, ..Default::default() },
+    )
+    .unwrap();
     let ds = Dataset::open(dir.path(), "train").unwrap();
     assert_eq!(ds.items.len(), 6);
     ds.validate(6).unwrap();
@@ -83,7 +87,11 @@ fn synth_writes_a_voc_layout_with_boundary_bands() {
     assert!(values.iter().filter(|&&v| v > 0 && v < 6).count() >= 2, "{values:?}");
     // Same seed, same bytes.
     let again = tempfile::tempdir().unwrap();
-    data::synth(again.path(), &data::SynthOptions { classes: 6, train: 6, val: 2, size: 64, seed: 3, ..Default::default() }).unwrap();
+    data::synth(
+        again.path(),
+        &data::SynthOptions { classes: 6, train: 6, val: 2, size: 64, seed: 3, ..Default::default() },
+    )
+    .unwrap();
     let a = std::fs::read(dir.path().join("SegmentationClass/train_00003.png")).unwrap();
     assert_eq!(a, std::fs::read(again.path().join("SegmentationClass/train_00003.png")).unwrap());
 }
@@ -141,7 +149,8 @@ fn truncated_jpegs_are_refused() {
 
 #[test]
 fn corpus_style_is_varied_deterministic_and_in_range() {
-    let opts = data::SynthOptions { classes: 21, train: 24, val: 2, size: 96, seed: 7, style: data::SynthStyle::Corpus };
+    let opts =
+        data::SynthOptions { classes: 21, train: 24, val: 2, size: 96, seed: 7, style: data::SynthStyle::Corpus };
     let dir = tempfile::tempdir().unwrap();
     data::synth(dir.path(), &opts).unwrap();
     let ds = Dataset::open(dir.path(), "train").unwrap();

@@ -82,7 +82,8 @@ fn final_weights(run: &Path) -> HashMap<String, Vec<u8>> {
 fn sigkill_mid_epoch_and_mid_checkpoint_then_resume_gives_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 16, val: 2, size: 64, seed: 4, ..Default::default() }).unwrap();
+    data::synth(&data, &SynthOptions { classes: 4, train: 16, val: 2, size: 64, seed: 4, ..Default::default() })
+        .unwrap();
     let whole = dir.path().join("whole");
     assert!(bin().args(train_args(&data, &whole)).output().unwrap().status.success());
 
@@ -142,7 +143,8 @@ fn limited(kb: u64, args: &[String]) -> std::process::Output {
 fn a_full_disk_mid_write_keeps_the_previous_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 2, size: 32, seed: 6, ..Default::default() }).unwrap();
+    data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 2, size: 32, seed: 6, ..Default::default() })
+        .unwrap();
     let run = dir.path().join("run");
     let mut args = train_args(&data, &run);
     args[8] = "1".into(); // --epochs 1
