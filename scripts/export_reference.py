@@ -36,7 +36,9 @@ def build(classes=21):
     return smp.DeepLabV3Plus(encoder_name="mobilenet_v2", encoder_weights=None, classes=classes).eval()
 
 
-def export(model, path):
+def export(model, path, source=None):
+    """Exports `model` to `path` (opset 17, BN kept, dynamic batch/height/width, output `output`)
+    with segtune's metadata: ImageNet normalization, NCHW, sides multiple of 16."""
     x = torch.randn(1, 3, 256, 256)
     torch.onnx.export(
         model, (x,), path, opset_version=17, dynamo=False,
@@ -47,8 +49,8 @@ def export(model, path):
     )
     m = onnx.load(path)
     meta = {
-        "segtune.source": "smp DeepLabV3Plus(mobilenet_v2, encoder_weights=None, classes=21), "
-                          f"torch.manual_seed({SEED}), random weights, BN at init",
+        "segtune.source": source or "smp DeepLabV3Plus(mobilenet_v2, encoder_weights=None, classes=21), "
+                                    f"torch.manual_seed({SEED}), random weights, BN at init",
         "segtune.layout": "NCHW",
         "segtune.mean": ",".join(str(v) for v in IMAGENET_MEAN),
         "segtune.std": ",".join(str(v) for v in IMAGENET_STD),
@@ -62,6 +64,7 @@ def export(model, path):
 
 
 def check(model, path):
+    """onnxruntime on the file computes what `model` computes (21 classes) at several sizes."""
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for b, s in [(1, 64), (3, 128), (2, 320)]:
         x = torch.randn(b, 3, s, s)

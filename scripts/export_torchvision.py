@@ -17,11 +17,10 @@ Usage: python scripts/export_torchvision.py [--out models/deeplabv3_mobilenet_v3
 import argparse
 import hashlib
 
-import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 import torchvision
+
+from export_reference import check, export
 
 SEED = 20261127
 
@@ -54,49 +53,13 @@ def build(weights=None):
     return out
 
 
-def export(model, path):
-    torch.onnx.export(
-        model, (torch.randn(1, 3, 256, 256),), path, opset_version=17, dynamo=False,
-        input_names=["input"], output_names=["output"],
-        dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
-                      "output": {0: "batch", 2: "height", 3: "width"}},
-        training=torch.onnx.TrainingMode.PRESERVE,
-    )
-    m = onnx.load(path)
-    meta = {
-        "segtune.source": "torchvision deeplabv3_mobilenet_v3_large(num_classes=21, weights=None), "
-                          f"torch.manual_seed({SEED}), random weights, BN at init",
-        "segtune.layout": "NCHW",
-        "segtune.mean": "0.485,0.456,0.406",
-        "segtune.std": "0.229,0.224,0.225",
-        "segtune.size_multiple": "16",
-    }
-    del m.metadata_props[:]
-    for k, v in meta.items():
-        m.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(m)
-    onnx.save(m, path)
-
-
-def check(model, path):
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    for b, s in [(1, 64), (2, 128)]:
-        x = torch.randn(b, 3, s, s)
-        with torch.no_grad():
-            ref = model(x).numpy()
-        out = sess.run(None, {"input": x.numpy()})[0]
-        assert out.shape == (b, 21, s, s), out.shape
-        err = float(np.abs(out - ref).max())
-        print(f"batch {b} {s}x{s}: max |torch - onnxruntime| = {err:.2e}")
-        assert err < 1e-4
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="models/deeplabv3_mobilenet_v3_large.onnx")
     args = ap.parse_args()
     model = build()
-    export(model, args.out)
+    export(model, args.out, source="torchvision deeplabv3_mobilenet_v3_large(num_classes=21, weights=None), "
+                                   f"torch.manual_seed({SEED}), random weights, BN at init")
     check(model, args.out)
     print("sha256", hashlib.sha256(open(args.out, "rb").read()).hexdigest(), args.out)
 

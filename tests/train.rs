@@ -239,9 +239,13 @@ fn frozen_bn_at_initial_statistics_is_warned_about() {
     small_set(&data, 4, 2, 64);
     let run = dir.path().join("run");
     let args = ["train", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--classes", "4"];
+    // One epoch of batch 2 at 64² into `out`, with `extra` flags.
+    let train = |out: &Path, extra: &[&str]| {
+        let base = ["train", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--classes", "4"];
+        segtune(&[&base[..], &["--epochs", "1", "--batch", "2", "--crop", "64"], extra].concat())
+    };
     // The shipped model's statistics are trained: the frozen-BN recipe raises no warning.
-    let out =
-        segtune(&[&args[..], &["--epochs", "1", "--batch", "2", "--crop", "64", "--freeze", "backbone"]].concat());
+    let out = train(&run, &["--freeze", "backbone"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("initial values"), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -252,26 +256,7 @@ fn frozen_bn_at_initial_statistics_is_warned_about() {
     let mut proto = common::reference();
     common::reset_bn_statistics(&mut proto);
     common::write_model(&proto, &untrained);
-    let run1 = dir.path().join("run1");
-    let out = segtune(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run1.to_str().unwrap(),
-        "--classes",
-        "4",
-        "--weights",
-        untrained.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--batch",
-        "2",
-        "--crop",
-        "64",
-        "--freeze",
-        "backbone",
-    ]);
+    let out = train(&dir.path().join("run1"), &["--weights", untrained.to_str().unwrap(), "--freeze", "backbone"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     let want =
@@ -280,24 +265,7 @@ fn frozen_bn_at_initial_statistics_is_warned_about() {
     assert!(err.contains("use --bn train, or start from a pretrained checkpoint"), "{err}");
 
     // --bn train: no warning.
-    let run2 = dir.path().join("run2");
-    let out = segtune(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run2.to_str().unwrap(),
-        "--classes",
-        "4",
-        "--epochs",
-        "1",
-        "--batch",
-        "2",
-        "--crop",
-        "64",
-        "--bn",
-        "train",
-    ]);
+    let out = train(&dir.path().join("run2"), &["--bn", "train"]);
     assert!(out.status.success());
     assert!(!stderr(&out).contains("initial values"));
     // A second run into the same directory is refused; --resume of a finished run changes nothing.
