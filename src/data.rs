@@ -604,20 +604,30 @@ pub fn synth(out: &Path, opts: &SynthOptions) -> Result<()> {
     Ok(())
 }
 
+/// Shape and texture names of each style, indexed by [`class_look`].
+const SHAPES_SHAPES: [&str; 4] = ["disc", "square", "triangle", "diamond"];
+const SHAPES_TEXTURES: [&str; 3] = ["flat", "checker", "wave"];
+const CORPUS_SHAPES: [&str; 8] = ["ellipse", "ring", "cross", "star", "bar", "crescent", "hexagon", "blob"];
+const CORPUS_TEXTURES: [&str; 5] = ["flat", "checker", "wave", "radial", "speckle"];
+
+/// The (shape, texture) indices that object class `c` (≥ 1) is drawn with in `style`.
+fn class_look(style: SynthStyle, c: usize) -> (usize, usize) {
+    match style {
+        SynthStyle::Shapes => ((c - 1) % SHAPES_SHAPES.len(), c % SHAPES_TEXTURES.len()),
+        SynthStyle::Corpus => ((c - 1) % CORPUS_SHAPES.len(), ((c - 1) / 8 + c % 2) % CORPUS_TEXTURES.len()),
+    }
+}
+
 /// The class names of a synthetic set (written to `classes.txt`, which `segtune export` puts
 /// in the model's metadata): `background`, then each class's shape and texture.
 pub fn synth_class_names(style: SynthStyle, classes: usize) -> Vec<String> {
-    let name = |c: usize| match style {
-        SynthStyle::Shapes => {
-            let shape = ["disc", "square", "triangle", "diamond"][(c - 1) % 4];
-            let texture = ["flat", "checker", "wave"][c % 3];
-            format!("{shape}-{texture}-{c}")
-        }
-        SynthStyle::Corpus => {
-            let shape = ["ellipse", "ring", "cross", "star", "bar", "crescent", "hexagon", "blob"][(c - 1) % 8];
-            let texture = ["flat", "checker", "wave", "radial", "speckle"][((c - 1) / 8 + c % 2) % 5];
-            format!("{shape}-{texture}-{c}")
-        }
+    let (shapes, textures): (&[&str], &[&str]) = match style {
+        SynthStyle::Shapes => (&SHAPES_SHAPES, &SHAPES_TEXTURES),
+        SynthStyle::Corpus => (&CORPUS_SHAPES, &CORPUS_TEXTURES),
+    };
+    let name = |c: usize| {
+        let (shape, texture) = class_look(style, c);
+        format!("{}-{}-{c}", shapes[shape], textures[texture])
     };
     std::iter::once("background".to_string()).chain((1..classes).map(name)).collect()
 }
@@ -639,13 +649,12 @@ fn synth_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayImag
     let objects = 1 + rng.below(3);
     for _ in 0..objects {
         let class = 1 + rng.below(classes - 1);
-        let shape = (class - 1) % 4;
+        let (shape, texture) = class_look(SynthStyle::Shapes, class);
         // Class colour family: hue fixed per class, jittered per object.
         let hue = (class as f32 * 0.61803) % 1.0;
         let color = hsv(hue + rng.range(-0.03, 0.03), 0.8, rng.range(0.6, 1.0));
         let (cx, cy) = (rng.range(0.15, 0.85) * s, rng.range(0.15, 0.85) * s);
         let r = rng.range(0.12, 0.3) * s;
-        let texture = class % 3;
         for y in 0..size {
             for x in 0..size {
                 let (dx, dy) = (x as f32 - cx, y as f32 - cy);
@@ -668,23 +677,7 @@ fn synth_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayImag
         }
     }
     // 255 band on boundaries: pixels whose 4-neighbourhood holds another label.
-    let src = mask.clone();
-    for y in 0..size {
-        for x in 0..size {
-            let v = src.get_pixel(x, y)[0];
-            let differs = [(0i32, 1i32), (1, 0), (0, -1), (-1, 0)].iter().any(|(ox, oy)| {
-                let (nx, ny) = (x as i32 + ox, y as i32 + oy);
-                nx >= 0
-                    && ny >= 0
-                    && nx < size as i32
-                    && ny < size as i32
-                    && src.get_pixel(nx as u32, ny as u32)[0] != v
-            });
-            if differs {
-                mask.put_pixel(x, y, image::Luma([IGNORE_INDEX]));
-            }
-        }
-    }
+    ignore_boundaries(&mut mask, 1, |_, _| false);
     (img, mask)
 }
 
@@ -734,8 +727,7 @@ fn corpus_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayIma
     let objects = 1 + rng.below(6);
     for _ in 0..objects {
         let class = 1 + rng.below(classes - 1);
-        let shape = (class - 1) % 8;
-        let texture = ((class - 1) / 8 + class % 2) % 5;
+        let (shape, texture) = class_look(SynthStyle::Corpus, class);
         let hue = (class as f32 - 1.0) / (classes as f32 - 1.0).max(1.0) + rng.range(-0.02, 0.02);
         let color = hsv(hue, rng.range(0.55, 1.0), rng.range(0.5, 1.0));
         let (cx, cy) = (rng.range(-0.05, 1.05) * s, rng.range(-0.05, 1.05) * s);
@@ -789,34 +781,34 @@ fn corpus_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayIma
     // Boundary bands (every pixel within Manhattan distance 1 or 2 of another label), and
     // difficult objects marked 255 as a whole.
     let band = 1 + rng.below(2) as i32;
+    ignore_boundaries(&mut mask, band, |x, y| difficult.get_pixel(x, y)[0] == 1);
+    (img, mask)
+}
+
+/// Marks 255 ("ignore") every pixel within Manhattan distance `band` of a pixel with another
+/// label (band 1: the 4-neighbourhood), and every pixel `whole(x, y)` names (VOC's "difficult"
+/// objects).
+fn ignore_boundaries(mask: &mut GrayImage, band: i32, whole: impl Fn(u32, u32) -> bool) {
     let src = mask.clone();
-    for y in 0..size as i32 {
-        for x in 0..size as i32 {
+    let (w, h) = (src.width() as i32, src.height() as i32);
+    for y in 0..h {
+        for x in 0..w {
             let v = src.get_pixel(x as u32, y as u32)[0];
-            let mut differs = difficult.get_pixel(x as u32, y as u32)[0] == 1;
-            'near: for oy in -band..=band {
-                for ox in -band..=band {
-                    if differs {
-                        break 'near;
-                    }
-                    let (nx, ny) = (x + ox, y + oy);
-                    if ox.abs() + oy.abs() <= band
-                        && nx >= 0
-                        && ny >= 0
-                        && nx < size as i32
-                        && ny < size as i32
-                        && src.get_pixel(nx as u32, ny as u32)[0] != v
-                    {
-                        differs = true;
-                    }
-                }
-            }
+            let differs = whole(x as u32, y as u32)
+                || (-band..=band).any(|oy| {
+                    (-band..=band).any(|ox| {
+                        let (nx, ny) = (x + ox, y + oy);
+                        ox.abs() + oy.abs() <= band
+                            && (0..w).contains(&nx)
+                            && (0..h).contains(&ny)
+                            && src.get_pixel(nx as u32, ny as u32)[0] != v
+                    })
+                });
             if differs {
                 mask.put_pixel(x as u32, y as u32, image::Luma([IGNORE_INDEX]));
             }
         }
     }
-    (img, mask)
 }
 
 fn hsv(h: f32, s: f32, v: f32) -> [f32; 3] {
