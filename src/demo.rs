@@ -59,9 +59,12 @@ pub fn demo(out: &Path, epochs: usize) -> Result<DemoReport> {
     let cfg = recipe(data_dir.clone(), epochs);
     let before = train::evaluate_start(&cfg)?;
     println!(
-        "[2/5] fine-tuning {} (--freeze backbone --bn frozen --classes 6 --lr {}) for {epochs} epochs into {} \
+        "[2/5] fine-tuning {} (--freeze {} --bn {} --classes {} --lr {}) for {epochs} epochs into {} \
          (val mIoU before: {:.4})",
         cfg.model,
+        format!("{:?}", cfg.freeze).to_lowercase(),
+        format!("{:?}", cfg.bn).to_lowercase(),
+        cfg.classes,
         cfg.lr,
         run_dir.display(),
         before.miou

@@ -221,15 +221,7 @@ fn running_statistics_that_do_not_fit_the_data_fail_the_train_eval_gap() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&set(dir.path()));
     let mut proto = common::reference();
-    let vars: Vec<String> = segtune::onnx::graph(&proto)
-        .node
-        .iter()
-        .filter(|n| n.op_type() == "BatchNormalization")
-        .map(|n| n.input[4].clone())
-        .collect();
-    for v in &vars {
-        common::map_initializer(&mut proto, v, |_, x| x * 1e8);
-    }
+    common::map_bn_statistics(&mut proto, |m| m, |v| v * 1e8);
     let path = dir.path().join("bad_running_var.onnx");
     common::write_model(&proto, &path);
     cfg.weights = Some(path);

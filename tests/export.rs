@@ -12,10 +12,16 @@ use segtune::{export, onnx, validate};
 
 /// A run trained for one epoch on a small 4-class set, shared by the tests of this file.
 fn trained_run(dir: &Path) -> (PathBuf, PathBuf) {
+    trained_run_from(dir, None)
+}
+
+/// The same run, starting from `weights` (default: the compiled-in model's own).
+fn trained_run_from(dir: &Path, weights: Option<PathBuf>) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
     data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 3, size: 64, seed: 11, ..Default::default() })
         .unwrap();
     let mut cfg = TrainConfig::new(data.clone());
+    cfg.weights = weights;
     cfg.classes = 4;
     cfg.epochs = 1;
     cfg.batch = 2;
@@ -245,18 +251,7 @@ fn export_from_an_identity_shared_checkpoint_unshares_the_aliases() {
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared.onnx");
     common::write_model(&common::identity_shared_reference(), &shared);
-    let data = dir.path().join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 2, size: 64, seed: 12, ..Default::default() })
-        .unwrap();
-    let mut cfg = TrainConfig::new(data.clone());
-    cfg.weights = Some(shared);
-    cfg.classes = 4;
-    cfg.epochs = 1;
-    cfg.batch = 2;
-    cfg.crop = 64;
-    cfg.bn = BnMode::Train;
-    let run = dir.path().join("run");
-    train::train(cfg, &run).unwrap();
+    let (data, run) = trained_run_from(dir.path(), Some(shared));
     let out = dir.path().join("export.onnx");
     let report = export::export(&run, &out).unwrap();
     assert!(report.unshared > 100, "BN trained apart what Identity nodes shared: {}", report.unshared);

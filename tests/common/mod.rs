@@ -69,18 +69,23 @@ pub fn identity_shared_reference() -> ModelProto {
     model
 }
 
-/// Sets every BatchNorm's running mean to 0 and running variance to 1 (never trained).
-pub fn reset_bn_statistics(model: &mut ModelProto) {
+/// Replaces every BatchNorm's running means `m` by `mean(m)` and running variances `v` by `var(v)`.
+pub fn map_bn_statistics(model: &mut ModelProto, mean: impl Fn(f32) -> f32, var: impl Fn(f32) -> f32) {
     let bn: Vec<(String, String)> = onnx::graph(model)
         .node
         .iter()
         .filter(|n| n.op_type() == "BatchNormalization")
         .map(|n| (n.input[3].clone(), n.input[4].clone()))
         .collect();
-    for (mean, var) in bn {
-        map_initializer(model, &mean, |_, _| 0.0);
-        map_initializer(model, &var, |_, _| 1.0);
+    for (m, v) in bn {
+        map_initializer(model, &m, |_, x| mean(x));
+        map_initializer(model, &v, |_, x| var(x));
     }
+}
+
+/// Sets every BatchNorm's running mean to 0 and running variance to 1 (never trained).
+pub fn reset_bn_statistics(model: &mut ModelProto) {
+    map_bn_statistics(model, |_| 0.0, |_| 1.0);
 }
 
 fn value_info(name: &str, dims: &[i64]) -> onnx::ValueInfoProto {
