@@ -10,6 +10,7 @@
 #   on the GPU host:         bench/gpu.sh run [BATCH=16] [CROP=512] [EPOCHS=3]
 #       unpacks the loaders if the host has none, times both, prints images/s and the ratio.
 #   on the GPU host:         bench/gpu.sh pretrain   (bench/pretrain.sh on --device wgpu)
+#   on the GPU host:         bench/gpu.sh export RUN_DIR OUT.onnx   (with the host's onnxruntime)
 # segtune's images/s is that of its last epoch (`metrics.json`, data loading included, evaluation
 # and the first epochs' shader compilation and autotuning excluded); PyTorch's is batch / median
 # step time after 3 warm-up steps. burn's `cuda` backend is not timed: its build downloads LLVM.
@@ -88,5 +89,10 @@ PY
     ort_lib
     DEVICE=wgpu SEGTUNE=$bin bench/pretrain.sh
     ;;
-  *) echo "usage: bench/gpu.sh prepare | run [BATCH] [CROP] [EPOCHS] | pretrain" >&2; exit 2 ;;
+  export)
+    unpack
+    ort_lib
+    "$bin" export "$2" --out "$3"
+    ;;
+  *) echo "usage: bench/gpu.sh prepare | run [BATCH] [CROP] [EPOCHS] | pretrain | export RUN_DIR OUT.onnx" >&2; exit 2 ;;
 esac

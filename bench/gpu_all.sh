@@ -9,9 +9,6 @@ cd "$(dirname "$0")/.."
 out=${OUT:?set OUT to a folder for the results}
 budget=${PRETRAIN_S:-300}
 export PYTHONUNBUFFERED=1
-# onnxruntime for `segtune export`'s check, from the host's Python package (no network there).
-ORT_DYLIB_PATH=$(python3 -c 'import glob, onnxruntime, os; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.1*"))[0])' 2>/dev/null) &&
-  export ORT_DYLIB_PATH
 timeout "${BENCH_S:-170}" bench/gpu.sh run 16 512 3 2>&1 | tee "$out/bench.txt"
 # images/s at 512² from the bench; 256² runs ~3.5x as many. Unknown: assume 20.
 ips=$(sed -n 's/.*segtune wgpu *\([0-9.]*\) images.*/\1/p' "$out/bench.txt")
@@ -21,7 +18,7 @@ WORK=/tmp/pretrain EPOCHS=$epochs timeout $((budget + 90)) bench/gpu.sh pretrain
 onnx=/tmp/pretrain/deeplabv3plus_mobilenetv2.onnx
 if [ ! -f "$onnx" ] && [ -f /tmp/pretrain/run/checkpoints/latest ]; then
   echo "pretraining stopped early: exporting its last checkpoint" | tee -a "$out/pretrain.txt"
-  bench/gpu/segtune export /tmp/pretrain/run --out "$onnx" 2>&1 | tee -a "$out/pretrain.txt"
+  bench/gpu.sh export /tmp/pretrain/run "$onnx" 2>&1 | tee -a "$out/pretrain.txt"
 fi
 if [ -f "$onnx" ]; then
   split -b 9M "$onnx" "$out/model.part."
