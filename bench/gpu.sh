@@ -90,6 +90,7 @@ PY
     DEVICE=wgpu SEGTUNE=$bin bench/pretrain.sh
     ;;
   export)
+    [ $# -eq 3 ] || { echo "usage: bench/gpu.sh export RUN_DIR OUT.onnx" >&2; exit 2; }
     unpack
     ort_lib
     "$bin" export "$2" --out "$3"
