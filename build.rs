@@ -58,7 +58,14 @@ fn main() {
             .run_from_script();
         let gen_dir = out_dir.join("model");
         let bpk = gen_dir.join(format!("{stem}.bpk"));
-        let params = param_table(path, &bpk);
+        let bytes = std::fs::read(path).unwrap();
+        let model = onnx_ir::ModelProto::parse_from_bytes(&bytes)
+            .unwrap_or_else(|e| panic!("{}: not an ONNX model: {e}", path.display()));
+        let params = param_table(path, &model, &bpk);
+        // Models whose metadata says NHWC (tf2onnx exports of Keras) give NHWC logits: the trait
+        // returns NCHW, what the losses and metrics use.
+        let nhwc = model.metadata_props.iter().any(|p| p.key == "segtune.layout" && p.value == "NHWC");
+        let logits = if nhwc { "self.forward(input).permute([0, 3, 1, 2])" } else { "self.forward(input)" };
         std::fs::write(gen_dir.join(format!("{stem}_params.rs")), params).unwrap();
 
         let size = std::fs::metadata(path).unwrap().len();
@@ -83,7 +90,7 @@ fn main() {
             registry,
             "impl crate::model::SegModel for {stem}::Model {{\n\
                  fn init(device: &burn::tensor::Device) -> Self {{ Self::new(device) }}\n\
-                 fn logits(&self, input: burn::tensor::Tensor<4>) -> burn::tensor::Tensor<4> {{ self.forward(input) }}\n\
+                 fn logits(&self, input: burn::tensor::Tensor<4>) -> burn::tensor::Tensor<4> {{ {logits} }}\n\
              }}"
         )
         .unwrap();
@@ -131,10 +138,7 @@ fn compile_proto(manifest: &Path, out_dir: &Path) {
 /// identical tensors that way) are followed back to the initializer. burn-onnx's own weight pack
 /// lists every parameter path with its `submoduleN.` prefix, so the prefix is taken from there,
 /// and every pack path must be mapped.
-fn param_table(onnx_path: &Path, bpk: &Path) -> String {
-    let bytes = std::fs::read(onnx_path).unwrap();
-    let model = onnx_ir::ModelProto::parse_from_bytes(&bytes)
-        .unwrap_or_else(|e| panic!("{}: not an ONNX model: {e}", onnx_path.display()));
+fn param_table(onnx_path: &Path, model: &onnx_ir::ModelProto, bpk: &Path) -> String {
     let graph = &model.graph;
     let initializers: HashMap<&str, Vec<i64>> =
         graph.initializer.iter().map(|t| (t.name.as_str(), t.dims.clone())).collect();

@@ -119,6 +119,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         .collect();
 
     let mut proto: ModelProto = source.proto.clone();
+    let (class_axis, source_classes) = (onnx::class_axis(&proto), onnx::output_classes(&proto));
     let dir = source.path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
     let classifier = train::classifier_paths(source.info);
     let (mut written, mut unshared) = (0, 0);
@@ -190,13 +191,13 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
                 written += 1;
             }
         }
-        if cfg.classes != onnx::output_classes(g).unwrap_or(cfg.classes) {
+        if cfg.classes != source_classes.unwrap_or(cfg.classes) {
             for o in &mut g.output {
-                set_class_dim(o, cfg.classes);
+                set_class_dim(o, cfg.classes, class_axis);
             }
             for v in &mut g.value_info {
                 if v.name() == g.output.first().map(|o| o.name().to_string()).unwrap_or_default() {
-                    set_class_dim(v, cfg.classes);
+                    set_class_dim(v, cfg.classes, class_axis);
                 }
             }
         }
@@ -264,10 +265,10 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
     })
 }
 
-fn set_class_dim(v: &mut onnx::ValueInfoProto, classes: usize) {
+fn set_class_dim(v: &mut onnx::ValueInfoProto, classes: usize, axis: usize) {
     use onnx::proto::{tensor_shape_proto::dimension::Value as D, type_proto::Value as T};
     if let Some(T::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
-        && let Some(dim) = t.shape.as_mut().and_then(|s| s.dim.get_mut(1))
+        && let Some(dim) = t.shape.as_mut().and_then(|s| s.dim.get_mut(axis))
         && matches!(dim.value, Some(D::DimValue(_)))
     {
         dim.value = Some(D::DimValue(classes as i64));
@@ -280,11 +281,8 @@ fn verify(bytes: &[u8], out: &Path, classes: usize, norm: &crate::model::Normali
     let mut session = OrtModel::from_bytes(bytes, &out.display().to_string(), 1)?;
     let s = norm.size_multiple * 4;
     let input = crate::validate::seeded_input(1, s, norm, 0);
-    let logits = session.run(input.view())?;
-    let channels = match norm.layout {
-        Layout::Nchw => logits.shape()[1],
-        Layout::Nhwc => logits.shape()[3],
-    };
+    let logits = session.run_logits(input.view(), norm.layout)?;
+    let channels = logits.shape()[1];
     if channels != classes || logits.iter().any(|v| !v.is_finite()) {
         return Err(Error::CheckFailed(format!(
             "{}: the exported graph gives {channels} output channels (expected {classes}) or non-finite logits; nothing was written",

@@ -297,11 +297,8 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
             }
         }
         let t = Instant::now();
-        let mut logits = session.run(input.view())?;
+        let logits = session.run_logits(input.view(), norm.layout)?;
         run_seconds += t.elapsed().as_secs_f64();
-        if norm.layout == Layout::Nhwc {
-            logits = logits.permuted_axes([0, 3, 1, 2]).as_standard_layout().to_owned();
-        }
         done += n;
         if tty {
             eprint!(

@@ -104,7 +104,8 @@ pub fn with_model<F: ModelFn>(info: &ModelInfo, f: F) -> F::Output {
 pub trait SegModel: Module + Sized {
     /// A model with burn's initial weights; load real ones with [`Checkpoint::load`].
     fn init(device: &Device) -> Self;
-    /// Logits `[N, classes, H, W]` for an input normalized as [`Normalization`] says.
+    /// Logits `[N, classes, H, W]` (NCHW whatever the model's layout) for an input normalized and
+    /// laid out as [`Normalization`] says.
     fn logits(&self, input: Tensor<4>) -> Tensor<4>;
 }
 
@@ -237,12 +238,13 @@ pub fn match_architecture(
     };
     let (rl, mut cl) = (live(rg), live(cg));
     // A checkpoint that only adds a Softmax on the output (the seed's mistake) matches: the
-    // compiled model gives the logits before it, which is what segtune trains on.
+    // compiled model gives the logits before it, which is what segtune trains on. The Softmax may
+    // sit before layout-only ops (tf2onnx puts it before the final NCHW → NHWC Transpose).
     if cl.len() == rl.len() + 1
-        && onnx::trailing_softmax(cg, onnx::opset(ckpt)).is_some()
-        && cl.last().is_some_and(|&i| matches!(cg.node[i].op_type(), "Softmax" | "LogSoftmax"))
+        && let Some(s) = onnx::trailing_softmax(cg, onnx::opset(ckpt))
+        && let Some(pos) = cl.iter().rposition(|&i| cg.node[i].op_type() == s.op_type && cg.node[i].name() == s.node)
     {
-        cl.pop();
+        cl.remove(pos);
     }
     for (k, (&ri, &ci)) in rl.iter().zip(&cl).enumerate() {
         let (rn, cn) = (&rg.node[ri], &cg.node[ci]);
@@ -686,10 +688,7 @@ pub fn import(model: Option<&str>, path: &Path) -> Result<ImportSummary> {
             var_sum += data.iter().map(|&v| v as f64).sum::<f64>();
         }
     }
-    let classes = g.output.first().map(onnx::ValueInfo::from_proto).and_then(|o| match o.dims.get(1) {
-        Some(onnx::Dim::Fixed(c)) => Some(*c),
-        _ => None,
-    });
+    let classes = onnx::output_classes(&ckpt.proto).map(|c| c as i64);
     Ok(ImportSummary {
         file: path.display().to_string(),
         model: ckpt.info.name.to_string(),

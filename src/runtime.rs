@@ -11,6 +11,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
 use crate::error::{Error, Result};
+use crate::model::Layout;
 
 /// The onnxruntime release segtune provisions (ort's `api-30` works with 1.30 and later).
 pub const ORT_VERSION: &str = "1.31.1";
@@ -162,5 +163,15 @@ impl OrtModel {
         out.into_dimensionality::<ndarray::Ix4>()
             .map(|a| a.to_owned())
             .map_err(|e| fail(format!("expected a 4-D output: {e}")))
+    }
+
+    /// Runs the model on an input laid out as `layout` and returns the logits NCHW
+    /// (`[N, classes, H, W]`): NHWC outputs (tf2onnx exports of Keras) are transposed.
+    pub fn run_logits(&mut self, input: ArrayView4<'_, f32>, layout: Layout) -> Result<Array4<f32>> {
+        let out = self.run(input)?;
+        Ok(match layout {
+            Layout::Nchw => out,
+            Layout::Nhwc => out.permuted_axes([0, 3, 1, 2]).as_standard_layout().to_owned(),
+        })
     }
 }

@@ -176,7 +176,7 @@ pub fn parity<M: SegModel>(ckpt: &Checkpoint, opts: &ParityOptions) -> Result<Pa
     let (burn_out, burn_ms) = timed(repeat, || Ok(to_array(model.logits(to_tensor(input.view(), &device)))))?;
     let bytes = ckpt.onnx_bytes()?;
     let mut ort = OrtModel::from_bytes(&bytes, &ckpt.origin(), threads)?;
-    let (ort_out, ort_ms) = timed(repeat, || ort.run(input.view()))?;
+    let (ort_out, ort_ms) = timed(repeat, || ort.run_logits(input.view(), ckpt.normalization.layout))?;
     if burn_out.shape() != ort_out.shape() {
         return Err(Error::CheckFailed(format!(
             "output shapes differ: burn {:?}, onnxruntime {:?}",
@@ -301,7 +301,7 @@ pub fn model_classes(proto: &crate::onnx::ModelProto, path: &std::path::Path) ->
     if let Some(c) = meta.get("segtune.classes").and_then(|v| v.parse().ok()) {
         return Ok(c);
     }
-    crate::onnx::output_classes(crate::onnx::graph(proto)).ok_or_else(|| {
+    crate::onnx::output_classes(proto).ok_or_else(|| {
         Error::bad_file(
             path,
             "expected a fixed class dimension on the output or segtune.classes metadata, found neither",
@@ -352,10 +352,7 @@ pub fn validate_onnx(
             Layout::Nhwc => (batch.n, batch.h, batch.w, 3),
         };
         let input = Array4::from_shape_vec(shape, batch.images.clone()).expect("batch shape");
-        let mut logits = ort.run(input.view())?;
-        if batch.layout == Layout::Nhwc {
-            logits = logits.permuted_axes([0, 3, 1, 2]).as_standard_layout().to_owned();
-        }
+        let logits = ort.run_logits(input.view(), batch.layout)?;
         if logits.shape()[1] != classes {
             return Err(Error::bad_file(
                 file,
@@ -422,10 +419,7 @@ fn export_parity(run: &std::path::Path, pairs: &[(Array4<f32>, Array4<f32>)]) ->
             let model: M = crate::train::load_trained(self.0, &device)?;
             let (mut max, mut agree, mut total) = (0f32, 0f64, 0f64);
             for (input, ort) in self.1 {
-                let mut burn = to_array(model.logits(to_tensor(input.view(), &device)));
-                if burn.shape() != ort.shape() {
-                    burn = burn.permuted_axes([0, 3, 1, 2]).as_standard_layout().to_owned();
-                }
+                let burn = to_array(model.logits(to_tensor(input.view(), &device)));
                 let (m, _, a) = compare_logits(&burn, ort);
                 let pixels = (ort.shape()[0] * ort.shape()[2] * ort.shape()[3]) as f64;
                 max = max.max(m);

@@ -163,3 +163,29 @@ pub fn append_softmax(model: &mut ModelProto) {
     });
     g.output[0].name = Some("probabilities".into());
 }
+
+/// Inserts a Softmax over the channels before the model's final NCHW → NHWC Transpose: what
+/// tf2onnx makes of a Keras model ending in `Softmax(axis=-1)` (checked against
+/// `scripts/export_keras_deeplabv3plus.py --softmax`).
+pub fn insert_softmax_before_output_transpose(model: &mut ModelProto) {
+    let g = model.graph.as_mut().unwrap();
+    let out = g.output[0].name().to_string();
+    let last = g.node.iter().position(|n| n.output.iter().any(|o| *o == out)).unwrap();
+    assert_eq!(g.node[last].op_type(), "Transpose", "tf2onnx graphs end in a Transpose to NHWC");
+    let logits = g.node[last].input[0].clone();
+    g.node[last].input[0] = "probabilities_nchw".into();
+    let softmax = onnx::NodeProto {
+        op_type: Some("Softmax".into()),
+        name: Some("deeplabv3plus_mobilenetv2/probabilities/Softmax".into()),
+        input: vec![logits],
+        output: vec!["probabilities_nchw".into()],
+        attribute: vec![onnx::AttributeProto {
+            name: Some("axis".into()),
+            i: Some(1),
+            r#type: Some(2),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    g.node.insert(last, softmax);
+}
