@@ -11,6 +11,10 @@
 #       unpacks the loaders if the host has none, times both, prints images/s and the ratio.
 #   on the GPU host:         bench/gpu.sh pretrain   (bench/pretrain.sh on --device wgpu)
 #   on the GPU host:         bench/gpu.sh export RUN_DIR OUT.onnx   (with the host's onnxruntime)
+#   on the GPU host:         bench/gpu.sh profile OUT_DIR [BATCH=16] [CROP=512] [STEPS=4]
+#       where the wgpu step's time goes: 3 epochs of STEPS steps with cubecl's kernel profiling
+#       (every kernel timed, so the steps run slower than unprofiled); bench/gpu_profile.py sums
+#       the last epoch's kernels by name into OUT_DIR/kernels.txt.
 # segtune's images/s is that of its last epoch (`metrics.json`, data loading included, evaluation
 # and the first epochs' shader compilation and autotuning excluded); PyTorch's is batch / median
 # step time after 3 warm-up steps. burn's `cuda` backend is not timed: its build downloads LLVM.
@@ -95,5 +99,19 @@ PY
     ort_lib
     "$bin" export "$2" --out "$3"
     ;;
-  *) echo "usage: bench/gpu.sh prepare | run [BATCH] [CROP] [EPOCHS] | pretrain | export RUN_DIR OUT.onnx" >&2; exit 2 ;;
+  profile)
+    [ $# -ge 2 ] || { echo "usage: bench/gpu.sh profile OUT_DIR [BATCH] [CROP] [STEPS]" >&2; exit 2; }
+    dir=$(realpath "$2"); batch=${3:-16}; crop=${4:-512}; steps=${5:-4}
+    unpack
+    vulkan
+    work=$(mktemp -d)
+    "$bin" synth "$work/data" --classes 6 --train $((batch * steps)) --val "$batch" --size "$crop" --seed 1 >/dev/null
+    # cubecl reads cubecl.toml from the working directory: basic profiling into a log file.
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "%s"\n' "$dir/cubecl-profile.log" > "$work/cubecl.toml"
+    bin=$(realpath "$bin")
+    (cd "$work" && "$bin" train --data data --out run --classes 6 --epochs 3 --batch "$batch" --crop "$crop" \
+      --lr 0.01 --bn train --device wgpu) 2>&1 | tee "$dir/train.txt"
+    python3 bench/gpu_profile.py "$dir/cubecl-profile.log" 3 | tee "$dir/kernels.txt"
+    ;;
+  *) echo "usage: bench/gpu.sh prepare | run [BATCH] [CROP] [EPOCHS] | pretrain | export RUN_DIR OUT.onnx | profile OUT_DIR" >&2; exit 2 ;;
 esac
