@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # segtune infer against the Python pipeline (onnxruntime + Pillow + numpy) doing the same work on
-# the same model, 200 JPEGs of 500x375, letterboxed to 512, batch 4, same thread budget.
+# the same model, 200 JPEGs of 500x375, longer side 512, batch 4, same thread budget, twice:
+# square letterboxes (512x512 inputs: `--square`, the export issue's pipeline) and segtune's
+# default aspect-preserving inputs (512x384), each against the Python pipeline doing the same.
 # Creates bench/.venv-infer (onnxruntime 1.31.1, pillow, numpy) on first use.
 # Usage: bench/infer.sh [MODEL=models/deeplabv3plus_mobilenetv2.onnx]
 set -euo pipefail
@@ -22,12 +24,17 @@ for i in range(200):
     a[y:y + 75, x:x + 100] = rng.integers(0, 255, 3)
     Image.fromarray(a).save(f"{sys.argv[1]}/img_{i:03d}.jpg", quality=90)
 PY
-s=$(date +%s.%N)
-target/debug/segtune infer "$model" "$work/images" --out "$work/segtune" --batch 4 --size 512 --threads "$threads" >/dev/null
-e=$(date +%s.%N)
-seg=$(echo "200 / ($e - $s)" | bc -l)
-printf 'segtune: 200 images in %.2f s = %.2f images/s\n' "$(echo "$e - $s" | bc -l)" "$seg"
-pyout=$("$py" bench/infer_python.py "$model" "$work/images" "$work/python" 512 4 "$threads")
-echo "$pyout"
-pyips=$(echo "$pyout" | sed -E 's/.*= ([0-9.]+) images\/s/\1/')
-printf 'ratio segtune / python: %.2fx (threads %s)\n' "$(echo "$seg / $pyips" | bc -l)" "$threads"
+for pad in square rect; do
+  flag=(); [ $pad = square ] && flag=(--square)
+  s=$(date +%s.%N)
+  target/debug/segtune infer "$model" "$work/images" --out "$work/segtune-$pad" --batch 4 --size 512 --threads "$threads" "${flag[@]}" >/dev/null
+  e=$(date +%s.%N)
+  seg=$(echo "200 / ($e - $s)" | bc -l)
+  printf '%s: segtune: 200 images in %.2f s = %.2f images/s\n' $pad "$(echo "$e - $s" | bc -l)" "$seg"
+  pyout=$("$py" bench/infer_python.py "$model" "$work/images" "$work/python-$pad" 512 4 "$threads" $pad)
+  echo "$pad: $pyout"
+  pyips=$(echo "$pyout" | sed -E 's/.*= ([0-9.]+) images\/s/\1/')
+  printf '%s: ratio segtune / python: %.2fx (threads %s)\n' $pad "$(echo "$seg / $pyips" | bc -l)" "$threads"
+  [ $pad = square ] && square_py=$pyips
+done
+printf 'segtune (rect) / python (square, the export issue pipeline): %.2fx\n' "$(echo "$seg / $square_py" | bc -l)"

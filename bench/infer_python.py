@@ -2,7 +2,10 @@
 """The Python peer of `segtune infer`: the same work with onnxruntime, Pillow and numpy —
 decode, letterbox to SIZE (scale the longer side, pad with the ImageNet mean), normalize, run in
 batches of BATCH, crop the logits, upsample them bilinearly to the original size, argmax, and
-write VOC-palette PNGs. Usage: python bench/infer_python.py MODEL IMAGE_DIR OUT SIZE BATCH THREADS
+write VOC-palette PNGs. PAD `square` pads each image to SIZE × SIZE (what `segtune infer
+--square` does); `rect` pads each side only to a multiple of 16 and a batch to its largest image
+(segtune's default).
+Usage: python bench/infer_python.py MODEL IMAGE_DIR OUT SIZE BATCH THREADS [PAD=square|rect]
 """
 import os
 import sys
@@ -31,6 +34,7 @@ def palette():
 
 def main():
     model, src, out, size, batch, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+    square = (sys.argv[7] if len(sys.argv) > 7 else "square") == "square"
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
@@ -46,10 +50,15 @@ def main():
             w, h = img.size
             s = size / max(w, h)
             nw, nh = max(1, round(w * s)), max(1, round(h * s))
-            canvas = Image.new("RGB", (size, size), tuple(int(round(m * 255)) for m in MEAN))
+            cw, ch = (size, size) if square else (-(-nw // 16) * 16, -(-nh // 16) * 16)
+            canvas = Image.new("RGB", (cw, ch), tuple(int(round(m * 255)) for m in MEAN))
             canvas.paste(img.resize((nw, nh), Image.BILINEAR), (0, 0))
             items.append((f, w, h, nw, nh, (np.asarray(canvas, np.float32) / 255.0 - MEAN) / STD))
-        x = np.stack([it[5] for it in items]).transpose(0, 3, 1, 2).copy()
+        bh, bw = max(it[5].shape[0] for it in items), max(it[5].shape[1] for it in items)
+        x = np.zeros((len(items), bh, bw, 3), np.float32)  # 0 = the normalized mean
+        for k, it in enumerate(items):
+            x[k, :it[5].shape[0], :it[5].shape[1]] = it[5]
+        x = x.transpose(0, 3, 1, 2).copy()
         logits = sess.run(None, {name: x})[0]
         for (f, w, h, nw, nh, _), lg in zip(items, logits):
             up = np.stack([np.asarray(Image.fromarray(c[:nh, :nw]).resize((w, h), Image.BILINEAR)) for c in lg])

@@ -33,9 +33,13 @@ pub struct InferOptions {
     pub batch: usize,
     /// onnxruntime intra-op threads (0: its default).
     pub threads: usize,
-    /// Longer side of the model input in pixels, rounded to the model's multiple (default 512);
-    /// images are letterboxed (scaled, padded with the mean) to a square of this side.
+    /// Longer side of the model input in pixels, rounded to the model's multiple (default 512).
+    /// Images are scaled so their longer side is this, keeping their aspect ratio, and padded with
+    /// the mean to the model's size multiple (a batch to its largest image).
     pub size: usize,
+    /// Pad every image to a `size × size` square instead (every input the same shape; a 4:3 image
+    /// then costs onnxruntime 4/3 of the work).
+    pub square: bool,
 }
 
 /// One image's result in `summary.json`.
@@ -143,12 +147,13 @@ struct Prepared {
     path: PathBuf,
     original: RgbImage,
     input: RgbImage,
-    /// Size of the scaled image inside the square input.
+    /// Size of the scaled image inside the (padded) input.
     inner: (usize, usize),
 }
 
-/// Scales `image` so its longer side is `side` and pads it to `side × side` with the mean.
-fn letterbox(image: &RgbImage, side: usize, norm: &Normalization) -> (RgbImage, (usize, usize)) {
+/// Scales `image` so its longer side is `side` and pads it with the mean: to `side × side` when
+/// `square`, else each side to the model's size multiple.
+fn letterbox(image: &RgbImage, side: usize, square: bool, norm: &Normalization) -> (RgbImage, (usize, usize)) {
     let (w, h) = image.dimensions();
     let scale = side as f32 / w.max(h) as f32;
     let (nw, nh) = (
@@ -156,7 +161,9 @@ fn letterbox(image: &RgbImage, side: usize, norm: &Normalization) -> (RgbImage, 
         ((h as f32 * scale).round() as u32).clamp(1, side as u32),
     );
     let resized = image::imageops::resize(image, nw, nh, FilterType::Triangle);
-    let mut out = RgbImage::from_pixel(side as u32, side as u32, mean_pixel(norm));
+    let pad =
+        |n: u32| if square { side as u32 } else { n.div_ceil(norm.size_multiple as u32) * norm.size_multiple as u32 };
+    let mut out = RgbImage::from_pixel(pad(nw), pad(nh), mean_pixel(norm));
     image::imageops::replace(&mut out, &resized, 0, 0);
     (out, (nw as usize, nh as usize))
 }
@@ -227,13 +234,14 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     type Decoded = (Vec<Prepared>, Vec<(String, String)>);
     let (tx, rx) = mpsc::sync_channel::<Decoded>(2);
     let chunks: Vec<Vec<PathBuf>> = files.chunks(opts.batch).map(|c| c.to_vec()).collect();
+    let square = opts.square;
     let producer = std::thread::spawn(move || {
         for chunk in chunks {
             let results: Vec<std::result::Result<Prepared, (String, String)>> = chunk
                 .par_iter()
                 .map(|p| {
                     let original = load_image(p).map_err(|e| (p.display().to_string(), e.to_string()))?;
-                    let (input, inner) = letterbox(&original, side, &norm);
+                    let (input, inner) = letterbox(&original, side, square, &norm);
                     Ok(Prepared { path: p.clone(), original, input, inner })
                 })
                 .collect();
@@ -281,9 +289,12 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
             continue;
         }
         let n = prepared.len();
+        // The batch's shape: its largest input; the rest is 0, the normalized mean.
+        let (bw, bh) = prepared.iter().fold((0, 0), |(w, h), p| (w.max(p.input.width()), h.max(p.input.height())));
+        let (bw, bh) = (bw as usize, bh as usize);
         let mut input = match norm.layout {
-            Layout::Nchw => Array4::<f32>::zeros((n, 3, side, side)),
-            Layout::Nhwc => Array4::<f32>::zeros((n, side, side, 3)),
+            Layout::Nchw => Array4::<f32>::zeros((n, 3, bh, bw)),
+            Layout::Nhwc => Array4::<f32>::zeros((n, bh, bw, 3)),
         };
         for (i, p) in prepared.iter().enumerate() {
             for (x, y, px) in p.input.enumerate_pixels() {
@@ -401,9 +412,14 @@ mod tests {
     #[test]
     fn letterbox_keeps_aspect_and_pads_with_the_mean() {
         let norm = Normalization::IMAGENET;
-        let (img, inner) = letterbox(&RgbImage::from_pixel(100, 50, Rgb([0, 0, 0])), 64, &norm);
+        let (img, inner) = letterbox(&RgbImage::from_pixel(100, 50, Rgb([0, 0, 0])), 64, true, &norm);
         assert_eq!((img.dimensions(), inner), ((64, 64), (64, 32)));
         assert_eq!(*img.get_pixel(0, 63), mean_pixel(&norm));
         assert_eq!(*img.get_pixel(0, 0), Rgb([0, 0, 0]));
+        // Aspect kept: only up to the size multiple (16): 100×70 → 64×45 → 64×48.
+        let (img, inner) = letterbox(&RgbImage::from_pixel(100, 70, Rgb([0, 0, 0])), 64, false, &norm);
+        assert_eq!((img.dimensions(), inner), ((64, 48), (64, 45)));
+        assert_eq!(*img.get_pixel(0, 47), mean_pixel(&norm));
+        assert_eq!(*img.get_pixel(63, 44), Rgb([0, 0, 0]));
     }
 }

@@ -126,9 +126,13 @@ enum Command {
         /// onnxruntime intra-op threads (0: its default).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// Model input side: images are letterboxed to this square (rounded to a multiple of 16).
+        /// Longer side of the model input (rounded to the model's multiple, 16): images keep their
+        /// aspect ratio and are padded with the mean only to that multiple.
         #[arg(long, default_value_t = 512)]
         size: usize,
+        /// Pad every image to a SIZE × SIZE square instead.
+        #[arg(long)]
+        square: bool,
     },
     /// Tell why a fine-tune does not learn: labels, images, model, initial loss, overfitting one
     /// batch (with a learning-rate sweep), BatchNorm; the most likely cause first.
@@ -316,8 +320,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Infer { model, inputs, out, overlay, batch, threads, size } => {
-            let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size };
+        Command::Infer { model, inputs, out, overlay, batch, threads, size, square } => {
+            let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square };
             let summary = segtune::infer::infer(&model, &inputs, &opts)?;
             emit!(
                 "wrote {} masks to {} ({:.1} images/s, onnxruntime {:.1} s of {:.1} s){}",

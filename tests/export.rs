@@ -258,3 +258,47 @@ fn export_from_an_identity_shared_checkpoint_unshares_the_aliases() {
     let v = validate::validate_onnx(&out, &data, "val", Some(&run), 1).unwrap();
     assert!(v.parity.as_ref().is_some_and(|p| p.pass), "{v}");
 }
+
+#[test]
+fn infer_keeps_the_aspect_ratio_and_agrees_with_square_letterboxing() {
+    // The shipped model on 4:3 crops of corpus images (what it was pretrained on): aspect-
+    // preserving inputs (128×96, the default) and square letterboxes (128×128, --square) see the
+    // same pixels, with different padding around them: the masks must nearly agree.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("corpus");
+    let opts =
+        SynthOptions { classes: 21, train: 1, val: 4, size: 128, seed: 5, style: segtune::data::SynthStyle::Corpus };
+    data::synth(&data, &opts).unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..4 {
+        let img = image::open(data.join(format!("JPEGImages/val_{i:05}.jpg"))).unwrap().to_rgb8();
+        image::imageops::crop_imm(&img, 0, 16, 128, 96).to_image().save(imgs.join(format!("c{i}.png"))).unwrap();
+    }
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/deeplabv3plus_mobilenetv2.onnx");
+    let (mut same, mut objects, mut total) = (0usize, 0usize, 0usize);
+    let run = |name: &str, extra: &[&str]| {
+        let out_dir = dir.path().join(name);
+        let mut args =
+            vec!["infer", model.to_str().unwrap(), imgs.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
+        args.extend_from_slice(&["--size", "128", "--batch", "4"]);
+        args.extend_from_slice(extra);
+        let out = segtune(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        out_dir
+    };
+    let (rect, square) = (run("rect", &[]), run("square", &["--square"]));
+    for i in 0..4 {
+        let a = segtune::data::load_mask(&rect.join(format!("c{i}.png")), 21).unwrap();
+        let b = segtune::data::load_mask(&square.join(format!("c{i}.png")), 21).unwrap();
+        assert_eq!(a.dimensions(), (128, 96));
+        same += a.pixels().zip(b.pixels()).filter(|(p, q)| p == q).count();
+        objects += a.pixels().filter(|p| p[0] != 0).count();
+        total += (128 * 96) as usize;
+    }
+    let agreement = same as f64 / total as f64;
+    let object_share = objects as f64 / total as f64;
+    assert!(object_share > 0.05, "only {:.1}% of pixels are objects: agreement would be trivial", object_share * 100.0);
+    assert!(agreement > 0.97, "masks agree on {:.2}% of pixels", agreement * 100.0);
+    eprintln!("rect vs square: {:.2}% of pixels agree, {:.1}% objects", agreement * 100.0, object_share * 100.0);
+}
