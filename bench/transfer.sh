@@ -25,11 +25,4 @@ for start in pretrained random; do
   "$bin" train "${recipe[@]}" "${weights[@]}" --out "$work/$start"
   echo "$start: $(( $(date +%s) - t )) s wall for $epochs epochs (training + evaluation)"
 done
-printf '\n%-6s %-22s %-22s\n' epoch "pretrained val mIoU" "random val mIoU"
-paste -d, <(tail -n +2 "$work/pretrained/metrics.csv") <(tail -n +2 "$work/random/metrics.csv") |
-  python3 -c '
-import sys
-for line in sys.stdin:
-    f = line.strip().split(",")
-    n = len(f) // 2
-    print(f"{f[0]:<6} {float(f[3]):<22.4f} {float(f[n + 3]):<22.4f}")'
+python3 bench/side_by_side.py pretrained="$work/pretrained" random="$work/random"

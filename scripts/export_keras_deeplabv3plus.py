@@ -37,7 +37,9 @@ the Xception-65 one is ~160 MB: made by this script, compiled in by build.rs whe
 
 Versions: tensorflow-cpu==2.15.1 (Keras 2.15) tf2onnx==1.16.1 onnx==1.17.0 onnxruntime==1.19.2.
 Usage: python scripts/export_keras_deeplabv3plus.py --backbone mobilenetv2|xception65 [--classes 21]
-           [--softmax] [--out PATH]
+           [--softmax] [--calibrate-bn] [--out PATH]
+The Xception-65 file the tests expect: --backbone xception65 --calibrate-bn (random weights whose
+logits do not vanish; see calibrate_bn).
 """
 import argparse
 import hashlib
@@ -290,6 +292,21 @@ def convert(model, out, source):
     print(f"{out}: {len(proto.graph.node)} nodes, {n} parameter initializers, {bns} BatchNormalization kept")
 
 
+def calibrate_bn(model, size=128, batch=4):
+    """Sets every BatchNorm's moving statistics to those of one batch of uniform [-1, 1] noise in
+    training mode (momentum 0 for that call). At Keras' initial statistics (mean 0, variance 1) a
+    random deep network's logits vanish (~1e-12 for Xception-65), and parity on them proves
+    nothing; calibrated statistics keep the activations normalized, so the logits are O(1)."""
+    bns = [layer for layer in model.layers if isinstance(layer, L.BatchNormalization)]
+    saved = [layer.momentum for layer in bns]
+    for layer in bns:
+        layer.momentum = 0.0
+    x = np.random.default_rng(1).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
+    model(x, training=True)
+    for layer, m in zip(bns, saved):
+        layer.momentum = m
+
+
 def check(model, path, size=64):
     """Keras and onnxruntime agree on a random [-1, 1] batch of two."""
     import onnxruntime as ort
@@ -299,8 +316,10 @@ def check(model, path, size=64):
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     err = float(np.abs(got - want).max())
-    print(f"keras vs onnxruntime: max |diff| {err:.2e} on {x.shape}, output {got.shape}")
-    assert got.shape == want.shape and err < 1e-4, err
+    scale = max(1.0, float(np.abs(want).max()))
+    print(f"keras vs onnxruntime: max |diff| {err:.2e} on {x.shape}, output {got.shape}, largest |logit| {scale:.3g}")
+    # TensorFlow and onnxruntime accumulate in different orders: 1e-4 relative to the logits.
+    assert got.shape == want.shape and err <= 1e-4 * scale, err
 
 
 def main():
@@ -308,14 +327,19 @@ def main():
     ap.add_argument("--backbone", choices=["mobilenetv2", "xception65"], default="mobilenetv2")
     ap.add_argument("--classes", type=int, default=21)
     ap.add_argument("--softmax", action="store_true", help="end in a softmax (the seed's mistake)")
+    ap.add_argument("--calibrate-bn", action="store_true",
+                    help="BN statistics from one batch of [-1, 1] noise instead of Keras' initial ones")
     ap.add_argument("--out")
     args = ap.parse_args()
     out = args.out or f"models/keras_deeplabv3plus_{args.backbone}.onnx"
     tf.keras.utils.set_random_seed(SEED)
     model = deeplabv3plus(args.backbone, args.classes, args.softmax)
     print(f"{model.name}: {model.count_params():,} parameters")
+    if args.calibrate_bn:
+        calibrate_bn(model)
+    flags = (" --softmax" if args.softmax else "") + (" --calibrate-bn" if args.calibrate_bn else "")
     convert(model, out, source=f"scripts/export_keras_deeplabv3plus.py --backbone {args.backbone} --classes "
-                               f"{args.classes}{' --softmax' if args.softmax else ''}; Keras random init, seed {SEED}")
+                               f"{args.classes}{flags}; Keras random init, seed {SEED}")
     check(model, out)
     print("sha256", hashlib.sha256(open(out, "rb").read()).hexdigest(), out)
 

@@ -24,10 +24,10 @@ fn present(name: &str) -> bool {
     if model::find(name).is_ok() {
         return true;
     }
-    let script = if name == TORCHVISION {
-        "scripts/export_torchvision.py".to_string()
-    } else {
-        format!("scripts/export_keras_deeplabv3plus.py --backbone {}", name.rsplit('_').next().unwrap())
+    let script = match name {
+        TORCHVISION => "scripts/export_torchvision.py",
+        XCEPTION => "scripts/export_keras_deeplabv3plus.py --backbone xception65 --calibrate-bn",
+        _ => "its script",
     };
     eprintln!("skipped: model {name} is not compiled in (make models/{name}.onnx with {script}, then rebuild)");
     false
@@ -37,20 +37,33 @@ fn model_path(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/{name}.onnx"))
 }
 
-/// Parity of the burn model with onnxruntime at two batch sizes and sizes, on logits that are not
-/// vanishingly small (a random Keras initialization gives ~1e-11: any difference would pass).
-fn assert_parity(name: &str, min_logit: f32) {
+/// The largest |logit| onnxruntime gives on the seeded parity input.
+fn largest_logit(ckpt: &Checkpoint, batch: usize, size: usize) -> f32 {
+    let input = validate::seeded_input(batch, size, &ckpt.normalization, 1);
+    let mut ort = segtune::runtime::OrtModel::from_bytes(&ckpt.onnx_bytes().unwrap(), ckpt.info.name, 1).unwrap();
+    let logits = ort.run_logits(input.view(), ckpt.normalization.layout).unwrap();
+    logits.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// Parity of the burn model with onnxruntime at two batch sizes and sizes: max |Δ| ≤ 1e-4, or with
+/// `relative`, ≤ 1e-4 × the largest |logit| (when that is above 1). The logits must reach
+/// `min_logit`: at Keras' initial BN statistics a random network's logits are ~1e-11, and any
+/// difference passes.
+fn assert_parity(name: &str, min_logit: f32, relative: bool) {
     let ckpt = Checkpoint::open(Some(name), None).unwrap();
     for (batch, size) in [(1, 64), (2, 128)] {
-        let opts = ParityOptions { batch, size, seed: 1, repeat: 0, ..Default::default() };
+        let scale = largest_logit(&ckpt, batch, size);
+        assert!(scale > min_logit, "{name}: largest |logit| {scale:e}: parity on it proves little");
+        let tol = if relative { 1e-4 * scale.max(1.0) } else { 1e-4 };
+        let opts = ParityOptions { batch, size, seed: 1, repeat: 0, tol, ..Default::default() };
         let r = validate::parity_check(&ckpt, &opts).unwrap();
-        assert!(r.pass && r.max_abs_diff <= 1e-4, "{name} batch {batch}, {size}²: max |Δ| {:e}", r.max_abs_diff);
+        assert!(
+            r.pass,
+            "{name} batch {batch}, {size}²: max |Δ| {:e} > {tol:e} (largest |logit| {scale})",
+            r.max_abs_diff
+        );
+        assert!(r.argmax_agreement >= 0.999, "{name}: argmax agreement {}", r.argmax_agreement);
     }
-    let input = validate::seeded_input(1, 64, &ckpt.normalization, 1);
-    let mut ort = segtune::runtime::OrtModel::from_bytes(&ckpt.onnx_bytes().unwrap(), name, 1).unwrap();
-    let logits = ort.run_logits(input.view(), ckpt.normalization.layout).unwrap();
-    let largest = logits.iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(largest > min_logit, "{name}: largest |logit| {largest:e}: the parity above proves little");
 }
 
 #[test]
@@ -78,7 +91,7 @@ fn keras_graph_is_tf2onnx_nhwc_with_pads_transposes_and_depthwise_convolutions()
 
 #[test]
 fn keras_matches_onnxruntime() {
-    assert_parity(KERAS, 1.0);
+    assert_parity(KERAS, 1.0, false);
 }
 
 #[test]
@@ -152,7 +165,10 @@ fn xception65_matches_onnxruntime() {
     if !present(XCEPTION) {
         return;
     }
-    assert_parity(XCEPTION, 0.0);
+    // Random weights with BN statistics calibrated on noise (--calibrate-bn): logits of 10–60,
+    // where float32 over 65 layers differs by ~1e-5 of the logits between any two runtimes
+    // (TensorFlow vs onnxruntime: 9.2e-5 at 64², largest logit 13).
+    assert_parity(XCEPTION, 1.0, true);
     let ckpt = Checkpoint::open(None, Some(&model_path(XCEPTION))).unwrap();
     assert_eq!(ckpt.info.name, XCEPTION);
 }
@@ -162,7 +178,7 @@ fn torchvision_matches_onnxruntime() {
     if !present(TORCHVISION) {
         return;
     }
-    assert_parity(TORCHVISION, 0.0);
+    assert_parity(TORCHVISION, 0.0, false);
 }
 
 #[test]
