@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The seed's scenario on the Keras family: a Keras DeepLabv3+ (the committed MobileNetV2 option,
 # converted by tf2onnx, NHWC, [-1, 1]) fine-tuned on a synthetic VOC-layout set (`segtune synth
-# --style shapes`, 6 classes, 200 train / 50 val, 128²), two ways:
+# --style shapes`, 6 classes, 400 train / 100 val, 128²), two ways:
 #   fixed: DeepLab's recipe: --freeze backbone --bn frozen, masked CE (255 ignored), SGD momentum
-#          0.9 with the poly(0.9) schedule, lr 0.02, batch 8;
+#          0.9 with the poly(0.9) schedule, lr 0.01, batch 8;
 #   seed:  the seed's recipe: the checkpoint ends in a softmax (scripts/seed_softmax.py), lr 1e-5,
 #          a "frozen" backbone whose BN layers still train, at batch 2.
 # `segtune doctor` runs on both setups first (the seed's must flag the softmax, the learning rate
@@ -26,9 +26,9 @@ if ! $py -c 'import onnx' 2>/dev/null; then
   py=target/venv-onnx/bin/python
 fi
 $py scripts/seed_softmax.py "models/$model.onnx" "$work/softmax.onnx"
-"$bin" synth "$work/data" --style shapes --classes 6 --train 200 --val 50 --size 128 --seed 1
+"$bin" synth "$work/data" --style shapes --classes 6 --train 400 --val 100 --size 128 --seed 1
 base=(--model "$model" --data "$work/data" --classes 6 --epochs "$epochs" --crop 128 --seed 0 --freeze backbone)
-fixed=("${base[@]}" --bn frozen --lr 0.02 --batch 8)
+fixed=("${base[@]}" --bn frozen --lr 0.01 --batch 8)
 seed=("${base[@]}" --weights "$work/softmax.onnx" --bn train --lr 1e-5 --batch 2)
 echo "== segtune doctor, the seed's recipe"
 "$bin" doctor "${seed[@]}" --json "$work/doctor_seed.json" || true

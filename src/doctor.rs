@@ -898,6 +898,17 @@ fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
         if !has("--bn") {
             cmd += &format!(" --bn {}", format!("{:?}", cfg.bn).to_lowercase());
         }
+        // The rest of the user's recipe, unchanged by the fixes.
+        cmd += &format!(" --crop {} --epochs {}", cfg.crop, cfg.epochs);
+        if cfg.freeze == train::Freeze::Backbone && !has("--freeze") {
+            cmd += " --freeze backbone";
+        }
+        if cfg.optimizer == train::OptimizerKind::Adamw {
+            cmd += " --optimizer adamw";
+        }
+        if cfg.loss != crate::loss::LossSpec::default() && !has("--loss") {
+            cmd += &format!(" --loss {}", cfg.loss);
+        }
         for f in &flags {
             cmd += &format!(" {f}");
         }

@@ -155,7 +155,7 @@ fn keras_checkpoint_with_the_seeds_softmax_is_recognized_and_its_recipe_diagnose
     assert_eq!(status("bn.batch"), Status::Warn, "{r}");
     assert_eq!(status("train.overfit"), Status::Fail, "{r}");
     let cmd = r.suggested_command.clone().unwrap();
-    assert!(cmd.contains("--batch 8") && !cmd.contains("--lr 1e-5"), "{cmd}");
+    assert!(cmd.contains("--batch 8") && cmd.contains("--freeze backbone") && !cmd.contains("--lr 1e-5"), "{cmd}");
     let softmax_check = r.checks.iter().find(|c| c.name == "model.softmax").unwrap();
     assert!(softmax_check.measured.contains("Softmax") && softmax_check.measured.contains("(axis 1)"), "{r}");
 }
