@@ -170,7 +170,7 @@ pub fn append_softmax(model: &mut ModelProto) {
 pub fn insert_softmax_before_output_transpose(model: &mut ModelProto) {
     let g = model.graph.as_mut().unwrap();
     let out = g.output[0].name().to_string();
-    let last = g.node.iter().position(|n| n.output.iter().any(|o| *o == out)).unwrap();
+    let last = g.node.iter().position(|n| n.output.contains(&out)).unwrap();
     assert_eq!(g.node[last].op_type(), "Transpose", "tf2onnx graphs end in a Transpose to NHWC");
     let logits = g.node[last].input[0].clone();
     g.node[last].input[0] = "probabilities_nchw".into();
