@@ -470,7 +470,7 @@ fn model_checks(cfg: &TrainConfig, ckpt: &Checkpoint, model_classes: usize, chec
 pub fn doctor(cfg: &TrainConfig, opts: &DoctorOptions) -> Result<DoctorReport> {
     let mut cfg = cfg.clone();
     let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
-    let model_classes = train::model_classes(&ckpt)?;
+    let model_classes = ckpt.classes()?;
     if cfg.classes == 0 {
         cfg.classes = model_classes;
     }

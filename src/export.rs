@@ -121,7 +121,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
     let mut proto: ModelProto = source.proto.clone();
     let (class_axis, source_classes) = (onnx::class_axis(&proto), onnx::output_classes(&proto));
     let dir = source.path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
-    let classifier = train::classifier_paths(source.info);
+    let classifier = source.info.classifier();
     let (mut written, mut unshared) = (0, 0);
     {
         let g = proto.graph.as_mut().expect("decoded models have a graph");

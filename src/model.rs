@@ -67,6 +67,13 @@ impl ModelInfo {
         }
     }
 
+    /// The burn paths of the final classifier: the last Conv in graph order (weight, and bias if
+    /// any). Its output count is the class count, the one shape a checkpoint may change.
+    pub fn classifier(&self) -> Vec<&'static str> {
+        let last = self.params.iter().filter(|e| e.burn.contains("conv")).map(|e| e.node).max();
+        self.params.iter().filter(|e| Some(e.node) == last).map(|e| e.burn).collect()
+    }
+
     /// Where the reference graph lives, for messages.
     pub fn origin(&self) -> String {
         match self.onnx {
@@ -284,38 +291,43 @@ pub fn match_architecture(
     let resolver = IdentityResolver::new(cg);
     let rshapes: std::collections::HashMap<&str, &[i64]> =
         rg.initializer.iter().map(|t| (t.name(), t.dims.as_slice())).collect();
+    let classifier = info.classifier();
+    let mut classes: Option<i64> = None;
     for e in info.params {
         let cn = &cg.node[map[e.node].expect("param nodes are never Identity")];
+        // Every parameter difference is reported after all nodes matched.
+        let fail = |problem: String| Err((2 * rl.len(), format!("node {:?} ({}): {problem}", cn.name(), cn.op_type())));
         let Some(value) = cn.input.get(e.input).filter(|v| !v.is_empty()) else {
-            return Err((
-                2 * rl.len(),
-                format!("node {:?} ({}): expected input {} ({}), found none", cn.name(), cn.op_type(), e.input, e.burn),
-            ));
+            return fail(format!("expected input {} ({}), found none", e.input, e.burn));
         };
         let init = resolver.resolve(value);
         let Some(found) = shapes.get(init) else {
-            return Err((
-                2 * rl.len(),
-                format!(
-                    "node {:?} ({}): expected input {} ({value:?}) to be an initializer, found a computed value",
-                    cn.name(),
-                    cn.op_type(),
-                    e.input
-                ),
+            return fail(format!(
+                "expected input {} ({value:?}) to be an initializer, found a computed value",
+                e.input
             ));
         };
         let expected = rshapes.get(e.onnx).copied().unwrap_or(&[]);
-        if *found != expected {
-            return Err((
-                2 * rl.len(),
-                format!(
-                    "node {:?} ({}): initializer {init:?} expected shape {} as in {}, found {}",
-                    cn.name(),
-                    cn.op_type(),
-                    dims_string(expected),
-                    info.name,
-                    dims_string(found)
-                ),
+        // The classifier may have another class count (a fine-tuned export), the same for its
+        // weight and bias; every other dimension must match.
+        let other_classes = classifier.contains(&e.burn)
+            && found.len() == expected.len()
+            && !found.is_empty()
+            && found[1..] == expected[1..]
+            && found[0] > 0;
+        if other_classes && *classes.get_or_insert(found[0]) != found[0] {
+            return fail(format!(
+                "classifier initializer {init:?} has {} outputs, its other tensor {}",
+                found[0],
+                classes.unwrap_or_default()
+            ));
+        }
+        if *found != expected && !other_classes {
+            return fail(format!(
+                "initializer {init:?} expected shape {} as in {}, found {}",
+                dims_string(expected),
+                info.name,
+                dims_string(found)
             ));
         }
     }
@@ -418,10 +430,34 @@ impl Checkpoint {
         Ok(out)
     }
 
-    /// Loads the checkpoint's weights and BN statistics into `model`.
+    /// The checkpoint's class count: the output channels of its classifier's weight, read from
+    /// its own graph (its initializer names may differ from the compiled-in model's).
+    pub fn classes(&self) -> Result<usize> {
+        let g = onnx::graph(&self.proto);
+        let head = self.info.classifier();
+        let weight =
+            self.info.params.iter().find(|e| head.contains(&e.burn) && e.input == 1).expect("a classifier weight");
+        let node = &g.node[self.node_index(weight.node)];
+        let name = IdentityResolver::new(g).resolve(&node.input[weight.input]).to_string();
+        let dims = g.initializer.iter().find(|t| t.name() == name).map(|t| t.dims.clone()).unwrap_or_default();
+        dims.first()
+            .map(|&d| d as usize)
+            .ok_or_else(|| Error::bad_file(self.origin(), "classifier weight has no shape"))
+    }
+
+    /// Loads the checkpoint's weights and BN statistics into `model`; a classifier with another
+    /// class count than `model`'s is reshaped to the checkpoint's first.
     pub fn apply_to<M: SegModel>(&self, model: &mut M) -> Result<usize> {
         let tensors = self.tensors()?;
         let n = tensors.len();
+        let head = self.info.classifier();
+        let shapes: std::collections::HashMap<String, Vec<usize>> = tensors
+            .iter()
+            .filter(|t| head.contains(&t.name.as_str()))
+            .map(|t| (t.name.clone(), t.shape.to_vec()))
+            .collect();
+        let device = model.devices().into_iter().next().unwrap_or_else(cpu_device);
+        *model = model.clone().map(&mut ClassifierShape { path: vec![], shapes: &shapes, device: &device });
         let result = model.apply(tensors, None, None, false);
         if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
             return Err(Error::bad_file(
@@ -444,6 +480,32 @@ impl Checkpoint {
         let mut model = M::init(device);
         self.apply_to(&mut model)?;
         Ok(model)
+    }
+}
+
+/// Gives the parameters in `shapes` (the classifier's) those shapes, zero-filled, where they
+/// differ: the weights applied next overwrite them.
+struct ClassifierShape<'a> {
+    path: Vec<String>,
+    shapes: &'a std::collections::HashMap<String, Vec<usize>>,
+    device: &'a Device,
+}
+
+impl burn::module::ModuleMapper for ClassifierShape<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        match self.shapes.get(&self.path.join(".")) {
+            Some(shape) if shape.len() == D && *shape != param.dims().to_vec() => {
+                let dims: [usize; D] = shape.as_slice().try_into().expect("length checked");
+                Param::initialized(param.id, Tensor::zeros(dims, self.device))
+            }
+            _ => param,
+        }
     }
 }
 

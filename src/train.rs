@@ -22,7 +22,6 @@ use crate::error::{Error, Result};
 use crate::loss::{self, LossSpec};
 use crate::metrics::{ConfusionMatrix, Scores};
 use crate::model::{self, Checkpoint, ModelFn, ModelInfo, SegModel};
-use crate::onnx;
 
 /// Which parameters train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -243,12 +242,6 @@ fn backbone_paths(info: &ModelInfo) -> Result<HashSet<&'static str>> {
     Ok(set)
 }
 
-/// The burn paths of the final classifier: the last Conv in graph order (weight, and bias if any).
-pub fn classifier_paths(info: &ModelInfo) -> Vec<&'static str> {
-    let last = info.params.iter().filter(|e| e.burn.contains("conv")).map(|e| e.node).max();
-    info.params.iter().filter(|e| Some(e.node) == last).map(|e| e.burn).collect()
-}
-
 /// Applies a run's setup to a model by parameter path: freezes `frozen` parameters, gives the
 /// `classifier` parameters `new_classes` outputs (Xavier-uniform weight, zero bias, as smp
 /// initialises its head), and switches BatchNorm training flags off when `bn_frozen`.
@@ -339,7 +332,7 @@ pub(crate) fn build_model<M: SegModel>(
     device: &Device,
 ) -> Result<M> {
     let model: M = ckpt.load(device)?;
-    let classifier: HashSet<&str> = classifier_paths(ckpt.info).into_iter().collect();
+    let classifier: HashSet<&str> = ckpt.info.classifier().into_iter().collect();
     let frozen = match cfg.freeze {
         Freeze::Backbone => backbone_paths(ckpt.info)?,
         Freeze::None => HashSet::new(),
@@ -444,7 +437,7 @@ pub fn load_config(run_dir: &Path) -> Result<TrainConfig> {
 pub fn evaluate_start(cfg: &TrainConfig) -> Result<Scores> {
     let mut cfg = cfg.clone();
     let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
-    let model_classes = model_classes(&ckpt)?;
+    let model_classes = ckpt.classes()?;
     if cfg.classes == 0 {
         cfg.classes = model_classes;
     }
@@ -467,7 +460,7 @@ pub fn evaluate_start(cfg: &TrainConfig) -> Result<Scores> {
 pub fn load_trained<M: SegModel>(run_dir: &Path, device: &Device) -> Result<M> {
     let mut cfg = load_config(run_dir)?;
     let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
-    let model_classes = model_classes(&ckpt)?;
+    let model_classes = ckpt.classes()?;
     if cfg.classes == 0 {
         cfg.classes = model_classes;
     }
@@ -489,7 +482,7 @@ pub fn resume(run_dir: &Path) -> Result<TrainSummary> {
 
 fn run(mut cfg: TrainConfig, run_dir: &Path, resume_from: Option<PathBuf>) -> Result<TrainSummary> {
     let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
-    let model_classes = model_classes(&ckpt)?;
+    let model_classes = ckpt.classes()?;
     if cfg.classes == 0 {
         cfg.classes = model_classes;
     }
@@ -502,18 +495,6 @@ fn run(mut cfg: TrainConfig, run_dir: &Path, resume_from: Option<PathBuf>) -> Re
         }
     }
     model::with_model(ckpt.info, Go(&cfg, &ckpt, model_classes, run_dir, resume_from))
-}
-
-/// The class count of a checkpoint: the output channels of its classifier's weight, read from the
-/// checkpoint's own graph (its initializer names may differ from the compiled-in model's).
-pub(crate) fn model_classes(ckpt: &Checkpoint) -> Result<usize> {
-    let g = onnx::graph(&ckpt.proto);
-    let head = classifier_paths(ckpt.info);
-    let weight = ckpt.info.params.iter().find(|e| head.contains(&e.burn) && e.input == 1).expect("a classifier weight");
-    let node = &g.node[ckpt.node_index(weight.node)];
-    let name = onnx::IdentityResolver::new(g).resolve(&node.input[weight.input]).to_string();
-    let dims = g.initializer.iter().find(|t| t.name() == name).map(|t| t.dims.clone()).unwrap_or_default();
-    dims.first().map(|&d| d as usize).ok_or_else(|| Error::bad_file(ckpt.origin(), "classifier weight has no shape"))
 }
 
 fn run_typed<M: SegModel>(

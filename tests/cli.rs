@@ -118,16 +118,40 @@ fn import_rejects_a_foreign_graph_naming_the_first_difference() {
 #[test]
 fn import_rejects_a_changed_shape() {
     let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wider_stem.onnx");
+    let mut m = common::reference();
+    let g = m.graph.as_mut().unwrap();
+    let t = g.initializer.iter_mut().find(|t| t.name() == "encoder.features.0.0.weight").unwrap();
+    t.dims[0] = 16;
+    t.raw_data = Some(vec![0; 16 * 3 * 3 * 3 * 4]);
+    common::write_model(&m, &path);
+    let out = segtune(&["import", path.to_str().unwrap()]);
+    assert_bad_input(&out, &path, "initializer \"encoder.features.0.0.weight\" expected shape [32, 3, 3, 3]");
+    assert!(text(&out.stderr).contains("found [16, 3, 3, 3]"));
+}
+
+#[test]
+fn import_takes_another_class_count_only_in_the_classifier() {
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ten_classes.onnx");
     let mut m = common::reference();
     let g = m.graph.as_mut().unwrap();
-    let t = g.initializer.iter_mut().find(|t| t.name() == "segmentation_head.0.weight").unwrap();
-    t.dims[0] = 10;
-    t.raw_data = Some(vec![0; 10 * 256 * 4]);
+    for t in g.initializer.iter_mut().filter(|t| t.name().starts_with("segmentation_head.0.")) {
+        t.dims[0] = 10;
+        let n: i64 = t.dims.iter().product();
+        t.raw_data = Some(vec![0; n as usize * 4]);
+    }
     common::write_model(&m, &path);
     let out = segtune(&["import", path.to_str().unwrap()]);
-    assert_bad_input(&out, &path, "initializer \"segmentation_head.0.weight\" expected shape [21, 256, 1, 1]");
-    assert!(text(&out.stderr).contains("found [10, 256, 1, 1]"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("matches compiled-in model deeplabv3plus_mobilenetv2"));
+    // Weight and bias must agree on it.
+    let g = m.graph.as_mut().unwrap();
+    let bias = g.initializer.iter_mut().find(|t| t.name() == "segmentation_head.0.bias").unwrap();
+    (bias.dims, bias.raw_data) = (vec![11], Some(vec![0; 44]));
+    common::write_model(&m, &path);
+    let out = segtune(&["import", path.to_str().unwrap()]);
+    assert_bad_input(&out, &path, "its other tensor");
 }
 
 #[test]

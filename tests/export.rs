@@ -32,6 +32,14 @@ fn trained_run_from(dir: &Path, weights: Option<PathBuf>) -> (PathBuf, PathBuf) 
     (data, run)
 }
 
+/// `trained_run` exported to `DIR/NAME`: (data, run, the export).
+fn exported_run(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (data, run) = trained_run(dir);
+    let model = dir.join(name);
+    export::export(&run, &model).unwrap();
+    (data, run, model)
+}
+
 fn segtune(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_segtune")).args(args).output().unwrap()
 }
@@ -89,9 +97,7 @@ fn export_round_trip_matches_burn_and_keeps_the_graph() {
 #[test]
 fn validate_json_and_class_mismatch() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, run) = trained_run(dir.path());
-    let model = dir.path().join("m.onnx");
-    export::export(&run, &model).unwrap();
+    let (data, _, model) = exported_run(dir.path(), "m.onnx");
     let json = dir.path().join("report.json");
     let out = segtune(&[
         "validate",
@@ -161,9 +167,7 @@ fn export_bad_input_leaves_nothing() {
 #[test]
 fn infer_writes_masks_and_skips_a_corrupt_image_loudly() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, run) = trained_run(dir.path());
-    let model = dir.path().join("m.onnx");
-    export::export(&run, &model).unwrap();
+    let (data, _, model) = exported_run(dir.path(), "m.onnx");
     let imgs = dir.path().join("imgs");
     std::fs::create_dir_all(&imgs).unwrap();
     for i in 0..3 {
@@ -301,4 +305,46 @@ fn infer_keeps_the_aspect_ratio_and_agrees_with_square_letterboxing() {
     assert!(object_share > 0.05, "only {:.1}% of pixels are objects: agreement would be trivial", object_share * 100.0);
     assert!(agreement > 0.97, "masks agree on {:.2}% of pixels", agreement * 100.0);
     eprintln!("rect vs square: {:.2}% of pixels agree, {:.1}% objects", agreement * 100.0, object_share * 100.0);
+}
+
+#[test]
+fn an_export_with_its_own_class_count_is_a_checkpoint_again() {
+    // Fine-tune the 21-class model to 4 classes and export: that file must work as --weights
+    // (continue training, doctor, parity) with its trained 4-class head, not be refused for
+    // differing from the compiled-in 21-class graph.
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run, out) = exported_run(dir.path(), "four.onnx");
+    let ckpt = segtune::model::Checkpoint::open(None, Some(&out)).unwrap();
+    assert_eq!((ckpt.info.name, ckpt.classes().unwrap()), ("deeplabv3plus_mobilenetv2", 4));
+    let r =
+        validate::parity_check(&ckpt, &validate::ParityOptions { batch: 1, size: 64, repeat: 0, ..Default::default() })
+            .unwrap();
+    assert!(r.pass, "burn with the 4-class head vs onnxruntime on the export: {r}");
+
+    // Starting a new run from it keeps the trained head: the start scores equal the run's last
+    // evaluation (same weights, same val set, BN frozen in both evaluations).
+    let last = &serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run.join("metrics.json")).unwrap())
+        .unwrap()[0];
+    let mut cfg = TrainConfig::new(data.clone());
+    (cfg.weights, cfg.classes, cfg.crop) = (Some(out.clone()), 4, 64);
+    let start = train::evaluate_start(&cfg).unwrap();
+    assert!((start.miou - last["val_miou"].as_f64().unwrap()).abs() < 1e-6, "{start:?} vs {last}");
+    // And a run continues from it.
+    (cfg.epochs, cfg.batch) = (1, 2);
+    let next = train::train(cfg, &dir.path().join("next")).unwrap();
+    assert!(next.history[0].val_loss.is_finite());
+
+    // Only the class dimension may differ: a bias of another length than the weight's is refused.
+    let mut proto = onnx::read_model(&out).unwrap();
+    let g = proto.graph.as_mut().unwrap();
+    let conv = g.node.iter().rev().find(|n| n.op_type() == "Conv").unwrap().clone();
+    let bias = conv.input[2].clone();
+    let t = g.initializer.iter_mut().find(|t| t.name() == bias).unwrap();
+    t.dims = vec![5];
+    t.raw_data = Some(vec![0u8; 20]);
+    t.float_data.clear();
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, prost::Message::encode_to_vec(&proto)).unwrap();
+    let e = segtune::model::Checkpoint::open(None, Some(&bad)).err().unwrap().to_string();
+    assert!(e.contains("classifier initializer") && e.contains("its other tensor"), "{e}");
 }
