@@ -119,7 +119,8 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         .collect();
 
     let mut proto: ModelProto = source.proto.clone();
-    let (class_axis, source_classes) = (onnx::class_axis(&proto), onnx::output_classes(&proto));
+    let class_axis = source.normalization.layout.class_axis();
+    let source_classes = onnx::output_classes(onnx::graph(&proto), class_axis);
     let dir = source.path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
     let classifier = source.info.classifier();
     let (mut written, mut unshared) = (0, 0);

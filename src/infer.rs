@@ -210,7 +210,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     crate::model::check_input_rank(&proto, model)?;
     let meta = crate::onnx::metadata(&proto);
     let norm = Normalization::from_metadata(&meta).map_err(|e| Error::bad_file(model, e))?;
-    let classes = crate::validate::model_classes(&proto, model)?;
+    let classes = crate::validate::model_classes(&proto, norm.layout, model)?;
     let class_names: Vec<String> = meta
         .get("segtune.class_names")
         .map(|v| v.split(',').map(String::from).collect())

@@ -125,6 +125,16 @@ pub enum Layout {
     Nhwc,
 }
 
+impl Layout {
+    /// The class axis of the model's output, laid out as its input: 1 (NCHW) or 3 (NHWC).
+    pub fn class_axis(self) -> usize {
+        match self {
+            Layout::Nchw => 1,
+            Layout::Nhwc => 3,
+        }
+    }
+}
+
 /// How pixels in [0, 1] become model input: `(x - mean) / std` per channel, in `layout`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Normalization {
@@ -750,7 +760,7 @@ pub fn import(model: Option<&str>, path: &Path) -> Result<ImportSummary> {
             var_sum += data.iter().map(|&v| v as f64).sum::<f64>();
         }
     }
-    let classes = onnx::output_classes(&ckpt.proto).map(|c| c as i64);
+    let classes = onnx::output_classes(g, ckpt.normalization.layout.class_axis()).map(|c| c as i64);
     Ok(ImportSummary {
         file: path.display().to_string(),
         model: ckpt.info.name.to_string(),

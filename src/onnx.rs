@@ -318,16 +318,11 @@ fn elem_type_name(t: i32) -> &'static str {
     }
 }
 
-/// The class axis of a model's output: 3 for NHWC models (metadata `segtune.layout` = NHWC,
-/// tf2onnx exports of Keras), else 1.
-pub fn class_axis(model: &ModelProto) -> usize {
-    if metadata(model).get("segtune.layout").is_some_and(|v| v == "NHWC") { 3 } else { 1 }
-}
-
-/// The fixed class dimension of the model's first output ([`class_axis`]), if it is fixed.
-pub fn output_classes(model: &ModelProto) -> Option<usize> {
-    let out = ValueInfo::from_proto(graph(model).output.first()?);
-    match out.dims.get(class_axis(model)) {
+/// The fixed class dimension (`class_axis`: 1 for NCHW, 3 for NHWC outputs) of the graph's first
+/// output, if it is fixed.
+pub fn output_classes(graph: &GraphProto, class_axis: usize) -> Option<usize> {
+    let out = ValueInfo::from_proto(graph.output.first()?);
+    match out.dims.get(class_axis) {
         Some(Dim::Fixed(c)) if *c > 0 => Some(*c as usize),
         _ => None,
     }

@@ -296,12 +296,12 @@ impl std::fmt::Display for ValidationReport {
 }
 
 /// The class count of an exported model: `segtune.classes`, else the fixed class dimension.
-pub fn model_classes(proto: &crate::onnx::ModelProto, path: &std::path::Path) -> Result<usize> {
+pub fn model_classes(proto: &crate::onnx::ModelProto, layout: Layout, path: &std::path::Path) -> Result<usize> {
     let meta = crate::onnx::metadata(proto);
     if let Some(c) = meta.get("segtune.classes").and_then(|v| v.parse().ok()) {
         return Ok(c);
     }
-    crate::onnx::output_classes(proto).ok_or_else(|| {
+    crate::onnx::output_classes(crate::onnx::graph(proto), layout.class_axis()).ok_or_else(|| {
         Error::bad_file(
             path,
             "expected a fixed class dimension on the output or segtune.classes metadata, found neither",
@@ -323,7 +323,7 @@ pub fn validate_onnx(
     crate::model::check_input_rank(&proto, file)?;
     let meta = crate::onnx::metadata(&proto);
     let norm = Normalization::from_metadata(&meta).map_err(|e| Error::bad_file(file, e))?;
-    let classes = model_classes(&proto, file)?;
+    let classes = model_classes(&proto, norm.layout, file)?;
     let names: Vec<String> = match meta.get("segtune.class_names") {
         Some(v) if v.split(',').count() == classes => v.split(',').map(String::from).collect(),
         _ => crate::export::class_names(data, classes),

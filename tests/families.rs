@@ -139,7 +139,7 @@ fn keras_graph_is_tf2onnx_nhwc_with_pads_transposes_and_depthwise_convolutions()
     assert_eq!(ckpt.info.name, KERAS);
     let n = ckpt.normalization;
     assert_eq!((n.layout, n.mean, n.std, n.size_multiple), (model::Layout::Nhwc, [0.5; 3], [0.5; 3], 16));
-    assert_eq!(segtune::onnx::output_classes(&proto), Some(21));
+    assert_eq!(segtune::onnx::output_classes(segtune::onnx::graph(&proto), n.layout.class_axis()), Some(21));
 }
 
 #[test]
@@ -156,7 +156,12 @@ fn keras_fine_tunes_exports_and_validates_keeping_its_layout() {
     let meta = segtune::onnx::metadata(&proto);
     assert_eq!(meta["segtune.layout"], "NHWC");
     assert_eq!(meta["segtune.mean"], "0.5,0.5,0.5");
-    assert_eq!(segtune::onnx::output_classes(&proto), Some(4), "the NHWC output's class axis is resized");
+    let axis = model::Layout::Nhwc.class_axis();
+    assert_eq!(
+        segtune::onnx::output_classes(segtune::onnx::graph(&proto), axis),
+        Some(4),
+        "the NHWC output's class axis is resized"
+    );
     // --freeze backbone freezes exactly Keras' backbone: 1,811,712 trainable weights of the
     // `backbone_*` layers (convolutions and BN scale/offset), counted by TensorFlow.
     assert_eq!(frozen, 1_811_712);

@@ -144,15 +144,13 @@ pub fn two_conv_model(input_dims: &[i64]) -> ModelProto {
     }
 }
 
-/// Appends a Softmax (axis 1) on the model's output, as the seed's model had: the graph output
-/// becomes `probabilities`, produced by node `probs`.
-pub fn append_softmax(model: &mut ModelProto) {
-    let g = model.graph.as_mut().unwrap();
-    g.node.push(onnx::NodeProto {
+/// A Softmax node over axis 1 (the classes of NCHW logits).
+fn softmax_node(name: &str, input: &str, output: &str) -> onnx::NodeProto {
+    onnx::NodeProto {
         op_type: Some("Softmax".into()),
-        name: Some("probs".into()),
-        input: vec!["output".into()],
-        output: vec!["probabilities".into()],
+        name: Some(name.into()),
+        input: vec![input.into()],
+        output: vec![output.into()],
         attribute: vec![onnx::AttributeProto {
             name: Some("axis".into()),
             i: Some(1),
@@ -160,7 +158,14 @@ pub fn append_softmax(model: &mut ModelProto) {
             ..Default::default()
         }],
         ..Default::default()
-    });
+    }
+}
+
+/// Appends a Softmax (axis 1) on the model's output, as the seed's model had: the graph output
+/// becomes `probabilities`, produced by node `probs`.
+pub fn append_softmax(model: &mut ModelProto) {
+    let g = model.graph.as_mut().unwrap();
+    g.node.push(softmax_node("probs", "output", "probabilities"));
     g.output[0].name = Some("probabilities".into());
 }
 
@@ -174,18 +179,5 @@ pub fn insert_softmax_before_output_transpose(model: &mut ModelProto) {
     assert_eq!(g.node[last].op_type(), "Transpose", "tf2onnx graphs end in a Transpose to NHWC");
     let logits = g.node[last].input[0].clone();
     g.node[last].input[0] = "probabilities_nchw".into();
-    let softmax = onnx::NodeProto {
-        op_type: Some("Softmax".into()),
-        name: Some("deeplabv3plus_mobilenetv2/probabilities/Softmax".into()),
-        input: vec![logits],
-        output: vec!["probabilities_nchw".into()],
-        attribute: vec![onnx::AttributeProto {
-            name: Some("axis".into()),
-            i: Some(1),
-            r#type: Some(2),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    g.node.insert(last, softmax);
+    g.node.insert(last, softmax_node("deeplabv3plus_mobilenetv2/probabilities/Softmax", &logits, "probabilities_nchw"));
 }
