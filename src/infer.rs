@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::data::{self, load_image, mean_pixel, voc_palette};
 use crate::error::{Error, Result};
 use crate::model::{Layout, Normalization};
-use crate::runtime::OrtModel;
+use crate::runtime::{OrtModel, OrtOutput};
 
 /// File extensions taken from folders and globs.
 const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "webp", "tif"];
@@ -169,9 +169,13 @@ fn letterbox(image: &RgbImage, side: usize, square: bool, norm: &Normalization) 
 }
 
 /// Bilinear (half-pixel) upsampling of `logits[.., :ih, :iw]` of one image to `w × h`, fused
-/// with the argmax over classes.
+/// with the argmax over classes (ties go to the lower class). Separable: each output row first
+/// blends its two source rows of every class into a class-interleaved row, then each pixel blends
+/// two neighbours of that row; both passes read contiguous memory.
 fn upsample_argmax(logits: ndarray::ArrayView3<'_, f32>, inner: (usize, usize), w: usize, h: usize) -> GrayImage {
-    let (c, _, _) = logits.dim();
+    let logits = logits.as_standard_layout();
+    let (c, lh, lw) = logits.dim();
+    let data = logits.as_slice().expect("standard layout is contiguous");
     let (iw, ih) = inner;
     let (sx, sy) = (iw as f32 / w as f32, ih as f32 / h as f32);
     let coords = |i: usize, scale: f32, max: usize| {
@@ -180,26 +184,60 @@ fn upsample_argmax(logits: ndarray::ArrayView3<'_, f32>, inner: (usize, usize), 
         (i0, (i0 + 1).min(max - 1), f - i0 as f32)
     };
     let xs: Vec<_> = (0..w).map(|x| coords(x, sx, iw)).collect();
-    let rows: Vec<Vec<u8>> = (0..h)
-        .into_par_iter()
-        .map(|y| {
+    let mut mask = vec![0u8; w * h];
+    mask.par_chunks_mut(w.max(1)).enumerate().for_each_init(
+        || vec![0f32; iw * c],
+        |blend, (y, out)| {
             let (y0, y1, fy) = coords(y, sy, ih);
-            xs.iter()
-                .map(|&(x0, x1, fx)| {
-                    let mut best = (0u8, f32::NEG_INFINITY);
-                    for k in 0..c {
-                        let v = (1.0 - fy) * ((1.0 - fx) * logits[[k, y0, x0]] + fx * logits[[k, y0, x1]])
-                            + fy * ((1.0 - fx) * logits[[k, y1, x0]] + fx * logits[[k, y1, x1]]);
-                        if v > best.1 {
-                            best = (k as u8, v);
-                        }
+            for k in 0..c {
+                let r0 = &data[(k * lh + y0) * lw..][..iw];
+                let r1 = &data[(k * lh + y1) * lw..][..iw];
+                for (x, (a, b)) in r0.iter().zip(r1).enumerate() {
+                    blend[x * c + k] = (1.0 - fy) * a + fy * b;
+                }
+            }
+            for (o, &(x0, x1, fx)) in out.iter_mut().zip(&xs) {
+                let (a, b) = (&blend[x0 * c..][..c], &blend[x1 * c..][..c]);
+                let mut best = (0u8, f32::NEG_INFINITY);
+                for (k, (a, b)) in a.iter().zip(b).enumerate() {
+                    let v = (1.0 - fx) * a + fx * b;
+                    if v > best.1 {
+                        best = (k as u8, v);
                     }
-                    best.0
-                })
-                .collect()
-        })
-        .collect();
-    GrayImage::from_raw(w as u32, h as u32, rows.concat()).expect("size matches")
+                }
+                *o = best.0;
+            }
+        },
+    );
+    GrayImage::from_raw(w as u32, h as u32, mask).expect("size matches")
+}
+
+/// Writes `image` normalized into `dst` (`[3, H, W]` for NCHW, `[H, W, 3]` for NHWC, at least
+/// the image's size; the rest is left as it is).
+fn normalize_into(mut dst: ndarray::ArrayViewMut3<'_, f32>, image: &RgbImage, norm: &Normalization) {
+    let lut: [[f32; 256]; 3] =
+        std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - norm.mean[c]) / norm.std[c]));
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    for (y, src) in image.as_raw().chunks_exact(w * 3).enumerate().take(h) {
+        match norm.layout {
+            Layout::Nchw => {
+                for (c, lut) in lut.iter().enumerate() {
+                    let mut row = dst.slice_mut(s![c, y, ..w]);
+                    for (o, px) in row.iter_mut().zip(src.chunks_exact(3)) {
+                        *o = lut[px[c] as usize];
+                    }
+                }
+            }
+            Layout::Nhwc => {
+                let mut row = dst.slice_mut(s![y, ..w, ..]);
+                for (mut o, px) in row.outer_iter_mut().zip(src.chunks_exact(3)) {
+                    for c in 0..3 {
+                        o[c] = lut[c][px[c] as usize];
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `segtune infer MODEL INPUT... --out DIR`. Unreadable images are reported and skipped; the
@@ -260,14 +298,15 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     });
 
     // Stage 3 (thread): upsample, argmax and write while onnxruntime runs the next batch.
-    type Ran = (Vec<Prepared>, Array4<f32>);
+    type Ran = (Vec<Prepared>, OrtOutput);
     let (wtx, wrx) = mpsc::sync_channel::<Ran>(2);
     let out_dir = opts.out.clone();
     let overlay = opts.overlay;
     let writer = std::thread::spawn(move || -> Result<Vec<ImageResult>> {
         let palette = voc_palette();
         let mut results = vec![];
-        for (prepared, logits) in wrx {
+        for (prepared, output) in wrx {
+            let logits = output.logits()?;
             let batch: Result<Vec<ImageResult>> = prepared
                 .par_iter()
                 .enumerate()
@@ -297,18 +336,10 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
             Layout::Nhwc => Array4::<f32>::zeros((n, bh, bw, 3)),
         };
         for (i, p) in prepared.iter().enumerate() {
-            for (x, y, px) in p.input.enumerate_pixels() {
-                for c in 0..3 {
-                    let v = (px[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
-                    match norm.layout {
-                        Layout::Nchw => input[[i, c, y as usize, x as usize]] = v,
-                        Layout::Nhwc => input[[i, y as usize, x as usize, c]] = v,
-                    }
-                }
-            }
+            normalize_into(input.slice_mut(s![i, .., .., ..]), &p.input, &norm);
         }
         let t = Instant::now();
-        let logits = session.run_logits(input.view(), norm.layout)?;
+        let logits = session.run_output(input.view(), norm.layout)?;
         run_seconds += t.elapsed().as_secs_f64();
         done += n;
         if tty {
@@ -407,6 +438,61 @@ mod tests {
         assert_eq!(m.get_pixel(0, 0)[0], 0);
         assert_eq!(m.get_pixel(7, 3)[0], 1);
         assert_eq!((0..8).filter(|&x| m.get_pixel(x, 0)[0] == 1).count(), 4);
+    }
+
+    #[test]
+    fn separable_upsampling_matches_the_direct_bilinear_formula() {
+        // 5 classes on a 9×7 crop of an 11×8 logits map, up to 23×17: every output pixel's
+        // argmax equals the one of the four-tap formula evaluated directly.
+        let (c, lh, lw, iw, ih, w, h) = (5, 8, 11, 9, 7, 23, 17);
+        let mut state = 12345u32;
+        let logits = ndarray::Array3::from_shape_fn((c, lh, lw), |_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32
+        });
+        let m = upsample_argmax(logits.view(), (iw, ih), w, h);
+        let coords = |i: usize, scale: f32, max: usize| {
+            let f = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, (max - 1) as f32);
+            let i0 = f.floor() as usize;
+            (i0, (i0 + 1).min(max - 1), f as f64 - i0 as f64)
+        };
+        for y in 0..h {
+            let (y0, y1, fy) = coords(y, ih as f32 / h as f32, ih);
+            for x in 0..w {
+                let (x0, x1, fx) = coords(x, iw as f32 / w as f32, iw);
+                let v = |k: usize| {
+                    let l = |yy: usize, xx: usize| logits[[k, yy, xx]] as f64;
+                    (1.0 - fy) * ((1.0 - fx) * l(y0, x0) + fx * l(y0, x1))
+                        + fy * ((1.0 - fx) * l(y1, x0) + fx * l(y1, x1))
+                };
+                let best = (0..c).fold(0, |b, k| if v(k) > v(b) { k } else { b });
+                assert_eq!(m.get_pixel(x as u32, y as u32)[0] as usize, best, "pixel ({x}, {y})");
+            }
+        }
+    }
+
+    #[test]
+    fn normalization_writes_either_layout_and_leaves_the_padding() {
+        let img = RgbImage::from_fn(3, 2, |x, y| Rgb([x as u8 * 100, y as u8 * 200, 7]));
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let norm = Normalization { layout, ..Normalization::IMAGENET };
+            let mut dst = match layout {
+                Layout::Nchw => ndarray::Array3::<f32>::from_elem((3, 4, 5), 9.0),
+                Layout::Nhwc => ndarray::Array3::<f32>::from_elem((4, 5, 3), 9.0),
+            };
+            normalize_into(dst.view_mut(), &img, &norm);
+            for (x, y, px) in img.enumerate_pixels() {
+                for c in 0..3 {
+                    let want = (px[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
+                    let got = match layout {
+                        Layout::Nchw => dst[[c, y as usize, x as usize]],
+                        Layout::Nhwc => dst[[y as usize, x as usize, c]],
+                    };
+                    assert_eq!(got, want, "{layout:?} ({x}, {y}) channel {c}");
+                }
+            }
+            assert_eq!(dst.iter().filter(|&&v| v == 9.0).count(), 3 * (4 * 5 - 3 * 2), "{layout:?}");
+        }
     }
 
     #[test]

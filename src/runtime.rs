@@ -153,25 +153,41 @@ impl OrtModel {
         Ok(OrtModel { session, origin: origin.to_string() })
     }
 
-    /// Runs the model on one input batch and returns the first output as a 4-D array.
-    pub fn run(&mut self, input: ArrayView4<'_, f32>) -> Result<Array4<f32>> {
-        let origin = self.origin.clone();
-        let fail = |e: String| Error::Runtime(format!("running {origin}: {e}"));
+    /// Runs the model on an input batch laid out as `layout` and keeps its first output where
+    /// onnxruntime put it (no copy); [`OrtOutput::logits`] views it NCHW.
+    pub fn run_output(&mut self, input: ArrayView4<'_, f32>, layout: Layout) -> Result<OrtOutput> {
+        let fail = |e: String| Error::Runtime(format!("running {}: {e}", self.origin));
         let tensor = TensorRef::from_array_view(input).map_err(|e| fail(e.to_string()))?;
         let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| fail(e.to_string()))?;
-        let out = outputs[0].try_extract_array::<f32>().map_err(|e| fail(e.to_string()))?;
-        out.into_dimensionality::<ndarray::Ix4>()
-            .map(|a| a.to_owned())
-            .map_err(|e| fail(format!("expected a 4-D output: {e}")))
+        let (_, value) = outputs.into_iter().next().ok_or_else(|| fail("the model has no output".into()))?;
+        Ok(OrtOutput { value, layout, origin: self.origin.clone() })
     }
 
     /// Runs the model on an input laid out as `layout` and returns the logits NCHW
-    /// (`[N, classes, H, W]`): NHWC outputs (tf2onnx exports of Keras) are transposed.
+    /// (`[N, classes, H, W]`, a copy): NHWC outputs (tf2onnx exports of Keras) are transposed.
     pub fn run_logits(&mut self, input: ArrayView4<'_, f32>, layout: Layout) -> Result<Array4<f32>> {
-        let out = self.run(input)?;
-        Ok(match layout {
+        Ok(self.run_output(input, layout)?.logits()?.as_standard_layout().into_owned())
+    }
+}
+
+/// The first output of one [`OrtModel`] run, in onnxruntime's own buffer: taking it costs no
+/// copy, and it can move to another thread while the session runs the next batch.
+pub struct OrtOutput {
+    value: ort::value::DynValue,
+    layout: Layout,
+    origin: String,
+}
+
+impl OrtOutput {
+    /// The logits as `[N, classes, H, W]`: a view of onnxruntime's buffer (an NHWC output is
+    /// viewed with its axes permuted, not copied).
+    pub fn logits(&self) -> Result<ArrayView4<'_, f32>> {
+        let fail = |e: String| Error::Runtime(format!("reading the output of {}: {e}", self.origin));
+        let out = self.value.try_extract_array::<f32>().map_err(|e| fail(e.to_string()))?;
+        let out = out.into_dimensionality::<ndarray::Ix4>().map_err(|e| fail(format!("expected a 4-D output: {e}")))?;
+        Ok(match self.layout {
             Layout::Nchw => out,
-            Layout::Nhwc => out.permuted_axes([0, 3, 1, 2]).as_standard_layout().to_owned(),
+            Layout::Nhwc => out.permuted_axes([0, 3, 1, 2]),
         })
     }
 }

@@ -168,6 +168,69 @@ fn keras_fine_tunes_exports_and_validates_keeping_its_layout() {
 }
 
 #[test]
+fn infer_masks_are_onnxruntimes_argmax_in_either_layout() {
+    // Images already at the model's size (64×48, a multiple of 16, --size 64) are neither
+    // scaled nor padded, and upsampling to the same size interpolates nothing: each mask must
+    // be exactly the argmax of onnxruntime's logits, for the NCHW smp model and the NHWC Keras
+    // one (whose output infer reads through a permuted view).
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("corpus");
+    let opts = SynthOptions { classes: 21, train: 1, val: 3, size: 64, seed: 9, style: data::SynthStyle::Corpus };
+    data::synth(&data, &opts).unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    let crops: Vec<image::RgbImage> = (0..3)
+        .map(|i| {
+            let img = image::open(data.join(format!("JPEGImages/val_{i:05}.jpg"))).unwrap().to_rgb8();
+            let crop = image::imageops::crop_imm(&img, 0, 8, 64, 48).to_image();
+            crop.save(imgs.join(format!("c{i}.png"))).unwrap();
+            crop
+        })
+        .collect();
+    for name in ["deeplabv3plus_mobilenetv2", KERAS] {
+        let path = model_path(name);
+        let out = dir.path().join(name);
+        let infer_opts = segtune::infer::InferOptions {
+            out: out.clone(),
+            overlay: false,
+            batch: 2,
+            threads: 1,
+            size: 64,
+            square: false,
+        };
+        let summary = segtune::infer::infer(&path, &[imgs.display().to_string()], &infer_opts).unwrap();
+        assert_eq!((summary.images.len(), summary.failed.len()), (3, 0));
+
+        let ckpt = Checkpoint::open(None, Some(&path)).unwrap();
+        let norm = ckpt.normalization;
+        let mut ort = segtune::runtime::OrtModel::from_bytes(&ckpt.onnx_bytes().unwrap(), name, 1).unwrap();
+        let mut objects = 0;
+        for (i, crop) in crops.iter().enumerate() {
+            let value =
+                |c: usize, x: u32, y: u32| (crop.get_pixel(x, y)[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
+            let input = match norm.layout {
+                model::Layout::Nchw => {
+                    ndarray::Array4::from_shape_fn((1, 3, 48, 64), |(_, c, y, x)| value(c, x as u32, y as u32))
+                }
+                model::Layout::Nhwc => {
+                    ndarray::Array4::from_shape_fn((1, 48, 64, 3), |(_, y, x, c)| value(c, x as u32, y as u32))
+                }
+            };
+            let logits = ort.run_logits(input.view(), norm.layout).unwrap();
+            let mask = data::load_mask(&out.join(format!("c{i}.png")), 21).unwrap();
+            assert_eq!(mask.dimensions(), (64, 48));
+            for (x, y, m) in mask.enumerate_pixels() {
+                let column = logits.slice(ndarray::s![0, .., y as usize, x as usize]);
+                let best = (0..21).fold(0, |b, k| if column[k] > column[b] { k } else { b });
+                assert_eq!(m[0] as usize, best, "{name}: c{i}.png ({x}, {y})");
+                objects += (best != 0) as usize;
+            }
+        }
+        assert!(objects > 3 * 64 * 48 / 20, "{name}: {objects} object pixels: the masks are nearly all background");
+    }
+}
+
+#[test]
 fn keras_checkpoint_with_the_seeds_softmax_is_recognized_and_its_recipe_diagnosed() {
     use segtune::doctor::{self, DoctorOptions, Status};
     let dir = tempfile::tempdir().unwrap();
