@@ -36,5 +36,15 @@ for pad in square rect; do
   pyips=$(echo "$pyout" | sed -E 's/.*= ([0-9.]+) images\/s/\1/')
   printf '%s: ratio segtune / python: %.2fx (threads %s)\n' $pad "$(echo "$seg / $pyips" | bc -l)" "$threads"
   [ $pad = square ] && square_py=$pyips
+  "$py" - "$work/segtune-$pad" "$work/python-$pad" <<'PY'
+import os, sys
+import numpy as np
+from PIL import Image
+same = total = 0
+for f in sorted(f for f in os.listdir(sys.argv[2]) if f.endswith(".png")):
+    a, b = (np.asarray(Image.open(os.path.join(d, f))) for d in sys.argv[1:3])
+    same, total = same + int((a == b).sum()), total + a.size
+print(f"masks: segtune and python agree on {100 * same / total:.2f} % of pixels")
+PY
 done
 printf 'segtune (rect) / python (square, the export issue pipeline): %.2fx\n' "$(echo "$seg / $square_py" | bc -l)"

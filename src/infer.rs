@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use image::{GrayImage, Rgb, RgbImage, imageops::FilterType};
+use image::{GrayImage, Rgb, RgbImage};
 use ndarray::{Array4, s};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -160,12 +160,27 @@ fn letterbox(image: &RgbImage, side: usize, square: bool, norm: &Normalization) 
         ((w as f32 * scale).round() as u32).clamp(1, side as u32),
         ((h as f32 * scale).round() as u32).clamp(1, side as u32),
     );
-    let resized = image::imageops::resize(image, nw, nh, FilterType::Triangle);
     let pad =
         |n: u32| if square { side as u32 } else { n.div_ceil(norm.size_multiple as u32) * norm.size_multiple as u32 };
     let mut out = RgbImage::from_pixel(pad(nw), pad(nh), mean_pixel(norm));
+    let resized = resize_bilinear(image, nw, nh);
     image::imageops::replace(&mut out, &resized, 0, 0);
     (out, (nw as usize, nh as usize))
+}
+
+/// `image` scaled to `w × h` with Pillow's bilinear filter (a triangle over the source pixels a
+/// target pixel covers, so downscaling averages): SIMD, through fast_image_resize.
+fn resize_bilinear(image: &RgbImage, w: u32, h: u32) -> RgbImage {
+    use fast_image_resize as fr;
+    if image.dimensions() == (w, h) {
+        return image.clone();
+    }
+    let src = fr::images::ImageRef::new(image.width(), image.height(), image.as_raw(), fr::PixelType::U8x3)
+        .expect("an RgbImage's buffer holds width × height × 3 bytes");
+    let mut dst = fr::images::Image::new(w, h, fr::PixelType::U8x3);
+    let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    fr::Resizer::new().resize(&src, &mut dst, &options).expect("same pixel type, non-empty sizes");
+    RgbImage::from_raw(w, h, dst.into_vec()).expect("size matches")
 }
 
 /// Bilinear (half-pixel) upsampling of `logits[.., :ih, :iw]` of one image to `w × h`, fused
@@ -492,6 +507,23 @@ mod tests {
                 }
             }
             assert_eq!(dst.iter().filter(|&&v| v == 9.0).count(), 3 * (4 * 5 - 3 * 2), "{layout:?}");
+        }
+    }
+
+    #[test]
+    fn resizing_matches_pillows_bilinear_filter() {
+        // tests/fixtures/resize.json, made by scripts/make_resize_fixture.py with Pillow 13.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resize.json");
+        let f: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let image = |v: &serde_json::Value| {
+            let px: Vec<u8> = v["pixels"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as u8).collect();
+            RgbImage::from_raw(v["width"].as_u64().unwrap() as u32, v["height"].as_u64().unwrap() as u32, px).unwrap()
+        };
+        let src = image(&f);
+        for want in f["resized"].as_array().unwrap().iter().map(image) {
+            let got = resize_bilinear(&src, want.width(), want.height());
+            let worst = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+            assert!(worst <= 1, "{:?}: differs from Pillow by up to {worst} levels", want.dimensions());
         }
     }
 
