@@ -11,6 +11,13 @@ the statistics after that step, which segtune's burn model must reproduce to 1e-
                       running_var after the step
   bn_step.json        index: for each BN node its ONNX node index, the value names its inputs
                       read (torch parameter names), channel count and offset into bn_step.bin
+  conv_grads.bin      float32 little-endian: the same step's loss (cross-entropy, mean over the
+                      pixels) gradient of every Conv weight, in ONNX graph order: whole for
+                      grouped (depthwise) convolutions, else its first 2048 values
+  conv_grads.json     index: for each Conv node its ONNX node index, weight name, shape, groups,
+                      the gradient's L2 norm, how many values are stored and their offset into
+                      conv_grads.bin; the loss; the targets' shape (the targets are
+                      conv_grads_target.bin, int64 little-endian)
 
 losses.json: fixed logits [2, 5, 8, 8] and targets with 255 ("ignore") pixels, and the values of
   F.cross_entropy(ignore_index=255) (plain and with class weights), smp DiceLoss and FocalLoss in
@@ -143,9 +150,32 @@ def main():
         blobs += [mean.astype(np.float32), var.astype(np.float32)]
         offset += 2 * mean.shape[0]
     np.concatenate(blobs).tofile(OUT + "bn_step.bin")
+
     json.dump({"input_shape": list(x.shape), "onnx": ONNX_PATH, "bn": index},
               open(OUT + "bn_step.json", "w"), indent=1)
     print(f"{len(index)} BN layers, {offset} values, loss {loss.item():.4f}")
+
+    # Every convolution's weight gradient from the same backward pass (depthwise ones included:
+    # segtune's burn-flex patch computes those itself).
+    params = dict(model.named_parameters())
+    index_g, blobs, offset = [], [], 0
+    for i, node in enumerate(onnx_model.graph.node):
+        if node.op_type != "Conv":
+            continue
+        name = node.input[1]
+        grad = params[torch_name(name)].grad.numpy().astype(np.float32)
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        kept = grad.flatten() if groups > 1 else grad.flatten()[:2048]
+        index_g.append({"node": i, "weight": name, "shape": list(grad.shape), "groups": int(groups),
+                        "norm": float(np.linalg.norm(grad.astype(np.float64))), "stored": int(kept.size),
+                        "offset": offset})
+        blobs.append(kept)
+        offset += kept.size
+    np.concatenate(blobs).tofile(OUT + "conv_grads.bin")
+    target.numpy().astype(np.int64).tofile(OUT + "conv_grads_target.bin")
+    json.dump({"input_shape": list(x.shape), "target_shape": list(target.shape), "loss": loss.item(),
+               "conv": index_g}, open(OUT + "conv_grads.json", "w"), indent=1)
+    print(f"{len(index_g)} Conv layers, {offset} gradient values")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,12 @@ fn rewrite_masks(data: &Path, f: impl Fn(&GrayImage, &Path)) {
 #[test]
 fn healthy_setup_has_no_fail_and_json_lists_every_check() {
     let dir = tempfile::tempdir().unwrap();
-    let r = run(&config(&set(dir.path())));
+    // DeepLab's recipe for small batches (BN frozen at the shipped model's trained statistics):
+    // with --bn train at batch 4 the eval loss after 20 steps lands within ±10 % of the label
+    // prior (the FAIL threshold), so float rounding alone decides that check.
+    let mut cfg = config(&set(dir.path()));
+    cfg.bn = BnMode::Frozen;
+    let r = run(&cfg);
     assert_eq!(r.failures(), 0, "{r}");
     assert_eq!(status(&r, "train.overfit").0, Status::Pass);
     assert!(r.summary[0].contains("nothing found") || r.checks.iter().all(|c| c.status != Status::Fail), "{r}");
