@@ -4,7 +4,9 @@
 #   (a) full fine-tune, BN in train mode;  (b) --freeze backbone --bn frozen.
 # segtune's ms/step is batch / images_per_s of a 1-epoch run (loader wait included, evaluation
 # excluded). PyTorch comes from a venv this script creates (bench/.venv-torch), never from CI.
-# Usage: bench/train_vs_torch.sh [BATCH=2] [CROP=256] [STEPS=10]
+# With UPSTREAM=1, segtune also runs with burn-flex's upstream convolution backward passes
+# (SEGTUNE_UPSTREAM_CONV_BACKWARD=1, vendor/burn-flex/VENDORED.md): the patch's effect, same binary.
+# Usage: [UPSTREAM=1] bench/train_vs_torch.sh [BATCH=2] [CROP=256] [STEPS=10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 batch=${1:-2}; crop=${2:-256}; steps=${3:-10}
@@ -20,18 +22,29 @@ target/debug/segtune synth "$work/data" --classes 6 --train $((batch * (steps + 
 peak() { # peak RSS (MiB) of a command, from getrusage of the child
   python3 -c 'import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)' "$@"
 }
-printf '%-26s %12s %12s %8s %14s %14s\n' config "segtune ms" "PyTorch ms" ratio "segtune MiB" "PyTorch MiB"
+upstream=${UPSTREAM:-0}
+printf '%-26s %12s %12s %8s %14s %14s' config "segtune ms" "PyTorch ms" ratio "segtune MiB" "PyTorch MiB"
+[ "$upstream" = 1 ] && printf ' %14s %8s' "upstream ms" "ratio"
+echo
+ms_per_step() { python3 -c 'import json,sys; r = json.load(open(sys.argv[1]))[0]; print("%.1f" % (1000 * int(sys.argv[2]) / r["images_per_s"]))' "$1" "$batch"; }
 for config in full frozen; do
   flags=(--bn train)
   [ "$config" = frozen ] && flags=(--freeze backbone --bn frozen)
   rm -rf "$work/run_$config"
   seg_mib=$(peak target/debug/segtune train --data "$work/data" --out "$work/run_$config" --classes 6 --epochs 1 \
     --batch "$batch" --crop "$crop" --lr 0.01 "${flags[@]}")
-  ips=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["images_per_s"])' "$work/run_$config/metrics.json")
-  seg_ms=$(python3 -c "print(f'{1000 * $batch / $ips:.1f}')")
+  seg_ms=$(ms_per_step "$work/run_$config/metrics.json")
   torch_ms=$("$py" bench/train_step_torch.py "$config" "$batch" "$crop" "$steps" "$threads")
   torch_mib=$(peak "$py" bench/train_step_torch.py "$config" "$batch" "$crop" 3 "$threads")
-  printf '%-26s %12s %12s %7.2fx %14s %14s\n' "$config (batch $batch, $crop²)" "$seg_ms" "$torch_ms" \
+  printf '%-26s %12s %12s %7.2fx %14s %14s' "$config (batch $batch, $crop²)" "$seg_ms" "$torch_ms" \
     "$(python3 -c "print($seg_ms / $torch_ms)")" "$seg_mib" "$torch_mib"
+  if [ "$upstream" = 1 ]; then
+    rm -rf "$work/up_$config"
+    SEGTUNE_UPSTREAM_CONV_BACKWARD=1 target/debug/segtune train --data "$work/data" --out "$work/up_$config" \
+      --classes 6 --epochs 1 --batch "$batch" --crop "$crop" --lr 0.01 "${flags[@]}" >/dev/null
+    up_ms=$(ms_per_step "$work/up_$config/metrics.json")
+    printf ' %14s %7.2fx' "$up_ms" "$(python3 -c "print($up_ms / $torch_ms)")"
+  fi
+  echo
 done
 echo "threads: $threads (burn flex: rayon over all cores; PyTorch: torch.set_num_threads)"

@@ -156,8 +156,8 @@ fn depthwise_gradients_equal_burns_generic_path() {
     check_depthwise(2, [7, 9], [3, 3], 3, [2, 0], 2);
 }
 
-/// The weight gradient of a convolution without groups against a direct sum over the batch and
-/// output pixels (f64), for a loss Σ y · r whose output gradient is the fixed pattern r.
+/// The weight and input gradients of a convolution without groups against direct sums (f64)
+/// over the batch and output pixels, for a loss Σ y · r whose output gradient is the pattern r.
 fn check_dense(
     c_in: usize,
     c_out: usize,
@@ -172,14 +172,17 @@ fn check_dense(
     let value = |i: usize, scale: f32| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * scale;
     let x_data: Vec<f32> = (0..n * c_in * hw[0] * hw[1]).map(|i| value(i, 2.0)).collect();
     let w_data: Vec<f32> = (0..c_out * c_in * kernel[0] * kernel[1]).map(|i| value(i + 17, 1.0)).collect();
-    let x = Tensor::<4>::from_data(TensorData::new(x_data.clone(), [n, c_in, hw[0], hw[1]]), &device);
+    let x = Tensor::<4>::from_data(TensorData::new(x_data.clone(), [n, c_in, hw[0], hw[1]]), &device).require_grad();
     let w =
-        Tensor::<4>::from_data(TensorData::new(w_data, [c_out, c_in, kernel[0], kernel[1]]), &device).require_grad();
-    let y = conv2d(x, w.clone(), None, ConvOptions::new([stride, stride], padding, [dilation, dilation], 1));
+        Tensor::<4>::from_data(TensorData::new(w_data.clone(), [c_out, c_in, kernel[0], kernel[1]]), &device).require_grad();
+    let y = conv2d(x.clone(), w.clone(), None, ConvOptions::new([stride, stride], padding, [dilation, dilation], 1));
     let [_, _, oh, ow] = y.shape().dims::<4>();
     let r: Vec<f32> = (0..n * c_out * oh * ow).map(|i| value(i + 5, 1.0)).collect();
     let loss = (y * Tensor::<4>::from_data(TensorData::new(r.clone(), [n, c_out, oh, ow]), &device)).sum();
-    let got = w.grad(&loss.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let grads = loss.backward();
+    let got = w.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let got_x = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let mut want_x = vec![0f64; got_x.len()];
     let mut worst = 0f64;
     let mut scale = 0f64;
     for co in 0..c_out {
@@ -195,8 +198,10 @@ fn check_dense(
                                 if iy < 0 || ix < 0 || iy >= hw[0] as isize || ix >= hw[1] as isize {
                                     continue;
                                 }
-                                let xv = x_data[((b * c_in + ci) * hw[0] + iy as usize) * hw[1] + ix as usize];
-                                sum += xv as f64 * r[((b * c_out + co) * oh + oy) * ow + ox] as f64;
+                                let xi = ((b * c_in + ci) * hw[0] + iy as usize) * hw[1] + ix as usize;
+                                let rv = r[((b * c_out + co) * oh + oy) * ow + ox] as f64;
+                                sum += x_data[xi] as f64 * rv;
+                                want_x[xi] += w_data[((co * c_in + ci) * kernel[0] + ky) * kernel[1] + kx] as f64 * rv;
                             }
                         }
                     }
@@ -216,7 +221,7 @@ fn check_dense(
 }
 
 #[test]
-fn dense_weight_gradients_equal_a_direct_sum() {
+fn dense_gradients_equal_a_direct_sum() {
     check_dense(5, 4, [9, 11], [1, 1], 1, [0, 0], 1); // pointwise: the input is the im2col matrix
     check_dense(3, 6, [10, 7], [3, 3], 2, [1, 1], 1); // the stem
     check_dense(4, 3, [8, 8], [3, 3], 1, [2, 2], 2);

@@ -315,6 +315,46 @@ fn dense_weight_grad(d: Dense, x: &[f32], g: &[f32]) -> Vec<f32> {
     grad
 }
 
+/// Input gradient `[N, c_in, H, W]` of a pointwise convolution ([`Dense::is_pointwise`]): for
+/// each image, the transposed weight `[c_in, c_out]` times the output gradient `[c_out, P]`.
+fn pointwise_x_grad(d: Dense, weight: &[f32], g: &[f32]) -> Vec<f32> {
+    let p = d.in_hw[0] * d.in_hw[1];
+    let mut grad = vec![0f32; d.batch * d.c_in * p];
+    #[cfg(feature = "rayon")]
+    let parallelism = gemm::Parallelism::Rayon(0);
+    #[cfg(not(feature = "rayon"))]
+    let parallelism = gemm::Parallelism::None;
+    for n in 0..d.batch {
+        let gn = &g[n * d.c_out * p..][..d.c_out * p];
+        let out = &mut grad[n * d.c_in * p..][..d.c_in * p];
+        // out[c_in, p] = weightᵀ[c_in, c_out] · gn[c_out, p]; weightᵀ(i, j) = weight[j · c_in + i].
+        unsafe {
+            gemm::gemm(
+                d.c_in,
+                p,
+                d.c_out,
+                out.as_mut_ptr(),
+                1,
+                p as isize,
+                false,
+                weight.as_ptr(),
+                d.c_in as isize,
+                1,
+                gn.as_ptr(),
+                1,
+                p as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+    grad
+}
+
 /// `SEGTUNE_UPSTREAM_CONV_BACKWARD=1` turns this patch off (burn-backend's defaults for every
 /// convolution), to measure or compare against upstream in the same binary.
 fn upstream_only() -> bool {
@@ -327,7 +367,8 @@ fn upstream_only() -> bool {
     false
 }
 
-/// `conv2d_x_backward` for Flex: the direct depthwise kernel, else burn-backend's default.
+/// `conv2d_x_backward` for Flex: the direct depthwise kernel, one GEMM per image for pointwise
+/// convolutions, else burn-backend's default.
 pub(crate) fn conv2d_x_backward(
     x: FlexTensor,
     weight: FlexTensor,
@@ -343,7 +384,14 @@ pub(crate) fn conv2d_x_backward(
             let data = depthwise_x_grad(d, weight.storage(), g.storage());
             tensor_f32(data, [d.batch, d.channels, d.in_hw[0], d.in_hw[1]])
         }
-        _ => default_conv2d_x_backward::<Flex>(x, weight, output_grad, options),
+        _ => match Dense::of(&x, &weight, &output_grad, &options) {
+            Some(d) if d.is_pointwise() => {
+                let (weight, g) = (weight.to_contiguous(), output_grad.to_contiguous());
+                let data = pointwise_x_grad(d, weight.storage(), g.storage());
+                tensor_f32(data, [d.batch, d.c_in, d.in_hw[0], d.in_hw[1]])
+            }
+            _ => default_conv2d_x_backward::<Flex>(x, weight, output_grad, options),
+        },
     }
 }
 
