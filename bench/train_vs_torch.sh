@@ -5,7 +5,7 @@
 # segtune's ms/step is batch / images_per_s of a 1-epoch run (loader wait included, evaluation
 # excluded). PyTorch comes from a venv this script creates (bench/.venv-torch), never from CI.
 # With UPSTREAM=1, segtune also runs with burn-flex's upstream convolution backward passes
-# (SEGTUNE_UPSTREAM_CONV_BACKWARD=1, vendor/burn-flex/VENDORED.md): the patch's effect, same binary.
+# (SEGTUNE_UPSTREAM_FLEX=1, vendor/burn-flex/VENDORED.md): the patch's effect, same binary.
 # Usage: [UPSTREAM=1] bench/train_vs_torch.sh [BATCH=2] [CROP=256] [STEPS=10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ for config in full frozen; do
     "$(python3 -c "print($seg_ms / $torch_ms)")" "$seg_mib" "$torch_mib"
   if [ "$upstream" = 1 ]; then
     rm -rf "$work/up_$config"
-    SEGTUNE_UPSTREAM_CONV_BACKWARD=1 target/debug/segtune train --data "$work/data" --out "$work/up_$config" \
+    SEGTUNE_UPSTREAM_FLEX=1 target/debug/segtune train --data "$work/data" --out "$work/up_$config" \
       --classes 6 --epochs 1 --batch "$batch" --crop "$crop" --lr 0.01 "${flags[@]}" >/dev/null
     up_ms=$(ms_per_step "$work/up_$config/metrics.json")
     printf ' %14s %7.2fx' "$up_ms" "$(python3 -c "print($up_ms / $torch_ms)")"

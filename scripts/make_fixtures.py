@@ -13,8 +13,10 @@ the statistics after that step, which segtune's burn model must reproduce to 1e-
                       read (torch parameter names), channel count and offset into bn_step.bin
   conv_grads.bin      float32 little-endian: the same step's loss (cross-entropy, mean over the
                       pixels) gradient of every Conv weight, in ONNX graph order: whole for
-                      grouped (depthwise) convolutions, else its first 2048 values
-  conv_grads.json     index: for each Conv node its ONNX node index, weight name, shape, groups,
+                      grouped (depthwise) convolutions, else its first 2048 values; then every
+                      BatchNormalization's scale and bias gradient, whole
+  conv_grads.json     index: for each Conv node (then each BN scale/bias, with its "slot") its
+                      ONNX node index, weight name, shape, groups,
                       the gradient's L2 norm, how many values are stored and their offset into
                       conv_grads.bin; the loss; the targets' shape (the targets are
                       conv_grads_target.bin, int64 little-endian)
@@ -171,11 +173,23 @@ def main():
                         "offset": offset})
         blobs.append(kept)
         offset += kept.size
+    # Every BatchNorm's scale and bias gradients, whole.
+    for i, node in enumerate(onnx_model.graph.node):
+        if node.op_type != "BatchNormalization":
+            continue
+        for slot, name in (("scale", node.input[1]), ("bias", node.input[2])):
+            grad = params[torch_name(name)].grad.numpy().astype(np.float32).flatten()
+            index_g.append({"node": i, "weight": name, "slot": slot, "shape": list(grad.shape), "groups": 1,
+                            "norm": float(np.linalg.norm(grad.astype(np.float64))), "stored": int(grad.size),
+                            "offset": offset})
+            blobs.append(grad)
+            offset += grad.size
     np.concatenate(blobs).tofile(OUT + "conv_grads.bin")
     target.numpy().astype(np.int64).tofile(OUT + "conv_grads_target.bin")
     json.dump({"input_shape": list(x.shape), "target_shape": list(target.shape), "loss": loss.item(),
-               "conv": index_g}, open(OUT + "conv_grads.json", "w"), indent=1)
-    print(f"{len(index_g)} Conv layers, {offset} gradient values")
+               "conv": [e for e in index_g if "slot" not in e], "bn": [e for e in index_g if "slot" in e]},
+              open(OUT + "conv_grads.json", "w"), indent=1)
+    print(f"{sum('slot' not in e for e in index_g)} Conv layers and {sum('slot' in e for e in index_g)} BN scales and biases, {offset} gradient values")
 
 
 if __name__ == "__main__":

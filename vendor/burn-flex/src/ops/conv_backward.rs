@@ -355,18 +355,6 @@ fn pointwise_x_grad(d: Dense, weight: &[f32], g: &[f32]) -> Vec<f32> {
     grad
 }
 
-/// `SEGTUNE_UPSTREAM_CONV_BACKWARD=1` turns this patch off (burn-backend's defaults for every
-/// convolution), to measure or compare against upstream in the same binary.
-fn upstream_only() -> bool {
-    #[cfg(feature = "std")]
-    {
-        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OFF.get_or_init(|| std::env::var_os("SEGTUNE_UPSTREAM_CONV_BACKWARD").is_some_and(|v| v == "1"))
-    }
-    #[cfg(not(feature = "std"))]
-    false
-}
-
 /// `conv2d_x_backward` for Flex: the direct depthwise kernel, one GEMM per image for pointwise
 /// convolutions, else burn-backend's default.
 pub(crate) fn conv2d_x_backward(
@@ -375,7 +363,7 @@ pub(crate) fn conv2d_x_backward(
     output_grad: FlexTensor,
     options: ConvOptions<2>,
 ) -> FlexTensor {
-    if upstream_only() {
+    if crate::ops::upstream_only() {
         return default_conv2d_x_backward::<Flex>(x, weight, output_grad, options);
     }
     match Depthwise::of(&x, &weight, &output_grad, &options) {
@@ -403,7 +391,7 @@ pub(crate) fn conv2d_weight_backward(
     output_grad: FlexTensor,
     options: ConvOptions<2>,
 ) -> FlexTensor {
-    if upstream_only() {
+    if crate::ops::upstream_only() {
         return default_conv2d_weight_backward::<Flex>(x, weight, output_grad, options);
     }
     if let Some(d) = Depthwise::of(&x, &weight, &output_grad, &options) {

@@ -97,6 +97,7 @@ pub mod comparison;
 #[macro_use]
 mod conv_common;
 pub mod conv;
+mod batch_norm;
 mod conv_backward;
 pub mod conv_transpose;
 pub mod cumulative;
@@ -122,3 +123,16 @@ pub mod sort;
 mod transaction;
 pub mod unary;
 pub mod unfold;
+
+/// `SEGTUNE_UPSTREAM_FLEX=1` turns segtune's patch off (`VENDORED.md`): burn-backend's defaults
+/// for convolution backward passes and BatchNorm, to measure or compare against upstream in the
+/// same binary.
+pub(crate) fn upstream_only() -> bool {
+    #[cfg(feature = "std")]
+    {
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OFF.get_or_init(|| std::env::var_os("SEGTUNE_UPSTREAM_FLEX").is_some_and(|v| v == "1"))
+    }
+    #[cfg(not(feature = "std"))]
+    false
+}
