@@ -66,21 +66,18 @@ fn map_planes(len: usize, (_, c, inner): (usize, usize, usize), f: impl Fn(usize
     out
 }
 
-/// `(x - mean[c]) · scale[c] + beta[c]`: centred first, as the statistics were computed, so a
-/// channel whose mean is large against its spread keeps its precision.
-fn normalize(x: &[f32], g: (usize, usize, usize), mean: &[f32], scale: &[f32], beta: &[f32]) -> Vec<f32> {
+/// `(x - mean[c]) / std[c] · gamma[c] + beta[c]` with `std = sqrt(var + eps)`: the same f32
+/// operations in the same order as burn-backend's default (and onnxruntime's BatchNormalization),
+/// so inference results stay bit-close to both.
+fn normalize(x: &[f32], g: (usize, usize, usize), mean: &[f32], var: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64) -> Vec<f32> {
     let inner = g.2;
+    let std: Vec<f32> = var.iter().map(|v| (v + epsilon as f32).sqrt()).collect();
     map_planes(x.len(), g, |ch, p, out| {
-        let (m, a, b) = (mean[ch], scale[ch], beta[ch]);
+        let (m, s, a, b) = (mean[ch], std[ch], gamma[ch], beta[ch]);
         for (o, v) in out.iter_mut().zip(&x[p * inner..][..inner]) {
-            *o = (v - m) * a + b;
+            *o = (v - m) / s * a + b;
         }
     })
-}
-
-/// Per channel `gamma / sqrt(var + eps)`.
-fn scale(gamma: &[f32], var: &[f32], epsilon: f64) -> Vec<f32> {
-    gamma.iter().zip(var).map(|(g, v)| (*g as f64 / (*v as f64 + epsilon).sqrt()) as f32).collect()
 }
 
 pub(crate) fn batch_norm(
@@ -94,10 +91,9 @@ pub(crate) fn batch_norm(
     let Some(g) = geometry(&x, &[&gamma, &beta, &mean, &variance]).filter(|_| !crate::ops::upstream_only()) else {
         return default_batch_norm::<Flex>(x, gamma, beta, mean, variance, epsilon);
     };
-    let (mean, beta) = (values(&mean), values(&beta));
-    let scale = scale(&values(&gamma), &values(&variance), epsilon);
     let x = x.to_contiguous();
-    tensor(normalize(x.storage(), g, &mean, &scale, &beta), x.shape())
+    let out = normalize(x.storage(), g, &values(&mean), &values(&variance), &values(&gamma), &values(&beta), epsilon);
+    tensor(out, x.shape())
 }
 
 pub(crate) fn batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> BatchNormTrain<Flex> {
@@ -115,8 +111,7 @@ pub(crate) fn batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTenso
         (mean as f32, var as f32)
     });
     let (mean, var): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
-    let scale = scale(&values(&gamma), &var, epsilon);
-    let output = tensor(normalize(data, g, &mean, &scale, &values(&beta)), x.shape());
+    let output = tensor(normalize(data, g, &mean, &var, &values(&gamma), &values(&beta), epsilon), x.shape());
     let c = Shape::new([g.1]);
     BatchNormTrain::new(output, tensor(mean, c.clone()), tensor(var, c))
 }
