@@ -65,14 +65,22 @@ fn convolution_and_batchnorm_gradients_match_pytorch() {
     let by_value: HashMap<(usize, &str), &str> =
         reference_model::PARAMS.iter().map(|e| ((e.node, e.value), e.burn)).collect();
     let (mut depthwise, mut worst) = (0, (0f32, String::new()));
+    // An entry's weight name, burn's gradient of it (rank D, flattened) and PyTorch's stored values.
+    fn entry<'a, const D: usize>(
+        e: &'a serde_json::Value,
+        by_value: &HashMap<(usize, &str), &str>,
+        ids: &Ids,
+        grads: &GradientsParams,
+        expected: &'a [f32],
+    ) -> (&'a str, Vec<f32>, &'a [f32]) {
+        let name = e["weight"].as_str().unwrap();
+        let path = by_value[&(e["node"].as_u64().unwrap() as usize, name)];
+        let grad: Tensor<D> = grads.get(ids.ids[path]).unwrap_or_else(|| panic!("{path}: no gradient"));
+        let (offset, stored) = (e["offset"].as_u64().unwrap() as usize, e["stored"].as_u64().unwrap() as usize);
+        (name, grad.into_data().try_to_vec::<f32>().unwrap(), &expected[offset..offset + stored])
+    }
     for conv in index["conv"].as_array().unwrap() {
-        let node = conv["node"].as_u64().unwrap() as usize;
-        let name = conv["weight"].as_str().unwrap();
-        let path = by_value[&(node, name)];
-        let grad: Tensor<4> = grads.get(ids.ids[path]).unwrap_or_else(|| panic!("{path}: no gradient"));
-        let got = grad.into_data().try_to_vec::<f32>().unwrap();
-        let (offset, stored) = (conv["offset"].as_u64().unwrap() as usize, conv["stored"].as_u64().unwrap() as usize);
-        let want = &expected[offset..offset + stored];
+        let (name, got, want) = entry::<4>(conv, &by_value, &ids, &grads, &expected);
         let norm = conv["norm"].as_f64().unwrap() as f32;
         let got_norm = got.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt() as f32;
         // Relative to the layer's gradient: float32 sums over 2·64·64 pixels differ in order.
@@ -94,16 +102,11 @@ fn convolution_and_batchnorm_gradients_match_pytorch() {
         |e: &serde_json::Value| e["norm"].as_f64().unwrap() as f32 / (e["stored"].as_f64().unwrap() as f32).sqrt();
     let floor = 1e-3 * index["bn"].as_array().unwrap().iter().map(rms).fold(0f32, f32::max);
     let mut bn = 0;
-    for entry in index["bn"].as_array().unwrap() {
-        let node = entry["node"].as_u64().unwrap() as usize;
-        let name = entry["weight"].as_str().unwrap();
-        let path = by_value[&(node, name)];
-        let grad: Tensor<1> = grads.get(ids.ids[path]).unwrap_or_else(|| panic!("{path}: no gradient"));
-        let got = grad.into_data().try_to_vec::<f32>().unwrap();
-        let (offset, stored) = (entry["offset"].as_u64().unwrap() as usize, entry["stored"].as_u64().unwrap() as usize);
-        assert_eq!(got.len(), stored, "{name}");
-        let scale = rms(entry).max(floor);
-        let diff = got.iter().zip(&expected[offset..offset + stored]).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+    for e in index["bn"].as_array().unwrap() {
+        let (name, got, want) = entry::<1>(e, &by_value, &ids, &grads, &expected);
+        assert_eq!(got.len(), want.len(), "{name}");
+        let scale = rms(e).max(floor);
+        let diff = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
         if diff / scale > worst.0 {
             worst = (diff / scale, name.to_string());
         }
@@ -118,141 +121,137 @@ fn convolution_and_batchnorm_gradients_match_pytorch() {
     eprintln!("worst relative gradient difference {:e} ({})", worst.0, worst.1);
 }
 
-/// x and weight gradients of `depthwise` (groups = channels) against the same convolution as a
-/// dense one whose weight is block-diagonal (burn-backend's generic backward, no depthwise code):
-/// the input gradient must agree, and the weight gradient must be the dense one's diagonal.
-fn check_depthwise(
-    channels: usize,
+/// A convolution's geometry for the kernel checks below (batch 2).
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
     hw: [usize; 2],
     kernel: [usize; 2],
     stride: usize,
     padding: [usize; 2],
     dilation: usize,
-) {
-    let device = cpu_device().autodiff();
-    let n = 2;
-    let value = |i: usize, scale: f32| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * scale;
-    let x_data: Vec<f32> = (0..n * channels * hw[0] * hw[1]).map(|i| value(i, 2.0)).collect();
-    let w_data: Vec<f32> = (0..channels * kernel[0] * kernel[1]).map(|i| value(i + 17, 1.0)).collect();
-    let mut dense = vec![0f32; channels * channels * kernel[0] * kernel[1]];
-    for c in 0..channels {
-        let k = kernel[0] * kernel[1];
-        dense[(c * channels + c) * k..][..k].copy_from_slice(&w_data[c * k..][..k]);
+}
+
+const BATCH: usize = 2;
+
+impl Geometry {
+    fn options(&self, groups: usize) -> ConvOptions<2> {
+        ConvOptions::new([self.stride; 2], self.padding, [self.dilation; 2], groups)
     }
-    let run = |groups: usize, weight: Vec<f32>, w_in: usize| {
-        let x = Tensor::<4>::from_data(TensorData::new(x_data.clone(), [n, channels, hw[0], hw[1]]), &device)
-            .require_grad();
-        let w = Tensor::<4>::from_data(TensorData::new(weight, [channels, w_in, kernel[0], kernel[1]]), &device)
-            .require_grad();
-        let options = ConvOptions::new([stride, stride], padding, [dilation, dilation], groups);
-        let y = conv2d(x.clone(), w.clone(), None, options);
-        // A loss whose output gradient differs at every position.
-        let shape = y.shape().dims::<4>();
-        let weights: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| value(i + 5, 1.0)).collect();
-        let loss = (y * Tensor::<4>::from_data(TensorData::new(weights, shape), &device)).sum();
-        let grads = loss.backward();
-        let gx = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
-        let gw = w.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
-        (gx, gw)
-    };
-    let (gx, gw) = run(channels, w_data.clone(), 1);
-    let (gx_ref, gw_dense) = run(1, dense, channels);
-    let k = kernel[0] * kernel[1];
-    let gw_ref: Vec<f32> = (0..channels).flat_map(|c| gw_dense[(c * channels + c) * k..][..k].to_vec()).collect();
-    let case = format!(
-        "{channels} channels {hw:?}, kernel {kernel:?}, stride {stride}, padding {padding:?}, dilation {dilation}"
+    fn taps(&self) -> usize {
+        self.kernel[0] * self.kernel[1]
+    }
+}
+
+/// A fixed pseudo-random pattern in [-scale/2, scale/2).
+fn pattern(len: usize, offset: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|i| (((i + offset) * 7919 % 1009) as f32 / 1009.0 - 0.5) * scale).collect()
+}
+
+/// `got` within 1e-5 of the largest |want| (at least 1) of `want`, which must not be all zero.
+fn assert_close(case: &str, what: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{case}: {what} gradient size");
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let worst = got.iter().zip(want).fold(0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+    assert!(
+        scale > 0.0 && worst <= 1e-5 * scale.max(1.0),
+        "{case}: {what} gradient off by {worst:e} (largest {scale})"
     );
-    for (what, got, want) in [("x", &gx, &gx_ref), ("weight", &gw, &gw_ref)] {
-        assert_eq!(got.len(), want.len(), "{case}: {what} gradient size");
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = got.iter().zip(want.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            scale > 0.0 && worst <= 1e-5 * scale.max(1.0),
-            "{case}: {what} gradient off by {worst:e} (largest {scale})"
-        );
+}
+
+/// The input and weight gradients of `conv2d(x, w)` for the loss Σ y · r, r a fixed pattern.
+/// Returns the input and weight gradients, r and the output's height and width.
+fn conv_gradients(
+    x: &[f32],
+    x_dims: [usize; 4],
+    w: &[f32],
+    w_dims: [usize; 4],
+    options: ConvOptions<2>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, [usize; 2]) {
+    let device = cpu_device().autodiff();
+    let x = Tensor::<4>::from_data(TensorData::new(x.to_vec(), x_dims), &device).require_grad();
+    let w = Tensor::<4>::from_data(TensorData::new(w.to_vec(), w_dims), &device).require_grad();
+    let y = conv2d(x.clone(), w.clone(), None, options);
+    let shape = y.shape().dims::<4>();
+    let r = pattern(shape.iter().product(), 5, 1.0);
+    let grads = (y * Tensor::<4>::from_data(TensorData::new(r.clone(), shape), &device)).sum().backward();
+    let gx = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let gw = w.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    (gx, gw, r, [shape[2], shape[3]])
+}
+
+/// x and weight gradients of a depthwise convolution (groups = channels) against the same
+/// convolution as a dense one whose weight is block-diagonal (burn-backend's generic backward,
+/// no depthwise code): the input gradient must agree, the weight gradient be the dense diagonal.
+fn check_depthwise(channels: usize, g: Geometry) {
+    let (k, hw) = (g.taps(), g.hw);
+    let x = pattern(BATCH * channels * hw[0] * hw[1], 0, 2.0);
+    let w = pattern(channels * k, 17, 1.0);
+    let mut dense = vec![0f32; channels * channels * k];
+    for c in 0..channels {
+        dense[(c * channels + c) * k..][..k].copy_from_slice(&w[c * k..][..k]);
     }
+    let x_dims = [BATCH, channels, hw[0], hw[1]];
+    let (gx, gw, _, _) = conv_gradients(&x, x_dims, &w, [channels, 1, g.kernel[0], g.kernel[1]], g.options(channels));
+    let (gx_ref, gw_dense, _, _) =
+        conv_gradients(&x, x_dims, &dense, [channels, channels, g.kernel[0], g.kernel[1]], g.options(1));
+    let gw_ref: Vec<f64> =
+        (0..channels).flat_map(|c| gw_dense[(c * channels + c) * k..][..k].iter().map(|v| *v as f64)).collect();
+    let case = format!("depthwise, {channels} channels, {g:?}");
+    assert_close(&case, "x", &gx, &gx_ref.iter().map(|v| *v as f64).collect::<Vec<_>>());
+    assert_close(&case, "weight", &gw, &gw_ref);
 }
 
 #[test]
 fn depthwise_gradients_equal_burns_generic_path() {
-    check_depthwise(3, [9, 11], [3, 3], 1, [1, 1], 1);
-    check_depthwise(4, [10, 7], [3, 3], 2, [1, 1], 1); // MobileNet's downsampling layers
-    check_depthwise(2, [8, 8], [3, 3], 1, [2, 2], 2); // ASPP's dilated separable convolutions
-    check_depthwise(2, [5, 6], [3, 3], 1, [12, 12], 12); // dilation wider than the map
-    check_depthwise(3, [9, 8], [5, 3], 2, [0, 1], 1); // no padding rows, a 5×3 kernel
-    check_depthwise(2, [7, 9], [3, 3], 3, [2, 0], 2);
+    let g = |hw, kernel, stride, padding, dilation| Geometry { hw, kernel, stride, padding, dilation };
+    check_depthwise(3, g([9, 11], [3, 3], 1, [1, 1], 1));
+    check_depthwise(4, g([10, 7], [3, 3], 2, [1, 1], 1)); // MobileNet's downsampling layers
+    check_depthwise(2, g([8, 8], [3, 3], 1, [2, 2], 2)); // ASPP's dilated separable convolutions
+    check_depthwise(2, g([5, 6], [3, 3], 1, [12, 12], 12)); // dilation wider than the map
+    check_depthwise(3, g([9, 8], [5, 3], 2, [0, 1], 1)); // no padding rows, a 5×3 kernel
+    check_depthwise(2, g([7, 9], [3, 3], 3, [2, 0], 2));
 }
 
 /// The weight and input gradients of a convolution without groups against direct sums (f64)
-/// over the batch and output pixels, for a loss Σ y · r whose output gradient is the pattern r.
-fn check_dense(
-    c_in: usize,
-    c_out: usize,
-    hw: [usize; 2],
-    kernel: [usize; 2],
-    stride: usize,
-    padding: [usize; 2],
-    dilation: usize,
-) {
-    let device = cpu_device().autodiff();
-    let n = 2;
-    let value = |i: usize, scale: f32| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * scale;
-    let x_data: Vec<f32> = (0..n * c_in * hw[0] * hw[1]).map(|i| value(i, 2.0)).collect();
-    let w_data: Vec<f32> = (0..c_out * c_in * kernel[0] * kernel[1]).map(|i| value(i + 17, 1.0)).collect();
-    let x = Tensor::<4>::from_data(TensorData::new(x_data.clone(), [n, c_in, hw[0], hw[1]]), &device).require_grad();
-    let w = Tensor::<4>::from_data(TensorData::new(w_data.clone(), [c_out, c_in, kernel[0], kernel[1]]), &device)
-        .require_grad();
-    let y = conv2d(x.clone(), w.clone(), None, ConvOptions::new([stride, stride], padding, [dilation, dilation], 1));
-    let [_, _, oh, ow] = y.shape().dims::<4>();
-    let r: Vec<f32> = (0..n * c_out * oh * ow).map(|i| value(i + 5, 1.0)).collect();
-    let loss = (y * Tensor::<4>::from_data(TensorData::new(r.clone(), [n, c_out, oh, ow]), &device)).sum();
-    let grads = loss.backward();
-    let got = w.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
-    let got_x = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
-    let mut want_x = vec![0f64; got_x.len()];
-    let mut worst = 0f64;
-    let mut scale = 0f64;
-    for co in 0..c_out {
-        for ci in 0..c_in {
-            for ky in 0..kernel[0] {
-                for kx in 0..kernel[1] {
-                    let mut sum = 0f64;
-                    for b in 0..n {
-                        for oy in 0..oh {
-                            for ox in 0..ow {
-                                let iy = (oy * stride + ky * dilation) as isize - padding[0] as isize;
-                                let ix = (ox * stride + kx * dilation) as isize - padding[1] as isize;
-                                if iy < 0 || ix < 0 || iy >= hw[0] as isize || ix >= hw[1] as isize {
-                                    continue;
-                                }
-                                let xi = ((b * c_in + ci) * hw[0] + iy as usize) * hw[1] + ix as usize;
-                                let rv = r[((b * c_out + co) * oh + oy) * ow + ox] as f64;
-                                sum += x_data[xi] as f64 * rv;
-                                want_x[xi] += w_data[((co * c_in + ci) * kernel[0] + ky) * kernel[1] + kx] as f64 * rv;
-                            }
-                        }
+/// over the batch and output pixels.
+fn check_dense(c_in: usize, c_out: usize, g: Geometry) {
+    let (hw, [kh, kw]) = (g.hw, g.kernel);
+    let x = pattern(BATCH * c_in * hw[0] * hw[1], 0, 2.0);
+    let w = pattern(c_out * c_in * kh * kw, 17, 1.0);
+    let (gx, gw, r, [oh, ow]) =
+        conv_gradients(&x, [BATCH, c_in, hw[0], hw[1]], &w, [c_out, c_in, kh, kw], g.options(1));
+    let (mut want_w, mut want_x) = (vec![0f64; gw.len()], vec![0f64; gx.len()]);
+    for b in 0..BATCH {
+        for co in 0..c_out {
+            for (ci, ky, kx) in (0..c_in).flat_map(|ci| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ci, ky, kx))))
+            {
+                let wi = ((co * c_in + ci) * kh + ky) * kw + kx;
+                for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                    let iy = (oy * g.stride + ky * g.dilation) as isize - g.padding[0] as isize;
+                    let ix = (ox * g.stride + kx * g.dilation) as isize - g.padding[1] as isize;
+                    if iy < 0 || ix < 0 || iy >= hw[0] as isize || ix >= hw[1] as isize {
+                        continue;
                     }
-                    let g = got[((co * c_in + ci) * kernel[0] + ky) * kernel[1] + kx] as f64;
-                    worst = worst.max((g - sum).abs());
-                    scale = scale.max(sum.abs());
+                    let xi = ((b * c_in + ci) * hw[0] + iy as usize) * hw[1] + ix as usize;
+                    let rv = r[((b * c_out + co) * oh + oy) * ow + ox] as f64;
+                    want_w[wi] += x[xi] as f64 * rv;
+                    want_x[xi] += w[wi] as f64 * rv;
                 }
             }
         }
     }
-    let case =
-        format!("{c_in}→{c_out} {hw:?}, kernel {kernel:?}, stride {stride}, padding {padding:?}, dilation {dilation}");
-    assert!(
-        scale > 0.0 && worst <= 1e-5 * scale.max(1.0),
-        "{case}: weight gradient off by {worst:e} (largest {scale})"
-    );
+    let case = format!("{c_in}→{c_out}, {g:?}");
+    assert_close(&case, "weight", &gw, &want_w);
+    assert_close(&case, "x", &gx, &want_x);
 }
 
 #[test]
 fn dense_gradients_equal_a_direct_sum() {
-    check_dense(5, 4, [9, 11], [1, 1], 1, [0, 0], 1); // pointwise: the input is the im2col matrix
-    check_dense(3, 6, [10, 7], [3, 3], 2, [1, 1], 1); // the stem
-    check_dense(4, 3, [8, 8], [3, 3], 1, [2, 2], 2);
-    check_dense(2, 3, [5, 6], [3, 3], 1, [12, 12], 12); // dilation wider than the map
-    check_dense(3, 2, [9, 8], [5, 3], 2, [0, 1], 1);
-    check_dense(4, 5, [7, 9], [1, 1], 2, [0, 0], 1); // strided 1×1 (a ResNet shortcut)
+    let g = |hw, kernel, stride, padding, dilation| Geometry { hw, kernel, stride, padding, dilation };
+    check_dense(5, 4, g([9, 11], [1, 1], 1, [0, 0], 1)); // pointwise: the input is the im2col matrix
+    check_dense(3, 6, g([10, 7], [3, 3], 2, [1, 1], 1)); // the stem
+    check_dense(4, 3, g([8, 8], [3, 3], 1, [2, 2], 2));
+    check_dense(2, 3, g([5, 6], [3, 3], 1, [12, 12], 12)); // dilation wider than the map
+    check_dense(3, 2, g([9, 8], [5, 3], 2, [0, 1], 1));
+    check_dense(4, 5, g([7, 9], [1, 1], 2, [0, 0], 1)); // strided 1×1 (a ResNet shortcut)
 }
