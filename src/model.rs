@@ -570,14 +570,22 @@ impl BatchNorm {
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         let device = input.device();
         if !(device.is_autodiff() && self.training.is_enabled()) {
-            return burn::tensor::module::batch_norm(
-                input,
-                self.gamma.val(),
-                self.beta.val(),
-                self.running_mean.value().to_device(&device),
-                self.running_var.value().to_device(&device),
+            let (gamma, beta) = (self.gamma.val(), self.beta.val());
+            // Nothing to differentiate (a frozen backbone's layer): run it off the autodiff
+            // graph, where the backend's fused BatchNorm serves it; burn's autodiff backend
+            // would split it into four element-wise passes.
+            let tracked = input.is_tracked() || gamma.is_tracked() || beta.is_tracked();
+            let plain = device.is_autodiff() && !tracked;
+            let lift = |t: Tensor<1>| if plain { t.without_autodiff() } else { t };
+            let out = burn::tensor::module::batch_norm(
+                if plain { input.without_autodiff() } else { input },
+                lift(gamma),
+                lift(beta),
+                lift(self.running_mean.value().to_device(&device)),
+                lift(self.running_var.value().to_device(&device)),
                 self.epsilon,
             );
+            return if plain { out.autodiff() } else { out };
         }
         let dims = input.dims();
         let per_channel = dims.iter().product::<usize>() / dims[1].max(1);
@@ -779,6 +787,35 @@ pub fn import(model: Option<&str>, path: &Path) -> Result<ImportSummary> {
 mod tests {
     use super::*;
     use burn::tensor::{Distribution, TensorData};
+
+    #[test]
+    fn frozen_batchnorm_off_the_graph_equals_it_on_the_graph() {
+        // --bn frozen on an autodiff device: a layer with nothing to differentiate runs off the
+        // graph (the backend's fused BatchNorm); one whose gamma trains stays on it. Same values.
+        let device = cpu_device().autodiff();
+        let mut bn = BatchNorm::new(3, 1e-5, 0.1, &device);
+        bn.training = Param::from_bool(false);
+        bn.running_mean = RunningState::new(Tensor::from_data(TensorData::new(vec![0.5f32, -1.0, 2.0], [3]), &device));
+        bn.running_var = RunningState::new(Tensor::from_data(TensorData::new(vec![0.25f32, 4.0, 1.5], [3]), &device));
+        bn.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.5f32, 0.5, -2.0], [3]), &device))
+            .set_require_grad(false);
+        bn.beta = bn.beta.clone().set_require_grad(false);
+        let x = Tensor::<4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device);
+        let frozen = bn.forward(x.clone());
+        assert!(!frozen.is_tracked() && frozen.device().is_autodiff());
+        // A tracked input keeps the layer on the graph: its gradient flows through (γ / σ).
+        let xt = x.clone().require_grad();
+        let grads = bn.forward(xt.clone()).sum().backward();
+        let gx = xt.grad(&grads).expect("the input's gradient flows through a frozen BN");
+        let want = 1.5 / (0.25f32 + 1e-5).sqrt();
+        assert!((gx.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>() - want).abs() < 1e-4);
+        bn.gamma = bn.gamma.clone().set_require_grad(true);
+        let tracked = bn.forward(x);
+        assert!(tracked.is_tracked());
+        let (a, b) =
+            (frozen.into_data().try_to_vec::<f32>().unwrap(), tracked.into_data().try_to_vec::<f32>().unwrap());
+        assert_eq!(a, b);
+    }
 
     #[test]
     fn resize_linear_matches_burn_interpolate() {
