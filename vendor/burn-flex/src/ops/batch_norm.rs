@@ -37,32 +37,26 @@ fn tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(shape), DType::F32)
 }
 
-/// `f(c, plane)` for every channel, each over its N planes; results in channel order.
-fn per_channel<R: Send>(x: &[f32], (n, c, inner): (usize, usize, usize), f: impl Fn(usize, &mut dyn Iterator<Item = &[f32]>) -> R + Sync) -> Vec<R> {
-    let run = |ch: usize| {
-        let mut planes = (0..n).map(|b| &x[(b * c + ch) * inner..][..inner]);
-        f(ch, &mut planes)
-    };
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        (0..c).into_par_iter().map(run).collect()
-    }
-    #[cfg(not(feature = "rayon"))]
-    (0..c).map(run).collect()
+/// Channel `ch`'s N planes of `x`, `[N, C, inner]`.
+fn planes(x: &[f32], (n, c, inner): (usize, usize, usize), ch: usize) -> impl Iterator<Item = &[f32]> {
+    (0..n).map(move |b| &x[(b * c + ch) * inner..][..inner])
 }
 
-/// `out[b, ch, i] = f(ch, b, i)` over every `[inner]` plane, in parallel.
-fn map_planes(len: usize, (_, c, inner): (usize, usize, usize), f: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; len];
-    let run = |(p, plane): (usize, &mut [f32])| f(p % c, p, plane);
+/// `f(ch)` for every channel, in parallel; results in channel order.
+fn per_channel<R: Send>(channels: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
-        out.par_chunks_mut(inner.max(1)).enumerate().for_each(run);
+        (0..channels).into_par_iter().map(f).collect()
     }
     #[cfg(not(feature = "rayon"))]
-    out.chunks_mut(inner.max(1)).enumerate().for_each(run);
+    (0..channels).map(f).collect()
+}
+
+/// `f(ch, p, out)` over every `[inner]` plane `p` of a new `[N, C, inner]` tensor, in parallel.
+fn map_planes(len: usize, (_, c, inner): (usize, usize, usize), f: impl Fn(usize, usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    crate::ops::for_each_chunk(&mut out, inner, |p, plane| f(p % c, p, plane));
     out
 }
 
@@ -104,10 +98,9 @@ pub(crate) fn batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTenso
     let data: &[f32] = x.storage();
     let count = (g.0 * g.2).max(1) as f64;
     // Two passes per channel: the mean, then the mean squared deviation (biased variance).
-    let stats: Vec<(f32, f32)> = per_channel(data, g, |_, planes| {
-        let planes: Vec<&[f32]> = planes.collect();
-        let mean = planes.iter().map(|p| p.iter().map(|v| *v as f64).sum::<f64>()).sum::<f64>() / count;
-        let var = planes.iter().map(|p| p.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>()).sum::<f64>() / count;
+    let stats: Vec<(f32, f32)> = per_channel(g.1, |ch| {
+        let mean = planes(data, g, ch).map(|p| p.iter().map(|v| *v as f64).sum::<f64>()).sum::<f64>() / count;
+        let var = planes(data, g, ch).map(|p| p.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>()).sum::<f64>() / count;
         (mean as f32, var as f32)
     });
     let (mean, var): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
@@ -134,11 +127,9 @@ pub(crate) fn batch_norm_train_backward(
     let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (*v as f64 + epsilon).sqrt()).collect();
     let inner = g.2;
     // Per channel: Σ dy (beta's gradient) and Σ dy · x̂ (gamma's), x̂ = (x - mean) / std.
-    let sums: Vec<(f64, f64)> = per_channel(xs, g, |ch, _| {
+    let sums: Vec<(f64, f64)> = per_channel(g.1, |ch| {
         let (m, s) = (mean[ch] as f64, inv_std[ch]);
-        (0..g.0).fold((0.0, 0.0), |(sg, sgx), b| {
-            let at = (b * g.1 + ch) * inner;
-            let (xp, dp) = (&xs[at..][..inner], &dys[at..][..inner]);
+        planes(xs, g, ch).zip(planes(dys, g, ch)).fold((0.0, 0.0), |(sg, sgx), (xp, dp)| {
             let (a, c) = xp.iter().zip(dp).fold((0.0, 0.0), |(a, c), (x, d)| (a + *d as f64, c + *d as f64 * (*x as f64 - m)));
             (sg + a, sgx + c * s)
         })

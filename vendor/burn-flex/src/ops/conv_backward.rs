@@ -6,8 +6,10 @@
 //! whole output map per channel, and the input gradient goes through a grouped transposed
 //! convolution: together ~10× PyTorch's time for MobileNet's depthwise layers. Here both are
 //! direct loops over each channel's planes (the same multiply-adds as the forward pass), in
-//! parallel over channels. Other convolutions and dtypes keep burn-backend's defaults, copied
-//! below unchanged (they are `pub(crate)` there).
+//! parallel over channels. Without groups, the weight gradient is im2col + one GEMM per image
+//! (upstream: one GEMV per input channel for a 1×1 kernel), and a pointwise convolution's input
+//! gradient one GEMM per image. Other convolutions and dtypes keep burn-backend's defaults,
+//! copied below unchanged (they are `pub(crate)` there).
 #![allow(clippy::single_range_in_vec_init)]
 
 use alloc::{vec, vec::Vec};
@@ -19,11 +21,9 @@ use burn_std::{Bytes, Shape, Slice};
 
 use crate::{Flex, FlexTensor, Layout};
 
-/// The geometry of one depthwise convolution.
+/// Where a 2D convolution's kernel reads: sizes, stride, begin padding and dilation per axis.
 #[derive(Clone, Copy)]
-struct Depthwise {
-    batch: usize,
-    channels: usize,
+struct Window {
     in_hw: [usize; 2],
     out_hw: [usize; 2],
     kernel: [usize; 2],
@@ -32,29 +32,24 @@ struct Depthwise {
     dilation: [usize; 2],
 }
 
-impl Depthwise {
-    /// `Some` for an f32 depthwise convolution (`groups == C_in == C_out > 1`, weight
-    /// `[C, 1, kh, kw]`).
-    fn of(x: &FlexTensor, weight: &FlexTensor, output_grad: &FlexTensor, options: &ConvOptions<2>) -> Option<Self> {
+impl Window {
+    /// The input, weight and output-gradient shapes when all three are f32 and of rank 4, and
+    /// the window they describe.
+    fn of(x: &FlexTensor, weight: &FlexTensor, output_grad: &FlexTensor, options: &ConvOptions<2>) -> Option<(Shape, Shape, Self)> {
         let all_f32 = [x.dtype(), weight.dtype(), output_grad.dtype()].iter().all(|d| *d == DType::F32);
         let (xs, ws, gs) = (x.shape(), weight.shape(), output_grad.shape());
         if !all_f32 || xs.rank() != 4 || ws.rank() != 4 || gs.rank() != 4 {
             return None;
         }
-        let channels = xs[1];
-        if options.groups < 2 || options.groups != channels || ws[0] != channels || ws[1] != 1 || gs[1] != channels {
-            return None;
-        }
-        Some(Depthwise {
-            batch: xs[0],
-            channels,
+        let window = Window {
             in_hw: [xs[2], xs[3]],
             out_hw: [gs[2], gs[3]],
             kernel: [ws[2], ws[3]],
             stride: options.stride,
             padding: options.padding_begin(),
             dilation: options.dilation,
-        })
+        };
+        Some((xs, ws, window))
     }
 
     /// The input row (or column) that output position `o` reads at kernel offset `k`, if inside.
@@ -75,6 +70,23 @@ impl Depthwise {
         let (lo, hi) = (lo.min(ow), hi.min(ow));
         let first = (lo as isize * stride as isize + offset).max(0) as usize;
         (lo, hi.max(lo), first)
+    }
+}
+
+/// An f32 depthwise convolution (`groups == C_in == C_out > 1`, weight `[C, 1, kh, kw]`).
+#[derive(Clone, Copy)]
+struct Depthwise {
+    batch: usize,
+    channels: usize,
+    win: Window,
+}
+
+impl Depthwise {
+    fn of(x: &FlexTensor, weight: &FlexTensor, output_grad: &FlexTensor, options: &ConvOptions<2>) -> Option<Self> {
+        let (xs, ws, win) = Window::of(x, weight, output_grad, options)?;
+        let channels = xs[1];
+        let depthwise = options.groups >= 2 && options.groups == channels && ws[0] == channels && ws[1] == 1;
+        (depthwise && output_grad.shape()[1] == channels).then_some(Depthwise { batch: xs[0], channels, win })
     }
 }
 
@@ -107,9 +119,10 @@ fn dot_strided(a: &[f32], b: &[f32], stride: usize) -> f32 {
 
 /// Weight gradient `[C, 1, kh, kw]` of a depthwise convolution.
 fn depthwise_weight_grad(d: Depthwise, x: &[f32], g: &[f32]) -> Vec<f32> {
-    let [kh, kw] = d.kernel;
-    let ([h, w], [oh, ow]) = (d.in_hw, d.out_hw);
-    let cols: Vec<_> = (0..kw).map(|kx| d.columns(kx)).collect();
+    let win = d.win;
+    let [kh, kw] = win.kernel;
+    let ([h, w], [oh, ow]) = (win.in_hw, win.out_hw);
+    let cols: Vec<_> = (0..kw).map(|kx| win.columns(kx)).collect();
     let mut grad = vec![0f32; d.channels * kh * kw];
     let channel = |c: usize, out: &mut [f32]| {
         for n in 0..d.batch {
@@ -117,35 +130,28 @@ fn depthwise_weight_grad(d: Depthwise, x: &[f32], g: &[f32]) -> Vec<f32> {
             let gp = &g[(n * d.channels + c) * oh * ow..][..oh * ow];
             for ky in 0..kh {
                 for oy in 0..oh {
-                    let Some(iy) = d.input_index(0, oy, ky) else { continue };
+                    let Some(iy) = win.input_index(0, oy, ky) else { continue };
                     let (grow, xrow) = (&gp[oy * ow..][..ow], &xp[iy * w..][..w]);
                     for (kx, &(lo, hi, first)) in cols.iter().enumerate() {
                         if hi > lo {
-                            out[ky * kw + kx] += dot_strided(&grow[lo..hi], &xrow[first..], d.stride[1]);
+                            out[ky * kw + kx] += dot_strided(&grow[lo..hi], &xrow[first..], win.stride[1]);
                         }
                     }
                 }
             }
         }
     };
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        grad.par_chunks_mut(kh * kw).enumerate().for_each(|(c, out)| channel(c, out));
-    }
-    #[cfg(not(feature = "rayon"))]
-    for (c, out) in grad.chunks_mut(kh * kw).enumerate() {
-        channel(c, out);
-    }
+    crate::ops::for_each_chunk(&mut grad, kh * kw, channel);
     grad
 }
 
 /// Input gradient `[N, C, H, W]` of a depthwise convolution.
 fn depthwise_x_grad(d: Depthwise, weight: &[f32], g: &[f32]) -> Vec<f32> {
-    let [kh, kw] = d.kernel;
-    let ([h, w], [oh, ow]) = (d.in_hw, d.out_hw);
-    let sw = d.stride[1];
-    let cols: Vec<_> = (0..kw).map(|kx| d.columns(kx)).collect();
+    let win = d.win;
+    let [kh, kw] = win.kernel;
+    let ([h, w], [oh, ow]) = (win.in_hw, win.out_hw);
+    let sw = win.stride[1];
+    let cols: Vec<_> = (0..kw).map(|kx| win.columns(kx)).collect();
     let mut grad = vec![0f32; d.batch * d.channels * h * w];
     let plane = |p: usize, out: &mut [f32]| {
         let c = p % d.channels;
@@ -153,7 +159,7 @@ fn depthwise_x_grad(d: Depthwise, weight: &[f32], g: &[f32]) -> Vec<f32> {
         let wc = &weight[c * kh * kw..][..kh * kw];
         for ky in 0..kh {
             for oy in 0..oh {
-                let Some(iy) = d.input_index(0, oy, ky) else { continue };
+                let Some(iy) = win.input_index(0, oy, ky) else { continue };
                 let (grow, xrow) = (&gp[oy * ow..][..ow], &mut out[iy * w..][..w]);
                 for (kx, &(lo, hi, first)) in cols.iter().enumerate() {
                     let wv = wc[ky * kw + kx];
@@ -173,95 +179,51 @@ fn depthwise_x_grad(d: Depthwise, weight: &[f32], g: &[f32]) -> Vec<f32> {
             }
         }
     };
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        grad.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(p, out)| plane(p, out));
-    }
-    #[cfg(not(feature = "rayon"))]
-    for (p, out) in grad.chunks_mut((h * w).max(1)).enumerate() {
-        plane(p, out);
-    }
+    crate::ops::for_each_chunk(&mut grad, h * w, plane);
     grad
 }
 
-/// The geometry of an f32 convolution without groups.
+/// An f32 convolution without groups.
 #[derive(Clone, Copy)]
 struct Dense {
     batch: usize,
     c_in: usize,
     c_out: usize,
-    in_hw: [usize; 2],
-    out_hw: [usize; 2],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    dilation: [usize; 2],
+    win: Window,
 }
 
 impl Dense {
     fn of(x: &FlexTensor, weight: &FlexTensor, output_grad: &FlexTensor, options: &ConvOptions<2>) -> Option<Self> {
-        let all_f32 = [x.dtype(), weight.dtype(), output_grad.dtype()].iter().all(|d| *d == DType::F32);
-        let (xs, ws, gs) = (x.shape(), weight.shape(), output_grad.shape());
-        if !all_f32 || xs.rank() != 4 || ws.rank() != 4 || gs.rank() != 4 || options.groups != 1 || ws[1] != xs[1] {
-            return None;
-        }
-        Some(Dense {
-            batch: xs[0],
-            c_in: xs[1],
-            c_out: ws[0],
-            in_hw: [xs[2], xs[3]],
-            out_hw: [gs[2], gs[3]],
-            kernel: [ws[2], ws[3]],
-            stride: options.stride,
-            padding: options.padding_begin(),
-            dilation: options.dilation,
-        })
+        let (xs, ws, win) = Window::of(x, weight, output_grad, options)?;
+        (options.groups == 1 && ws[1] == xs[1]).then_some(Dense { batch: xs[0], c_in: xs[1], c_out: ws[0], win })
     }
 
     /// A 1×1 convolution reading every input pixel once: its im2col matrix is the input itself.
     fn is_pointwise(&self) -> bool {
-        self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0] && self.in_hw == self.out_hw
+        let w = self.win;
+        w.kernel == [1, 1] && w.stride == [1, 1] && w.padding == [0, 0] && w.in_hw == w.out_hw
     }
 
     /// One image's im2col matrix `[c_in · kh · kw, oh · ow]` (zero where the kernel reads padding).
     fn im2col(&self, x: &[f32], col: &mut [f32]) {
-        let [kh, kw] = self.kernel;
-        let ([h, w], [oh, ow]) = (self.in_hw, self.out_hw);
-        let geometry = Depthwise {
-            batch: 1,
-            channels: self.c_in,
-            in_hw: self.in_hw,
-            out_hw: self.out_hw,
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: self.padding,
-            dilation: self.dilation,
-        };
-        let cols: Vec<_> = (0..kw).map(|kx| geometry.columns(kx)).collect();
+        let win = self.win;
+        let [kh, kw] = win.kernel;
+        let ([h, w], [oh, ow]) = (win.in_hw, win.out_hw);
+        let cols: Vec<_> = (0..kw).map(|kx| win.columns(kx)).collect();
         let fill = |row: usize, out: &mut [f32]| {
             let (c, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
             let plane = &x[c * h * w..][..h * w];
             let (lo, hi, first) = cols[kx];
             out.fill(0.0);
             for oy in 0..oh {
-                let Some(iy) = geometry.input_index(0, oy, ky) else { continue };
+                let Some(iy) = win.input_index(0, oy, ky) else { continue };
                 let (dst, src) = (&mut out[oy * ow..][..ow], &plane[iy * w..][..w]);
                 for (i, o) in dst[lo..hi].iter_mut().enumerate() {
-                    *o = src[first + i * self.stride[1]];
+                    *o = src[first + i * win.stride[1]];
                 }
             }
         };
-        let n = oh * ow;
-        #[cfg(feature = "rayon")]
-        {
-            use rayon::prelude::*;
-            col.par_chunks_mut(n.max(1)).enumerate().for_each(|(row, out)| fill(row, out));
-        }
-        #[cfg(not(feature = "rayon"))]
-        for (row, out) in col.chunks_mut(n.max(1)).enumerate() {
-            fill(row, out);
-        }
+        crate::ops::for_each_chunk(col, oh * ow, fill);
     }
 }
 
@@ -269,15 +231,12 @@ impl Dense {
 /// output gradient `[c_out, P]` times the transposed im2col matrix `[P, c_in · kh · kw]` (one
 /// GEMM over the P = oh · ow output pixels), summed over the batch.
 fn dense_weight_grad(d: Dense, x: &[f32], g: &[f32]) -> Vec<f32> {
-    let k = d.c_in * d.kernel[0] * d.kernel[1];
-    let p = d.out_hw[0] * d.out_hw[1];
-    let plane_in = d.c_in * d.in_hw[0] * d.in_hw[1];
+    let win = d.win;
+    let k = d.c_in * win.kernel[0] * win.kernel[1];
+    let p = win.out_hw[0] * win.out_hw[1];
+    let plane_in = d.c_in * win.in_hw[0] * win.in_hw[1];
     let mut grad = vec![0f32; d.c_out * k];
     let mut col = if d.is_pointwise() { Vec::new() } else { vec![0f32; k * p] };
-    #[cfg(feature = "rayon")]
-    let parallelism = gemm::Parallelism::Rayon(0);
-    #[cfg(not(feature = "rayon"))]
-    let parallelism = gemm::Parallelism::None;
     for n in 0..d.batch {
         let xn = &x[n * plane_in..][..plane_in];
         let cols: &[f32] = if d.is_pointwise() {
@@ -308,7 +267,7 @@ fn dense_weight_grad(d: Dense, x: &[f32], g: &[f32]) -> Vec<f32> {
                 false,
                 false,
                 false,
-                parallelism,
+                crate::ops::gemm_parallelism(),
             );
         }
     }
@@ -318,12 +277,8 @@ fn dense_weight_grad(d: Dense, x: &[f32], g: &[f32]) -> Vec<f32> {
 /// Input gradient `[N, c_in, H, W]` of a pointwise convolution ([`Dense::is_pointwise`]): for
 /// each image, the transposed weight `[c_in, c_out]` times the output gradient `[c_out, P]`.
 fn pointwise_x_grad(d: Dense, weight: &[f32], g: &[f32]) -> Vec<f32> {
-    let p = d.in_hw[0] * d.in_hw[1];
+    let p = d.win.in_hw[0] * d.win.in_hw[1];
     let mut grad = vec![0f32; d.batch * d.c_in * p];
-    #[cfg(feature = "rayon")]
-    let parallelism = gemm::Parallelism::Rayon(0);
-    #[cfg(not(feature = "rayon"))]
-    let parallelism = gemm::Parallelism::None;
     for n in 0..d.batch {
         let gn = &g[n * d.c_out * p..][..d.c_out * p];
         let out = &mut grad[n * d.c_in * p..][..d.c_in * p];
@@ -348,7 +303,7 @@ fn pointwise_x_grad(d: Dense, weight: &[f32], g: &[f32]) -> Vec<f32> {
                 false,
                 false,
                 false,
-                parallelism,
+                crate::ops::gemm_parallelism(),
             );
         }
     }
@@ -367,16 +322,16 @@ pub(crate) fn conv2d_x_backward(
         return default_conv2d_x_backward::<Flex>(x, weight, output_grad, options);
     }
     match Depthwise::of(&x, &weight, &output_grad, &options) {
-        Some(d) if d.in_hw[0] * d.in_hw[1] > 0 => {
+        Some(d) => {
             let (weight, g) = (weight.to_contiguous(), output_grad.to_contiguous());
             let data = depthwise_x_grad(d, weight.storage(), g.storage());
-            tensor_f32(data, [d.batch, d.channels, d.in_hw[0], d.in_hw[1]])
+            tensor_f32(data, [d.batch, d.channels, d.win.in_hw[0], d.win.in_hw[1]])
         }
         _ => match Dense::of(&x, &weight, &output_grad, &options) {
             Some(d) if d.is_pointwise() => {
                 let (weight, g) = (weight.to_contiguous(), output_grad.to_contiguous());
                 let data = pointwise_x_grad(d, weight.storage(), g.storage());
-                tensor_f32(data, [d.batch, d.c_in, d.in_hw[0], d.in_hw[1]])
+                tensor_f32(data, [d.batch, d.c_in, d.win.in_hw[0], d.win.in_hw[1]])
             }
             _ => default_conv2d_x_backward::<Flex>(x, weight, output_grad, options),
         },
@@ -397,12 +352,12 @@ pub(crate) fn conv2d_weight_backward(
     if let Some(d) = Depthwise::of(&x, &weight, &output_grad, &options) {
         let (x, g) = (x.to_contiguous(), output_grad.to_contiguous());
         let data = depthwise_weight_grad(d, x.storage(), g.storage());
-        return tensor_f32(data, [d.channels, 1, d.kernel[0], d.kernel[1]]);
+        return tensor_f32(data, [d.channels, 1, d.win.kernel[0], d.win.kernel[1]]);
     }
     if let Some(d) = Dense::of(&x, &weight, &output_grad, &options) {
         let (x, g) = (x.to_contiguous(), output_grad.to_contiguous());
         let data = dense_weight_grad(d, x.storage(), g.storage());
-        return tensor_f32(data, [d.c_out, d.c_in, d.kernel[0], d.kernel[1]]);
+        return tensor_f32(data, [d.c_out, d.c_in, d.win.kernel[0], d.win.kernel[1]]);
     }
     default_conv2d_weight_backward::<Flex>(x, weight, output_grad, options)
 }

@@ -136,3 +136,27 @@ pub(crate) fn upstream_only() -> bool {
     #[cfg(not(feature = "std"))]
     false
 }
+
+/// `f(i, chunk)` for each `size`-element chunk of `buf` (segtune's patch), in parallel with
+/// rayon; an empty `buf` or `size` 0 runs nothing.
+pub(crate) fn for_each_chunk(buf: &mut [f32], size: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        buf.par_chunks_mut(size.max(1)).enumerate().for_each(|(i, chunk)| f(i, chunk));
+    }
+    #[cfg(not(feature = "rayon"))]
+    for (i, chunk) in buf.chunks_mut(size.max(1)).enumerate() {
+        f(i, chunk);
+    }
+}
+
+/// The threading segtune's patch hands gemm: all of rayon's threads when it has them.
+pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
+    #[cfg(feature = "rayon")]
+    {
+        gemm::Parallelism::Rayon(0)
+    }
+    #[cfg(not(feature = "rayon"))]
+    gemm::Parallelism::None
+}
