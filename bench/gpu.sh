@@ -75,7 +75,8 @@ case "${1:-run}" in
     "$bin" synth "$work/data" --classes 6 --train $((batch * 10)) --val "$batch" --size "$crop" --seed 1 >/dev/null
     "$bin" train --data "$work/data" --out "$work/run" --classes 6 --epochs "$epochs" --batch "$batch" \
       --crop "$crop" --lr 0.01 --bn train --device wgpu
-    seg=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[-1]["images_per_s"])' "$work/run/metrics.json")
+    # images/s from the last epoch's median step (loader wait excluded, as PyTorch's median is).
+    seg=$(python3 -c 'import json,sys; print(int(sys.argv[2]) * 1000 / json.load(open(sys.argv[1]))[-1]["step_ms_median"])' "$work/run/metrics.json" "$batch")
     torch_ms=$(python3 bench/train_step_torch.py full "$batch" "$crop" 20 "$(nproc)" cuda)
     python3 - "$seg" "$torch_ms" "$batch" "$crop" <<'PY'
 import sys

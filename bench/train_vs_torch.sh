@@ -2,8 +2,8 @@
 # Training step time and peak memory of `segtune train` against PyTorch, same model (smp
 # DeepLabV3Plus mobilenet_v2, 6 classes), same batch, crop, optimizer and loss, same threads:
 #   (a) full fine-tune, BN in train mode;  (b) --freeze backbone --bn frozen.
-# segtune's ms/step is batch / images_per_s of a 1-epoch run (loader wait included, evaluation
-# excluded). PyTorch comes from a venv this script creates (bench/.venv-torch), never from CI.
+# Both sides print the median ms of one optimizer step: segtune's `step_ms_median` of a 1-epoch run
+# of STEPS+1 steps (loader wait and evaluation excluded), PyTorch's over STEPS after 3 warm-ups. PyTorch comes from a venv this script creates (bench/.venv-torch), never from CI.
 # With UPSTREAM=1, segtune also runs with burn-flex's upstream convolution backward passes
 # (SEGTUNE_UPSTREAM_FLEX=1, vendor/burn-flex/VENDORED.md): the patch's effect, same binary.
 # Usage: [UPSTREAM=1] bench/train_vs_torch.sh [BATCH=2] [CROP=256] [STEPS=10]
@@ -26,7 +26,7 @@ upstream=${UPSTREAM:-0}
 printf '%-26s %12s %12s %8s %14s %14s' config "segtune ms" "PyTorch ms" ratio "segtune MiB" "PyTorch MiB"
 [ "$upstream" = 1 ] && printf ' %14s %8s' "upstream ms" "ratio"
 echo
-ms_per_step() { python3 -c 'import json,sys; r = json.load(open(sys.argv[1]))[0]; print("%.1f" % (1000 * int(sys.argv[2]) / r["images_per_s"]))' "$1" "$batch"; }
+ms_per_step() { python3 -c 'import json,sys; print("%.1f" % json.load(open(sys.argv[1]))[0]["step_ms_median"])' "$1"; }
 for config in full frozen; do
   flags=(--bn train)
   [ "$config" = frozen ] && flags=(--freeze backbone --bn frozen)

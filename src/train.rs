@@ -200,6 +200,10 @@ pub struct EpochMetrics {
     pub images_per_s: f64,
     /// Fraction of the epoch's training time spent waiting for the loader.
     pub data_wait: f64,
+    /// Median wall time of one optimizer step in milliseconds: forward, loss, backward and update,
+    /// the loader wait excluded (what `bench/train_vs_torch.sh` compares with PyTorch's median).
+    #[serde(default)]
+    pub step_ms_median: f64,
     pub seconds: f64,
 }
 
@@ -588,11 +592,13 @@ fn run_typed<M: SegModel>(
             2,
         );
         let (mut loss_sum, mut seen, mut wait) = (0f64, 0usize, 0f64);
+        let mut step_ms = Vec::with_capacity(steps_per_epoch);
         let mut lr = cfg.lr;
         let mut t_wait = Instant::now();
         for (i, batch) in loader.enumerate() {
             let batch = batch?;
             wait += t_wait.elapsed().as_secs_f64();
+            let t_step = Instant::now();
             lr = learning_rate(cfg, state.step, total_steps);
             let (images, targets) = batch_tensors(&batch, &device);
             let logits = model.logits(images);
@@ -609,6 +615,7 @@ fn run_typed<M: SegModel>(
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
+            step_ms.push(t_step.elapsed().as_secs_f64() * 1e3);
             state.step += 1;
             loss_sum += value * batch.n as f64;
             seen += batch.n;
@@ -648,6 +655,7 @@ fn run_typed<M: SegModel>(
             per_class_iou: scores.per_class_iou.clone(),
             images_per_s: seen as f64 / train_seconds,
             data_wait: wait / train_seconds,
+            step_ms_median: median(&mut step_ms),
             seconds: started.elapsed().as_secs_f64(),
         };
         println!(
@@ -783,15 +791,25 @@ fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
     data::write_atomic(path, |f| img.write_to(f, image::ImageFormat::Png).map_err(std::io::Error::other))
 }
 
+/// The median of `xs` (the mean of the middle two for an even count; 0 for none).
+fn median(xs: &mut [f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+}
+
 /// `metrics.json`, `metrics.csv` and `curves.png`.
 fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
     let json = serde_json::to_string_pretty(history).expect("metrics serialize");
     data::write_atomic(&dir.join("metrics.json"), |f| std::io::Write::write_all(f, json.as_bytes()))?;
     let mut csv =
-        String::from("epoch,train_loss,val_loss,val_miou,val_pixel_accuracy,lr,images_per_s,data_wait,seconds\n");
+        String::from("epoch,train_loss,val_loss,val_miou,val_pixel_accuracy,lr,images_per_s,data_wait,step_ms_median,seconds\n");
     for m in history {
         csv.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.3},{:.4},{:.2}\n",
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.3},{:.4},{:.2},{:.2}\n",
             m.epoch,
             m.train_loss,
             m.val_loss,
@@ -800,6 +818,7 @@ fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
             m.lr,
             m.images_per_s,
             m.data_wait,
+            m.step_ms_median,
             m.seconds
         ));
     }
@@ -947,4 +966,16 @@ fn load_checkpoint<M: SegModel>(
         .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
         .map_err(|e| Error::bad_file(&optim_path, format!("expected optimizer state: {e:?}")))?;
     Ok((model, optim, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&mut [5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 100.0]), 3.5);
+        assert_eq!(median(&mut []), 0.0);
+    }
 }

@@ -134,6 +134,9 @@ fn loss_falls_on_a_small_set() {
     for key in ["epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr"] {
         assert!(metrics[4][key].is_number(), "metrics.json lacks {key}");
     }
+    // A step's median time is positive and fits in the epoch's training time.
+    let (step_ms, seconds) = (metrics[4]["step_ms_median"].as_f64().unwrap(), metrics[4]["seconds"].as_f64().unwrap());
+    assert!(step_ms > 0.0 && step_ms < 1e3 * seconds, "step_ms_median {step_ms} of an epoch of {seconds} s");
     assert_eq!(std::fs::read_to_string(run.join("metrics.csv")).unwrap().lines().count(), 6);
     assert!(run.join("curves.png").is_file() && run.join("snapshots/epoch_005.png").is_file());
     let config: serde_json::Value =
