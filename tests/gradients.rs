@@ -251,6 +251,9 @@ fn dense_gradients_equal_a_direct_sum() {
     check_dense(5, 4, g([9, 11], [1, 1], 1, [0, 0], 1)); // pointwise: the input is the im2col matrix
     check_dense(3, 6, g([10, 7], [3, 3], 2, [1, 1], 1)); // the stem
     check_dense(4, 3, g([8, 8], [3, 3], 1, [2, 2], 2));
+    // c_out above c_in · kh · kw: the kernel transposes the im2col matrix instead of the gradient.
+    check_dense(3, 8, g([9, 11], [1, 1], 1, [0, 0], 1));
+    check_dense(2, 7, g([6, 9], [1, 3], 1, [0, 1], 1));
     check_dense(2, 3, g([5, 6], [3, 3], 1, [12, 12], 12)); // dilation wider than the map
     check_dense(3, 2, g([9, 8], [5, 3], 2, [0, 1], 1));
     check_dense(4, 5, g([7, 9], [1, 1], 2, [0, 0], 1)); // strided 1×1 (a ResNet shortcut)

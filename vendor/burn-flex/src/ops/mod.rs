@@ -160,3 +160,30 @@ pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
     #[cfg(not(feature = "rayon"))]
     gemm::Parallelism::None
 }
+
+/// One GEMM call's trace (segtune's patch): with `SEGTUNE_GEMM_TRACE` set, each call site's
+/// guard prints `GEMM <site> <m> <n> <k> <wall ns>` to stderr when dropped, after the call;
+/// `bench/gemm_trace.sh` sums them per shape. Unset, a guard is one cached flag check.
+#[cfg(feature = "std")]
+pub(crate) struct GemmTrace(Option<(std::time::Instant, &'static str, [usize; 3])>);
+
+/// Starts the trace of a `[m, k] · [k, n]` product at `site` (see [`GemmTrace`]).
+#[cfg(feature = "std")]
+pub(crate) fn gemm_trace(site: &'static str, m: usize, n: usize, k: usize) -> GemmTrace {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var_os("SEGTUNE_GEMM_TRACE").is_some());
+    GemmTrace(on.then(|| (std::time::Instant::now(), site, [m, n, k])))
+}
+
+/// Without std there is nothing to print to: no trace.
+#[cfg(not(feature = "std"))]
+pub(crate) fn gemm_trace(_site: &'static str, _m: usize, _n: usize, _k: usize) {}
+
+#[cfg(feature = "std")]
+impl Drop for GemmTrace {
+    fn drop(&mut self) {
+        if let Some((t, site, [m, n, k])) = self.0 {
+            std::eprintln!("GEMM {site} {m} {n} {k} {}", t.elapsed().as_nanos());
+        }
+    }
+}
