@@ -9,6 +9,11 @@ use segtune::model::{self, Checkpoint};
 use segtune::train::{self, BnMode, DeviceKind, Freeze, OptimizerKind, TrainConfig};
 use segtune::{data, onnx, validate};
 
+/// mimalloc keeps freed blocks for reuse: glibc's malloc hands a tensor-sized buffer back to the
+/// kernel at each free and page-faults a fresh one at the next op.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
 macro_rules! emit {
     ($($arg:tt)*) => {{
