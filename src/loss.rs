@@ -226,8 +226,9 @@ fn exp(x: f32) -> f32 {
     let n = (xc * LOG2E + 12582912.0) - 12582912.0;
     let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let z = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
-        + 5.000_000_1e-1;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
+        + 0.5;
     let e = p * z + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     if x < -87.0 { 0.0 } else { e * scale }
@@ -318,7 +319,8 @@ mod tests {
                     cross_entropy_graph(x.clone(), target.clone(), weights)
                 };
                 let value = loss.clone().into_scalar::<f32>();
-                let grad = x.grad(&loss.backward()).expect("logits are tracked").into_data().try_to_vec::<f32>().unwrap();
+                let grad =
+                    x.grad(&loss.backward()).expect("logits are tracked").into_data().try_to_vec::<f32>().unwrap();
                 (value, grad)
             };
             let ((v1, g1), (v2, g2)) = (run(true), run(false));

@@ -805,8 +805,9 @@ fn median(xs: &mut [f64]) -> f64 {
 fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
     let json = serde_json::to_string_pretty(history).expect("metrics serialize");
     data::write_atomic(&dir.join("metrics.json"), |f| std::io::Write::write_all(f, json.as_bytes()))?;
-    let mut csv =
-        String::from("epoch,train_loss,val_loss,val_miou,val_pixel_accuracy,lr,images_per_s,data_wait,step_ms_median,seconds\n");
+    let mut csv = String::from(
+        "epoch,train_loss,val_loss,val_miou,val_pixel_accuracy,lr,images_per_s,data_wait,step_ms_median,seconds\n",
+    );
     for m in history {
         csv.push_str(&format!(
             "{},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.3},{:.4},{:.2},{:.2}\n",
