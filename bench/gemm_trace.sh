@@ -8,15 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=${1:-frozen}; batch=${2:-2}; crop=${3:-256}; steps=${4:-10}
-cargo build -q
 work=target/bench-gemm
-rm -rf "$work" && mkdir -p "$work"
-target/debug/segtune synth "$work/data" --classes 6 --train $((batch * steps)) --val 2 --size "$crop" --seed 1 >/dev/null
-flags=(--bn train)
-[ "$config" = frozen ] && flags=(--freeze backbone --bn frozen)
-SEGTUNE_GEMM_TRACE=1 target/debug/segtune train --data "$work/data" --out "$work/run" --classes 6 --epochs 1 \
-  --batch "$batch" --crop "$crop" "${flags[@]}" >/dev/null 2>"$work/trace.txt"
-python3 - "$work/trace.txt" "$steps" "$work/run/metrics.json" <<'PY'
+source bench/train_run.sh
+train_run "$work" "$config" "$batch" "$crop" "$steps" env SEGTUNE_GEMM_TRACE=1
+python3 - "$work/stderr" "$steps" "$work/run/metrics.json" <<'PY'
 import collections, json, sys
 calls = collections.defaultdict(lambda: [0, 0, 0])  # count, ns, flop
 for line in open(sys.argv[1]):

@@ -6,14 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=${1:-full}; batch=${2:-2}; crop=${3:-256}; steps=${4:-10}
-cargo build -q
 work=target/bench-profile
-rm -rf "$work" && mkdir -p "$work"
-target/debug/segtune synth "$work/data" --classes 6 --train $((batch * steps)) --val 2 --size "$crop" --seed 1 >/dev/null
-flags=(--bn train)
-[ "$config" = frozen ] && flags=(--freeze backbone --bn frozen)
-perf record -q -F 499 -o "$work/perf.data" -- target/debug/segtune train --data "$work/data" --out "$work/run" \
-  --classes 6 --epochs 1 --batch "$batch" --crop "$crop" "${flags[@]}" >/dev/null 2>&1
+source bench/train_run.sh
+train_run "$work" "$config" "$batch" "$crop" "$steps" perf record -q -F 499 -o "$work/perf.data" --
 perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null > "$work/report.txt"
 python3 - "$work/report.txt" <<'PY'
 import re, sys
