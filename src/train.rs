@@ -659,7 +659,7 @@ fn run_typed<M: SegModel>(
             seconds: started.elapsed().as_secs_f64(),
         };
         println!(
-            "epoch {epoch:>3}/{}  train loss {:.4}  val loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  lr {:.2e}  {:.1} img/s  data wait {:.0}%",
+            "epoch {epoch:>3}/{}  train loss {:.4}  val loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  lr {:.2e}  {:.1} img/s  step {:.0} ms  data wait {:.0}%",
             cfg.epochs,
             m.train_loss,
             m.val_loss,
@@ -667,6 +667,7 @@ fn run_typed<M: SegModel>(
             m.val_pixel_accuracy,
             m.lr,
             m.images_per_s,
+            m.step_ms_median,
             m.data_wait * 100.0
         );
         state.best_miou = state.best_miou.max(m.val_miou);
