@@ -1,6 +1,7 @@
 //! Segmentation metrics from a confusion matrix: per-class IoU, mIoU, pixel accuracy and
 //! frequency-weighted IoU, with torchvision's semantics ([`IGNORE_INDEX`] pixels excluded, classes
-//! absent from both ground truth and prediction left out of the mean).
+//! absent from both ground truth and prediction left out of the mean); and the median that
+//! timings (training steps, parity runs) are reported by.
 
 use serde::Serialize;
 
@@ -80,9 +81,26 @@ impl ConfusionMatrix {
     }
 }
 
+/// The median of `xs` (the mean of the middle two for an even count), `None` for none; sorts `xs`.
+pub fn median(xs: &mut [f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&mut [5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 100.0]), Some(3.5));
+        assert_eq!(median(&mut []), None);
+    }
 
     #[test]
     fn hand_computed_case_with_absent_class_and_ignored_pixels() {

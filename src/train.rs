@@ -655,7 +655,7 @@ fn run_typed<M: SegModel>(
             per_class_iou: scores.per_class_iou.clone(),
             images_per_s: seen as f64 / train_seconds,
             data_wait: wait / train_seconds,
-            step_ms_median: median(&mut step_ms),
+            step_ms_median: crate::metrics::median(&mut step_ms).unwrap_or(0.0),
             seconds: started.elapsed().as_secs_f64(),
         };
         println!(
@@ -790,16 +790,6 @@ fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     data::write_atomic(path, |f| img.write_to(f, image::ImageFormat::Png).map_err(std::io::Error::other))
-}
-
-/// The median of `xs` (the mean of the middle two for an even count; 0 for none).
-fn median(xs: &mut [f64]) -> f64 {
-    if xs.is_empty() {
-        return 0.0;
-    }
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
 }
 
 /// `metrics.json`, `metrics.csv` and `curves.png`.
@@ -968,16 +958,4 @@ fn load_checkpoint<M: SegModel>(
         .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
         .map_err(|e| Error::bad_file(&optim_path, format!("expected optimizer state: {e:?}")))?;
     Ok((model, optim, state))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_of_odd_even_and_empty() {
-        assert_eq!(median(&mut [5.0, 1.0, 3.0]), 3.0);
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 100.0]), 3.5);
-        assert_eq!(median(&mut []), 0.0);
-    }
 }

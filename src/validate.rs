@@ -146,8 +146,7 @@ fn timed<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)>
         out = f()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
-    Ok((out, times.get(times.len() / 2).copied().unwrap_or(f64::NAN)))
+    Ok((out, crate::metrics::median(&mut times).unwrap_or(f64::NAN)))
 }
 
 /// [`parity`] for the checkpoint's own model type.
