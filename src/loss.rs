@@ -185,25 +185,27 @@ fn cross_entropy_fused(logits: Tensor<4>, target: Tensor<3, Int>, class_weights:
                     }
                 }
                 let mut sum = 0f64;
+                // Per counted pixel: its label and w·scale; gw = w·scale/Σe (0 elsewhere).
+                let mut counted = Vec::with_capacity(len);
                 let mut gw = vec![0f32; len];
-                let mut label = vec![usize::MAX; len];
                 for j in 0..len {
                     let (l, wi) = (tb[p0 + j], weight(tb[p0 + j]));
                     if let Some(l) = usize::try_from(l).ok().filter(|&l| l < c && wi != 0.0) {
                         let lse = max[j] + denom[j].ln();
                         sum += wi as f64 * (lse - xb[l * hw + p0 + j]) as f64;
-                        gw[j] = (wi as f64 * scale) as f32 / denom[j];
-                        label[j] = l;
+                        let ws = (wi as f64 * scale) as f32;
+                        gw[j] = ws / denom[j];
+                        counted.push((j, l, ws));
                     }
                 }
-                // G = w·scale·(e/Σe − onehot): gw already holds w·scale/Σe.
-                for (k, e) in out.iter_mut().enumerate() {
+                // G = w·scale·(e/Σe − onehot).
+                for e in out.iter_mut() {
                     for (e, &f) in e.iter_mut().zip(&gw) {
                         *e *= f;
                     }
-                    for j in (0..len).filter(|&j| label[j] == k) {
-                        e[j] -= (weight(tb[p0 + j]) as f64 * scale) as f32;
-                    }
+                }
+                for (j, l, ws) in counted {
+                    out[l][j] -= ws;
                 }
                 sum
             })
