@@ -264,7 +264,7 @@ fn dense_weight_grad(d: Dense, x: &[f32], g: &[f32]) -> Vec<f32> {
             transpose(gn, d.c_out, p, &mut t);
             (cols, k, d.c_out)
         };
-        let _t = crate::ops::gemm_trace("wgrad", m, cols_n, p);
+        let _trace = crate::ops::gemm_trace("wgrad", m, cols_n, p);
         unsafe {
             gemm::gemm(
                 m,
@@ -333,7 +333,7 @@ fn pointwise_x_grad(d: Dense, weight: &[f32], g: &[f32]) -> Vec<f32> {
         let gn = &g[n * d.c_out * p..][..d.c_out * p];
         let out = &mut grad[n * d.c_in * p..][..d.c_in * p];
         // out[c_in, p] = wt[c_in, c_out] · gn[c_out, p].
-        let _t = crate::ops::gemm_trace("pw_xgrad", d.c_in, p, d.c_out);
+        let _trace = crate::ops::gemm_trace("pw_xgrad", d.c_in, p, d.c_out);
         unsafe {
             gemm::gemm(
                 d.c_in,

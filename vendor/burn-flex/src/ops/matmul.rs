@@ -305,7 +305,7 @@ unsafe fn gemm_call<T: GemmScalar>(
     rhs_rs: isize,
     parallelism: gemm::Parallelism,
 ) {
-    let _t = crate::ops::gemm_trace("matmul", m, n, k);
+    let _trace = crate::ops::gemm_trace("matmul", m, n, k);
     unsafe {
         gemm::gemm(
             m,
