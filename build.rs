@@ -1,12 +1,17 @@
 //! Build script: compiles `proto/onnx.proto` with prost (through protox, no system `protoc`),
 //! imports every `models/*.onnx` into burn code with burn-onnx's `ModelGen`, and emits, per model,
-//! the table that maps each burn parameter path to the ONNX initializer it came from.
+//! the table that maps each burn parameter path to the ONNX initializer it came from. Where a
+//! graph can be cut after its backbone (`split_head`), the downstream part (decoder and head) is
+//! imported too, as a model of its own with its own table.
 //!
 //! Generated files (all under `$OUT_DIR`):
 //! - `onnx.rs`: prost types of the ONNX protobuf schema;
 //! - `model/<stem>.rs` and `model/<stem>.bpk`: burn-onnx's code and its own weight pack;
 //! - `model/<stem>_params.rs`: the burn-path ↔ ONNX-initializer table;
-//! - `models.rs`: one module per model, the registry `MODELS`, and `dispatch` (name → model type).
+//! - `heads/<stem>_head.onnx`, `model/<stem>_head.rs`, `model/<stem>_head_params.rs`: the same
+//!   for the graph after the backbone, when it splits;
+//! - `models.rs`: one module per model (and head), the registry `MODELS`, `dispatch` (name → model
+//!   type) and `dispatch_split` (name → model and head types).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -68,6 +73,25 @@ fn main() {
         let logits = if nhwc { "self.forward(input).permute([0, 3, 1, 2])" } else { "self.forward(input)" };
         std::fs::write(gen_dir.join(format!("{stem}_params.rs")), params).unwrap();
 
+        // The decoder and head alone, for training behind a frozen backbone run elsewhere.
+        let split = if nhwc { None } else { split_head(&model) };
+        let head = split.map(|(head, boundary)| {
+            let dir = out_dir.join("heads");
+            std::fs::create_dir_all(&dir).unwrap();
+            let head_path = dir.join(format!("{stem}_head.onnx"));
+            std::fs::write(&head_path, head.write_to_bytes().expect("head graph encodes")).unwrap();
+            ModelGen::new()
+                .input(head_path.to_str().expect("utf-8 path"))
+                .out_dir("model/")
+                .load_strategy(LoadStrategy::Bytes)
+                .register_op_override(BatchNormMomentum)
+                .register_op_override(LinearResize)
+                .run_from_script();
+            let head_params = param_table(&head_path, &head, &gen_dir.join(format!("{stem}_head.bpk")));
+            std::fs::write(gen_dir.join(format!("{stem}_head_params.rs")), head_params).unwrap();
+            boundary
+        });
+
         let size = std::fs::metadata(path).unwrap().len();
         let source = if size <= EMBED_LIMIT_BYTES {
             format!("crate::model::OnnxSource::Embedded(include_bytes!({:?}))", path)
@@ -89,19 +113,60 @@ fn main() {
         writeln!(
             registry,
             "impl crate::model::SegModel for {stem}::Model {{\n\
-                 fn init(device: &burn::tensor::Device) -> Self {{ Self::new(device) }}\n\
                  fn logits(&self, input: burn::tensor::Tensor<4>) -> burn::tensor::Tensor<4> {{ {logits} }}\n\
              }}"
         )
         .unwrap();
-        entries.push((stem, source));
+        writeln!(
+            registry,
+            "impl crate::model::Trainee for {stem}::Model {{\n\
+                 fn init(device: &burn::tensor::Device) -> Self {{ Self::new(device) }}\n\
+                 fn forward_features(&self, mut features: Vec<burn::tensor::Tensor<4>>) -> burn::tensor::Tensor<4> {{\n\
+                     let input = features.pop().expect(\"one input\");\n\
+                     <Self as crate::model::SegModel>::logits(self, input)\n\
+                 }}\n\
+             }}"
+        )
+        .unwrap();
+        let split = match &head {
+            Some(boundary) => {
+                let args: Vec<String> = (0..boundary.len()).map(|i| format!("f{i}")).collect();
+                writeln!(
+                    registry,
+                    "/// The decoder and head of `models/{stem}.onnx`: the graph after its backbone's outputs {boundary:?}.\n\
+                     #[allow(clippy::all, unused, non_snake_case, non_camel_case_types)]\n\
+                     pub mod {stem}_head {{\n\
+                         include!(concat!(env!(\"OUT_DIR\"), \"/model/{stem}_head.rs\"));\n\
+                         include!(concat!(env!(\"OUT_DIR\"), \"/model/{stem}_head_params.rs\"));\n\
+                         /// The backbone's output values the head reads, in its input order.\n\
+                         pub const BOUNDARY: &[&str] = &{boundary:?};\n\
+                     }}\n\
+                     impl crate::model::Trainee for {stem}_head::Model {{\n\
+                         fn init(device: &burn::tensor::Device) -> Self {{ Self::new(device) }}\n\
+                         fn forward_features(&self, features: Vec<burn::tensor::Tensor<4>>) -> burn::tensor::Tensor<4> {{\n\
+                             let Ok([{a}]) = <[burn::tensor::Tensor<4>; {n}]>::try_from(features) else {{ panic!(\"expected {n} feature maps\") }};\n\
+                             self.forward({a})\n\
+                         }}\n\
+                     }}",
+                    a = args.join(", "),
+                    n = boundary.len(),
+                )
+                .unwrap();
+                format!("Some(crate::model::Split {{ boundary: {stem}_head::BOUNDARY, params: {stem}_head::PARAMS }})")
+            }
+            None => "None".to_string(),
+        };
+        entries.push((stem, source, split));
     }
 
     writeln!(registry, "/// Every compiled-in model, in file-name order.").unwrap();
     writeln!(registry, "pub static MODELS: &[crate::model::ModelInfo] = &[").unwrap();
-    for (stem, source) in &entries {
-        writeln!(registry, "    crate::model::ModelInfo {{ name: {stem:?}, onnx: {source}, params: {stem}::PARAMS }},")
-            .unwrap();
+    for (stem, source, split) in &entries {
+        writeln!(
+            registry,
+            "    crate::model::ModelInfo {{ name: {stem:?}, onnx: {source}, params: {stem}::PARAMS, split: {split} }},"
+        )
+        .unwrap();
     }
     writeln!(registry, "];").unwrap();
 
@@ -112,8 +177,22 @@ fn main() {
          pub fn dispatch<F: crate::model::ModelFn>(name: &str, f: F) -> Option<F::Output> {{\n    match name {{"
     )
     .unwrap();
-    for (stem, _) in &entries {
+    for (stem, _, _) in &entries {
         writeln!(registry, "        {stem:?} => Some(f.call::<{stem}::Model>()),").unwrap();
+    }
+    writeln!(registry, "        _ => None,\n    }}\n}}").unwrap();
+
+    // `dispatch_split(name, f)`: the same with the model's head type, for models with a split.
+    writeln!(
+        registry,
+        "/// Calls `f` with the generated model type named `name` and the type of its head, if it has one.\n\
+         pub fn dispatch_split<F: crate::model::SplitFn>(name: &str, f: F) -> Option<F::Output> {{\n    match name {{"
+    )
+    .unwrap();
+    for (stem, _, split) in &entries {
+        if split != "None" {
+            writeln!(registry, "        {stem:?} => Some(f.call::<{stem}::Model, {stem}_head::Model>()),").unwrap();
+        }
     }
     writeln!(registry, "        _ => None,\n    }}\n}}").unwrap();
     std::fs::write(out_dir.join("models.rs"), registry).unwrap();
@@ -416,4 +495,152 @@ impl OpOverride for LinearResize {
             }
         })
     }
+}
+
+/// Splits a model after its backbone: returns the graph of everything downstream (decoder and
+/// head) with the backbone's outputs as its inputs, and those outputs' names in input order.
+///
+/// Backbone parameters are the values named `encoder.*` or `backbone.*` (as `--freeze backbone`
+/// picks them). Walking the graph in order, a node belongs to the head when it reads another
+/// parameter (a Conv/BatchNormalization/Gemm weight slot) or a head value, or is a `Shape`/`Size`
+/// (shape arithmetic stays with its consumer); else to the backbone when it reads the image or a
+/// backbone value; else it is a constant, copied into the head where the head needs it. The
+/// boundary is every backbone value a head node reads. `None` (no split, training runs the whole
+/// graph in burn) when either side is empty, a head node reads the image itself, or a boundary
+/// value is not the output of an op known to keep its 4-D float input's rank.
+fn split_head(model: &onnx_ir::ModelProto) -> Option<(onnx_ir::ModelProto, Vec<String>)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Const,
+        Backbone,
+        Head,
+    }
+    const RANK_KEEPING: &[&str] = &[
+        "Conv",
+        "BatchNormalization",
+        "Relu",
+        "Clip",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "HardSwish",
+        "HardSigmoid",
+        "Sigmoid",
+        "LeakyRelu",
+        "PRelu",
+        "Concat",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Resize",
+    ];
+    let graph = &model.graph;
+    let image = graph.input.first()?.name.clone();
+    let is_backbone_param = |v: &str| v.starts_with("encoder.") || v.starts_with("backbone.");
+    let mut kind: HashMap<&str, Kind> = HashMap::new();
+    kind.insert(image.as_str(), Kind::Backbone);
+    let mut node_kind = Vec::with_capacity(graph.node.len());
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in graph.node.iter().enumerate() {
+        let weighted = matches!(node.op_type.as_str(), "Conv" | "BatchNormalization" | "Gemm" | "MatMul");
+        let inputs = || node.input.iter().filter(|v| !v.is_empty());
+        let reads_head_param = weighted && node.input.iter().skip(1).any(|v| !v.is_empty() && !is_backbone_param(v));
+        let k = if matches!(node.op_type.as_str(), "Shape" | "Size")
+            || reads_head_param
+            || inputs().any(|v| kind.get(v.as_str()) == Some(&Kind::Head))
+        {
+            Kind::Head
+        } else if inputs().any(|v| kind.get(v.as_str()) == Some(&Kind::Backbone)) {
+            Kind::Backbone
+        } else {
+            Kind::Const
+        };
+        node_kind.push(k);
+        for o in &node.output {
+            kind.insert(o.as_str(), k);
+            producer.insert(o.as_str(), i);
+        }
+    }
+    // A parameter-free backbone node whose every consumer is in the head joins the head (the
+    // pooling of the ASPP's image branch, a trailing activation): the boundary moves up to the
+    // last value the backbone's parameters produce.
+    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, node) in graph.node.iter().enumerate() {
+        for v in &node.input {
+            consumers.entry(v.as_str()).or_default().push(i);
+        }
+    }
+    for i in (0..graph.node.len()).rev() {
+        let node = &graph.node[i];
+        let users: Vec<usize> =
+            node.output.iter().flat_map(|o| consumers.get(o.as_str()).into_iter().flatten()).copied().collect();
+        if node_kind[i] == Kind::Backbone
+            && !node.input.iter().any(|v| is_backbone_param(v))
+            && !users.is_empty()
+            && users.iter().all(|&u| node_kind[u] == Kind::Head)
+        {
+            node_kind[i] = Kind::Head;
+            for o in &node.output {
+                kind.insert(o.as_str(), Kind::Head);
+            }
+        }
+    }
+    let head_nodes: Vec<usize> = (0..graph.node.len()).filter(|&i| node_kind[i] == Kind::Head).collect();
+    if head_nodes.is_empty() || !node_kind.contains(&Kind::Backbone) {
+        return None;
+    }
+    let mut boundary: Vec<String> = vec![];
+    for &i in &head_nodes {
+        for v in graph.node[i].input.iter().filter(|v| !v.is_empty()) {
+            if kind.get(v.as_str()) == Some(&Kind::Backbone) && !boundary.contains(v) {
+                if *v == image {
+                    return None;
+                }
+                let op = &graph.node[producer[v.as_str()]].op_type;
+                if !RANK_KEEPING.contains(&op.as_str()) {
+                    return None;
+                }
+                boundary.push(v.clone());
+            }
+        }
+    }
+    // Head nodes plus the constants they need (transitively), in graph order.
+    let mut keep = vec![false; graph.node.len()];
+    let mut stack = head_nodes.clone();
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut keep[i], true) {
+            continue;
+        }
+        for v in &graph.node[i].input {
+            if let Some(&p) = producer.get(v.as_str())
+                && node_kind[p] != Kind::Backbone
+            {
+                stack.push(p);
+            }
+        }
+    }
+    let mut head = model.clone();
+    let g = head.graph.as_mut().expect("the model has a graph");
+    g.node = graph.node.iter().zip(&keep).filter(|(_, k)| **k).map(|(n, _)| n.clone()).collect();
+    let used: std::collections::HashSet<&str> =
+        g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    g.initializer = graph.initializer.iter().filter(|t| used.contains(t.name.as_str())).cloned().collect();
+    g.value_info.clear();
+    let template = graph.input[0].clone();
+    g.input = boundary
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            // The image input's float 4-D type with every dimension symbolic (the batch shared).
+            let mut v = template.clone();
+            v.name = name.clone();
+            let t = v.type_.mut_or_insert_default().mut_tensor_type();
+            for (d, dim) in t.shape.mut_or_insert_default().dim.iter_mut().enumerate() {
+                dim.set_dim_param(if d == 0 { "batch".to_string() } else { format!("f{i}_d{d}") });
+            }
+            v
+        })
+        .collect();
+    Some((head, boundary))
 }

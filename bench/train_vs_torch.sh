@@ -7,6 +7,8 @@
 # PyTorch comes from a venv this script creates (bench/.venv-torch), never from CI.
 # With UPSTREAM=1, segtune also runs with burn-flex's upstream convolution backward passes
 # (SEGTUNE_UPSTREAM_FLEX=1, vendor/burn-flex/VENDORED.md): the patch's effect, same binary.
+# (b) runs its frozen backbone in onnxruntime (`--backbone-runtime auto`); a third row runs (b) with
+# the backbone in burn (`--backbone-runtime burn`), against the same PyTorch measurement.
 # Usage: [UPSTREAM=1] bench/train_vs_torch.sh [BATCH=2] [CROP=256] [STEPS=10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,5 +49,13 @@ for config in full frozen; do
     printf ' %14s %7.2fx' "$up_ms" "$(python3 -c "print($up_ms / $torch_ms)")"
   fi
   echo
+  if [ "$config" = frozen ]; then
+    rm -rf "$work/run_burn_backbone"
+    burn_mib=$(peak target/debug/segtune train --data "$work/data" --out "$work/run_burn_backbone" --classes 6 --epochs 1 \
+      --batch "$batch" --crop "$crop" --lr 0.01 "${flags[@]}" --backbone-runtime burn)
+    burn_ms=$(ms_per_step "$work/run_burn_backbone/metrics.json")
+    printf '%-26s %12s %12s %7.2fx %14s %14s\n' "frozen, backbone in burn" "$burn_ms" "$torch_ms" \
+      "$(python3 -c "print($burn_ms / $torch_ms)")" "$burn_mib" "$torch_mib"
+  fi
 done
 echo "threads: $threads (burn flex: rayon over all cores; PyTorch: torch.set_num_threads)"

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use segtune::model::{self, Checkpoint};
-use segtune::train::{self, BnMode, DeviceKind, Freeze, OptimizerKind, TrainConfig};
+use segtune::train::{self, BackboneRuntime, BnMode, DeviceKind, Freeze, OptimizerKind, TrainConfig};
 use segtune::{data, onnx, validate};
 
 /// mimalloc keeps freed blocks for reuse: glibc's malloc hands a tensor-sized buffer back to the
@@ -243,6 +243,10 @@ struct TrainFlags {
     bn: BnMode,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
+    /// What runs a frozen backbone: auto = onnxruntime when the backbone and BatchNorm are frozen,
+    /// the device is the CPU and onnxruntime loads; else burn.
+    #[arg(long, value_enum, default_value_t = BackboneRuntime::Auto)]
+    backbone_runtime: BackboneRuntime,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stop after this many epochs as if interrupted (for testing resume).
@@ -273,6 +277,7 @@ impl TrainFlags {
         c.freeze = self.freeze;
         c.bn = self.bn;
         c.device = self.device;
+        c.backbone_runtime = self.backbone_runtime;
         c.seed = self.seed;
         c.stop_after = self.stop_after;
         Ok(c)

@@ -163,6 +163,20 @@ impl OrtModel {
         Ok(OrtOutput { value, layout, origin: self.origin.clone() })
     }
 
+    /// Runs the model and copies out every output, in graph order, as `(shape, values)`.
+    pub fn run_outputs(&mut self, input: ArrayView4<'_, f32>) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
+        let fail = |e: String| Error::Runtime(format!("running {}: {e}", self.origin));
+        let tensor = TensorRef::from_array_view(input).map_err(|e| fail(e.to_string()))?;
+        let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| fail(e.to_string()))?;
+        outputs
+            .into_iter()
+            .map(|(_, value)| {
+                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| fail(e.to_string()))?;
+                Ok((shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
+            })
+            .collect()
+    }
+
     /// Runs the model on an input laid out as `layout` and returns the logits NCHW
     /// (`[N, classes, H, W]`, a copy): NHWC outputs (tf2onnx exports of Keras) are transposed.
     pub fn run_logits(&mut self, input: ArrayView4<'_, f32>, layout: Layout) -> Result<Array4<f32>> {

@@ -1,6 +1,7 @@
 //! Fine-tuning (`segtune train`): the run config, a new classifier for `--classes`, frozen
-//! backbone, BatchNorm mode, SGD + poly / AdamW, per-epoch evaluation, atomic checkpoints and
-//! resume, and what a person sees (progress, metrics files, curves, snapshots).
+//! backbone (run in onnxruntime where it can be), BatchNorm mode, SGD + poly / AdamW, per-epoch
+//! evaluation, atomic checkpoints and resume, and what a person sees (progress, metrics files,
+//! curves, snapshots).
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -65,6 +66,20 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// What computes a frozen backbone's features during training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackboneRuntime {
+    /// onnxruntime where it can serve (`--freeze backbone --bn frozen`, CPU device, a model that
+    /// `build.rs` split, onnxruntime loads), else burn.
+    #[default]
+    Auto,
+    /// burn runs the whole model.
+    Burn,
+    /// onnxruntime runs the frozen backbone, burn the decoder and head; an error where it cannot.
+    Onnxruntime,
+}
+
 /// Everything that defines a run; saved as `RUN_DIR/config.json` before training starts and read
 /// back by `--resume`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +127,10 @@ pub struct TrainConfig {
     pub bn: BnMode,
     /// Where to train (default `cpu`).
     pub device: DeviceKind,
+    /// What runs a frozen backbone (default `auto`). Either gives the same numbers to float
+    /// rounding; onnxruntime is faster on the CPU.
+    #[serde(default)]
+    pub backbone_runtime: BackboneRuntime,
     /// Seed of everything random: shuffles, augmentation, a new classifier (default 0).
     pub seed: u64,
     /// Random scale range of the augmentation (default 0.5–2.0).
@@ -147,6 +166,7 @@ impl TrainConfig {
             freeze: Freeze::None,
             bn: BnMode::Frozen,
             device: DeviceKind::Cpu,
+            backbone_runtime: BackboneRuntime::Auto,
             seed: 0,
             scale: (0.5, 2.0),
             flip: true,
@@ -495,18 +515,93 @@ fn run(mut cfg: TrainConfig, run_dir: &Path, resume_from: Option<PathBuf>) -> Re
     impl ModelFn for Go<'_> {
         type Output = Result<TrainSummary>;
         fn call<M: SegModel>(self) -> Self::Output {
-            run_typed::<M>(self.0, self.1, self.2, self.3, self.4)
+            run_typed::<M, M>(self.0, self.1, self.2, self.3, self.4, None)
         }
     }
-    model::with_model(ckpt.info, Go(&cfg, &ckpt, model_classes, run_dir, resume_from))
+    impl model::SplitFn for Go<'_> {
+        type Output = Result<TrainSummary>;
+        fn call<M: SegModel, H: model::Trainee>(self) -> Self::Output {
+            let split = self.1.info.split.expect("only split models dispatch here");
+            run_typed::<M, H>(self.0, self.1, self.2, self.3, self.4, Some(split))
+        }
+    }
+    let go = Go(&cfg, &ckpt, model_classes, run_dir, resume_from);
+    if onnxruntime_backbone(&cfg, ckpt.info)? {
+        return model::with_split(ckpt.info, go).expect("the model has a split");
+    }
+    model::with_model(ckpt.info, go)
 }
 
-fn run_typed<M: SegModel>(
+/// Whether the frozen backbone runs in onnxruntime (see [`BackboneRuntime`]).
+fn onnxruntime_backbone(cfg: &TrainConfig, info: &ModelInfo) -> Result<bool> {
+    let unfit = if cfg.freeze != Freeze::Backbone {
+        Some("the backbone trains (it runs in onnxruntime only with --freeze backbone)".to_string())
+    } else if cfg.bn != BnMode::Frozen {
+        Some("--bn train updates the backbone's BatchNorm statistics, which onnxruntime cannot".to_string())
+    } else if cfg.device != DeviceKind::Cpu {
+        Some(format!("the device is {:?}; onnxruntime serves the CPU device only", cfg.device))
+    } else if info.split.is_none() {
+        Some(format!("build.rs found no backbone/head split in {} (see split_head in build.rs)", info.name))
+    } else {
+        None
+    };
+    match (cfg.backbone_runtime, unfit) {
+        (BackboneRuntime::Burn, _) | (BackboneRuntime::Auto, Some(_)) => Ok(false),
+        (BackboneRuntime::Onnxruntime, Some(why)) => {
+            Err(Error::BadArgument(format!("--backbone-runtime onnxruntime: {why}")))
+        }
+        (BackboneRuntime::Onnxruntime, None) => crate::runtime::environment().map(|_| true),
+        (BackboneRuntime::Auto, None) => match crate::runtime::environment() {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                eprintln!("segtune: the frozen backbone runs in burn ({e})");
+                Ok(false)
+            }
+        },
+    }
+}
+
+/// The frozen backbone in onnxruntime: the image batch in, the head's inputs out.
+struct OrtBackbone {
+    session: crate::runtime::OrtModel,
+}
+
+impl OrtBackbone {
+    fn new<M: SegModel>(model: &M, info: &ModelInfo, split: &model::Split) -> Result<Self> {
+        let bytes = model::backbone_onnx(model, info, split)?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Not spinning: between batches the cores belong to burn's head and the loader.
+        let session =
+            crate::runtime::OrtModel::with_options(&bytes, &format!("the backbone of {}", info.name), threads, false)?;
+        Ok(OrtBackbone { session })
+    }
+
+    fn features(&mut self, batch: &Batch, device: &Device) -> Result<Vec<Tensor<4>>> {
+        let view = ndarray::ArrayView4::from_shape((batch.n, 3, batch.h, batch.w), &batch.images)
+            .map_err(|e| Error::Runtime(format!("batch of {} images: {e}", batch.n)))?;
+        Ok(self
+            .session
+            .run_outputs(view)?
+            .into_iter()
+            .map(|(shape, values)| {
+                let dims: [usize; 4] = shape.try_into().expect("the split checks 4-D boundaries");
+                Tensor::from_data(TensorData::new(values, dims), device)
+            })
+            .collect())
+    }
+}
+
+/// Trains `M`. The optimizer steps `H`: `M` itself, or with `split`, `M`'s head, fed by the
+/// frozen backbone in onnxruntime. `H` shares `M`'s parameter ids (optimizer state and
+/// checkpoints are the same either way) and is written back into `M` for evaluation and
+/// checkpoints after each epoch.
+fn run_typed<M: SegModel, H: model::Trainee>(
     cfg: &TrainConfig,
     ckpt: &Checkpoint,
     model_classes: usize,
     run_dir: &Path,
     resume_from: Option<PathBuf>,
+    split: Option<model::Split>,
 ) -> Result<TrainSummary> {
     let rd = RunDir(run_dir.to_path_buf());
     let train_set = Dataset::open(&cfg.data, &cfg.train_split)?;
@@ -558,6 +653,30 @@ fn run_typed<M: SegModel>(
         }
     }
 
+    let info = ckpt.info;
+    let (mut backbone, trainee_params) = match &split {
+        Some(split) => {
+            println!("frozen backbone: onnxruntime (outputs {}); decoder and head: burn", split.boundary.join(", "));
+            (Some(OrtBackbone::new(&model, info, split)?), split.params)
+        }
+        None => (None, info.params),
+    };
+    let bn_flags = |m: H| {
+        m.map(&mut Setup {
+            path: vec![],
+            frozen: &HashSet::new(),
+            classifier: &HashSet::new(),
+            new_classes: None,
+            bn_frozen: cfg.bn == BnMode::Frozen,
+            rng: Rng(0),
+            device: &device,
+        })
+    };
+    let mut trainee: H = bn_flags(model::transfer(&model, info.params, H::init(&device), trainee_params, true)?);
+    // What each epoch's evaluation model starts from: the trainee's tensors replace its own.
+    let base = model.valid();
+    drop(model);
+
     let steps_per_epoch = train_set.items.len() / cfg.batch; // the last partial batch is dropped
     if steps_per_epoch == 0 {
         return Err(Error::bad_file(
@@ -601,7 +720,11 @@ fn run_typed<M: SegModel>(
             let t_step = Instant::now();
             lr = learning_rate(cfg, state.step, total_steps);
             let (images, targets) = batch_tensors(&batch, &device);
-            let logits = model.logits(images);
+            let features = match backbone.as_mut() {
+                Some(b) => b.features(&batch, &device)?,
+                None => vec![images],
+            };
+            let logits = trainee.forward_features(features);
             let loss = loss::compute(&cfg.loss, logits, targets, cfg.class_weights.as_deref());
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
@@ -613,8 +736,8 @@ fn run_typed<M: SegModel>(
                     state.step + 1
                 )));
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
+            let grads = GradientsParams::from_grads(loss.backward(), &trainee);
+            trainee = optim.step(lr, trainee, grads);
             step_ms.push(t_step.elapsed().as_secs_f64() * 1e3);
             state.step += 1;
             loss_sum += value * batch.n as f64;
@@ -637,7 +760,8 @@ fn run_typed<M: SegModel>(
             eprintln!();
         }
         let train_seconds = started.elapsed().as_secs_f64();
-        let eval_model = model.valid();
+        // `valid` first: it applies the BN running-statistic updates burn still holds pending.
+        let eval_model = model::transfer(&trainee.valid(), trainee_params, base.clone(), info.params, false)?;
         let (scores, val_loss) = evaluate(
             &eval_model,
             &val_set,

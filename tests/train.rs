@@ -10,7 +10,7 @@ use std::process::Command;
 use burn::store::burn_pack::Reader;
 use segtune::data::{self, SynthOptions};
 use segtune::model::{Checkpoint, generated::deeplabv3plus_mobilenetv2 as reference_model};
-use segtune::train::{self, BnMode, Freeze, TrainConfig};
+use segtune::train::{self, BackboneRuntime, BnMode, Freeze, TrainConfig};
 
 fn small_set(dir: &Path, classes: usize, train: usize, size: u32) {
     data::synth(dir, &SynthOptions { classes, train, val: 4, size, seed: 5, ..Default::default() }).unwrap();
@@ -68,6 +68,56 @@ fn frozen_backbone_and_frozen_bn_stay_bit_identical_while_the_decoder_learns() {
     assert_eq!(stats, 122);
     assert!(backbone > 150, "{backbone} backbone tensors checked");
     assert!(decoder > 5 && decoder_changed == decoder, "{decoder_changed} of {decoder} decoder weights changed");
+}
+
+/// The same (b) run with the frozen backbone in burn and in onnxruntime: the same losses and
+/// weights up to float rounding (the two compute the backbone's features within ~1e-6).
+#[test]
+fn the_backbone_in_onnxruntime_trains_as_in_burn() {
+    let dir = tempfile::tempdir().unwrap();
+    small_set(&dir.path().join("data"), 4, 8, 64);
+    let mut runs = vec![];
+    for runtime in [BackboneRuntime::Burn, BackboneRuntime::Onnxruntime] {
+        let mut cfg = small_config(&dir.path().join("data"));
+        cfg.freeze = Freeze::Backbone;
+        cfg.bn = BnMode::Frozen;
+        cfg.epochs = 2;
+        cfg.backbone_runtime = runtime;
+        let run = dir.path().join(format!("{runtime:?}"));
+        let summary = train::train(cfg, &run).unwrap();
+        runs.push((summary, checkpoint_tensors(&run)));
+    }
+    let ((burn, burn_w), (ort, ort_w)) = (&runs[0], &runs[1]);
+    for (a, b) in burn.history.iter().zip(&ort.history) {
+        for (x, y) in [(a.train_loss, b.train_loss), (a.val_loss, b.val_loss)] {
+            assert!((x - y).abs() <= 1e-3 * x.abs().max(1e-3), "losses {x} (burn) vs {y} (onnxruntime)");
+        }
+    }
+    let f32s = |b: &Vec<u8>| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+    let (mut changed, mut worst) = (0, 0f32);
+    for e in reference_model::PARAMS {
+        let (a, b) = (f32s(&burn_w[e.burn]), f32s(&ort_w[e.burn]));
+        worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
+        changed += (burn_w[e.burn] != initial_tensors()[e.burn]) as usize;
+    }
+    assert!(changed > 10, "only {changed} tensors trained");
+    assert!(worst <= 1e-4, "weights differ by {worst:e}");
+}
+
+#[test]
+fn the_backbone_runs_in_onnxruntime_only_where_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    small_set(&dir.path().join("data"), 4, 4, 64);
+    let mut cfg = small_config(&dir.path().join("data"));
+    cfg.freeze = Freeze::Backbone;
+    cfg.bn = BnMode::Train;
+    cfg.backbone_runtime = BackboneRuntime::Onnxruntime;
+    let err = train::train(cfg, &dir.path().join("run")).unwrap_err().to_string();
+    assert!(
+        err.contains("--backbone-runtime onnxruntime: --bn train updates the backbone's BatchNorm statistics"),
+        "{err}"
+    );
+    assert!(!dir.path().join("run").exists(), "nothing is written");
 }
 
 #[test]
@@ -147,12 +197,28 @@ fn loss_falls_on_a_small_set() {
 
 #[test]
 fn resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
+    resume_matches(|cfg| cfg.bn = BnMode::Train);
+}
+
+/// The head trains in burn behind the backbone in onnxruntime: its optimizer state (keyed by the
+/// whole model's parameter ids) survives the checkpoint.
+#[test]
+fn resumed_run_with_the_backbone_in_onnxruntime_ends_with_the_same_weights() {
+    resume_matches(|cfg| {
+        cfg.freeze = Freeze::Backbone;
+        cfg.bn = BnMode::Frozen;
+        cfg.backbone_runtime = BackboneRuntime::Onnxruntime;
+    });
+}
+
+/// A 3-epoch run interrupted after epoch 2 and resumed ends bit-identical to an uninterrupted one.
+fn resume_matches(setup: impl Fn(&mut TrainConfig)) {
     let dir = tempfile::tempdir().unwrap();
     small_set(&dir.path().join("data"), 4, 6, 64);
     let mut cfg = small_config(&dir.path().join("data"));
     cfg.epochs = 3;
-    cfg.bn = BnMode::Train;
     cfg.seed = 9;
+    setup(&mut cfg);
     train::train(cfg.clone(), &dir.path().join("whole")).unwrap();
     cfg.stop_after = Some(2);
     let partial = train::train(cfg, &dir.path().join("split")).unwrap();
