@@ -54,13 +54,7 @@ fn main() {
                 && stem.chars().next().is_some_and(|c| c.is_ascii_alphabetic()),
             "model file name {stem:?} must be a Rust identifier (letters, digits, _)"
         );
-        ModelGen::new()
-            .input(path.to_str().expect("utf-8 path"))
-            .out_dir("model/")
-            .load_strategy(LoadStrategy::Bytes)
-            .register_op_override(BatchNormMomentum)
-            .register_op_override(LinearResize)
-            .run_from_script();
+        import(path);
         let gen_dir = out_dir.join("model");
         let bpk = gen_dir.join(format!("{stem}.bpk"));
         let bytes = std::fs::read(path).unwrap();
@@ -80,13 +74,7 @@ fn main() {
             std::fs::create_dir_all(&dir).unwrap();
             let head_path = dir.join(format!("{stem}_head.onnx"));
             std::fs::write(&head_path, head.write_to_bytes().expect("head graph encodes")).unwrap();
-            ModelGen::new()
-                .input(head_path.to_str().expect("utf-8 path"))
-                .out_dir("model/")
-                .load_strategy(LoadStrategy::Bytes)
-                .register_op_override(BatchNormMomentum)
-                .register_op_override(LinearResize)
-                .run_from_script();
+            import(&head_path);
             let head_params = param_table(&head_path, &head, &gen_dir.join(format!("{stem}_head.bpk")));
             std::fs::write(gen_dir.join(format!("{stem}_head_params.rs")), head_params).unwrap();
             boundary
@@ -196,6 +184,18 @@ fn main() {
     }
     writeln!(registry, "        _ => None,\n    }}\n}}").unwrap();
     std::fs::write(out_dir.join("models.rs"), registry).unwrap();
+}
+
+/// burn-onnx's import of one ONNX file into `$OUT_DIR/model/<stem>.rs` and `<stem>.bpk`, with
+/// segtune's BatchNorm and linear Resize.
+fn import(path: &Path) {
+    ModelGen::new()
+        .input(path.to_str().expect("utf-8 path"))
+        .out_dir("model/")
+        .load_strategy(LoadStrategy::Bytes)
+        .register_op_override(BatchNormMomentum)
+        .register_op_override(LinearResize)
+        .run_from_script();
 }
 
 /// prost types for `onnx.proto`, parsed in pure Rust by protox.
