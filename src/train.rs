@@ -719,11 +719,11 @@ fn run_typed<M: SegModel, H: model::Trainee>(
             wait += t_wait.elapsed().as_secs_f64();
             let t_step = Instant::now();
             lr = learning_rate(cfg, state.step, total_steps);
-            let (images, targets) = batch_tensors(&batch, &device);
             let features = match backbone.as_mut() {
                 Some(b) => b.features(&batch, &device)?,
-                None => vec![images],
+                None => vec![image_tensor(&batch, &device)],
             };
+            let targets = target_tensor(&batch, &device);
             let logits = trainee.forward_features(features);
             let loss = loss::compute(&cfg.loss, logits, targets, cfg.class_weights.as_deref());
             let value = loss.clone().into_scalar::<f32>() as f64;
@@ -806,15 +806,22 @@ fn run_typed<M: SegModel, H: model::Trainee>(
     Ok(TrainSummary { run_dir: run_dir.to_path_buf(), history: state.history, trainable, total })
 }
 
+/// A batch's images (in the model's layout) and label maps as tensors.
 pub(crate) fn batch_tensors(batch: &Batch, device: &Device) -> (Tensor<4>, Tensor<3, Int>) {
+    (image_tensor(batch, device), target_tensor(batch, device))
+}
+
+fn image_tensor(batch: &Batch, device: &Device) -> Tensor<4> {
     let shape = match batch.layout {
         model::Layout::Nchw => [batch.n, 3, batch.h, batch.w],
         model::Layout::Nhwc => [batch.n, batch.h, batch.w, 3],
     };
-    let images = Tensor::from_data(TensorData::new(batch.images.clone(), shape), device);
+    Tensor::from_data(TensorData::new(batch.images.clone(), shape), device)
+}
+
+fn target_tensor(batch: &Batch, device: &Device) -> Tensor<3, Int> {
     let masks: Vec<i64> = batch.masks.iter().map(|&v| v as i64).collect();
-    let targets = Tensor::from_data(TensorData::new(masks, [batch.n, batch.h, batch.w]), device);
-    (images, targets)
+    Tensor::from_data(TensorData::new(masks, [batch.n, batch.h, batch.w]), device)
 }
 
 /// Whether every BN running mean is 0 and every running variance 1 (never trained).
