@@ -97,7 +97,7 @@ pub fn demo(out: &Path, epochs: usize) -> Result<DemoReport> {
     println!("  validation.json       onnxruntime scores on val");
     println!("  predictions/          {} palette masks, overlay/, summary.json", inferred.images.len());
     println!(
-        "val mIoU before fine-tuning {:.4} -> after {:.4} (burn, last epoch {:.4}); export parity {}",
+        "val mIoU before fine-tuning {:.4} -> after {:.4} (onnxruntime; training's own evaluation of the last epoch: {:.4}); export parity {}",
         before.miou,
         report.miou,
         after_train,

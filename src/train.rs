@@ -473,7 +473,8 @@ pub fn evaluate_start(cfg: &TrainConfig) -> Result<Scores> {
         fn call<M: SegModel>(self) -> Self::Output {
             let device = model::cpu_device();
             let model: M = build_model(self.0, self.1, self.2, &device)?;
-            evaluate(&model, self.3, self.0, &self.1.normalization, None).map(|(s, _)| s)
+            let mut logits = |b: &Batch, d: &Device| Ok(model.logits(image_tensor(b, d)));
+            evaluate(&mut logits, self.3, self.0, &self.1.normalization, None).map(|(s, _)| s)
         }
     }
     model::with_model(ckpt.info, Go(&cfg, &ckpt, model_classes, &val))
@@ -761,14 +762,14 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         }
         let train_seconds = started.elapsed().as_secs_f64();
         // `valid` first: it applies the BN running-statistic updates burn still holds pending.
-        let eval_model = model::transfer(&trainee.valid(), trainee_params, base.clone(), info.params, false)?;
-        let (scores, val_loss) = evaluate(
-            &eval_model,
-            &val_set,
-            cfg,
-            &norm,
-            Some(&rd.0.join("snapshots").join(format!("epoch_{epoch:03}.png"))),
-        )?;
+        let trained = trainee.valid();
+        let eval_model = model::transfer(&trained, trainee_params, base.clone(), info.params, false)?;
+        let mut logits = |b: &Batch, d: &Device| match backbone.as_mut() {
+            Some(backbone) => Ok(trained.forward_features(backbone.features(b, d)?)),
+            None => Ok(eval_model.logits(image_tensor(b, d))),
+        };
+        let snapshot = rd.0.join("snapshots").join(format!("epoch_{epoch:03}.png"));
+        let (scores, val_loss) = evaluate(&mut logits, &val_set, cfg, &norm, Some(&snapshot))?;
         let m = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -846,8 +847,10 @@ pub fn argmax_labels(logits: Tensor<4>) -> Vec<u8> {
 }
 
 /// Val loss, confusion-matrix scores, and the snapshot of the first val image.
-fn evaluate<M: SegModel>(
-    model: &M,
+/// Scores and mean loss on the val split; `logits` runs the model (burn's whole model, or the
+/// frozen backbone in onnxruntime and the head) on a batch, on the device it is given.
+fn evaluate(
+    logits: &mut dyn FnMut(&Batch, &Device) -> Result<Tensor<4>>,
     val: &Dataset,
     cfg: &TrainConfig,
     norm: &model::Normalization,
@@ -877,8 +880,8 @@ fn evaluate<M: SegModel>(
     let mut first = true;
     for batch in loader {
         let batch = batch?;
-        let (images, targets) = batch_tensors(&batch, &device);
-        let logits = model.logits(images);
+        let logits = logits(&batch, &device)?;
+        let targets = target_tensor(&batch, &device);
         let loss = loss::compute(&cfg.loss, logits.clone(), targets, cfg.class_weights.as_deref());
         loss_sum += loss.into_scalar::<f32>() as f64 * batch.n as f64;
         seen += batch.n;
