@@ -554,12 +554,7 @@ struct ZeroGrads<'a> {
 }
 
 impl ModuleVisitor for ZeroGrads<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
+    crate::model::track_module_path!(path);
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if !param.is_require_grad() {
             return;

@@ -144,6 +144,21 @@ pub trait Trainee: Module + Sized {
     fn forward_features(&self, features: Vec<Tensor<4>>) -> Tensor<4>;
 }
 
+/// The `enter_module`/`exit_module` pair of a burn `ModuleVisitor` or `ModuleMapper` that keeps
+/// the current module path in `self.$field` (a `Vec<String>`; joined with '.', a parameter's burn
+/// path, as the parameter tables name it).
+macro_rules! track_module_path {
+    ($field:ident) => {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.$field.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.$field.pop();
+        }
+    };
+}
+pub(crate) use track_module_path;
+
 /// A generated DeepLab model: NCHW (or the model's layout) float input to logits.
 /// `init` ([`Trainee::init`]) gives burn's initial weights; load real ones with [`Checkpoint::load`].
 pub trait SegModel: Trainee {
@@ -538,12 +553,7 @@ struct ClassifierShape<'a> {
 }
 
 impl burn::module::ModuleMapper for ClassifierShape<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
+    track_module_path!(path);
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         match self.shapes.get(&self.path.join(".")) {
             Some(shape) if shape.len() == D && *shape != param.dims().to_vec() => {
@@ -834,12 +844,7 @@ struct Gather<'a> {
 }
 
 impl burn::module::ModuleVisitor for Gather<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
+    track_module_path!(path);
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(value) = self.values.get(self.path.join(".").as_str()) {
             let held = Held { id: param.id, tensor: Box::new(param.val()), require_grad: param.is_require_grad() };
@@ -857,12 +862,7 @@ struct Place<'a> {
 }
 
 impl burn::module::ModuleMapper for Place<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
+    track_module_path!(path);
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let path = self.path.join(".");
         let held = self.values.get(path.as_str()).and_then(|v| self.held.remove(v));

@@ -280,12 +280,7 @@ struct Setup<'a> {
 }
 
 impl ModuleMapper for Setup<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
+    crate::model::track_module_path!(path);
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let path = self.path.join(".");
         let mut param = param;
@@ -329,12 +324,7 @@ pub(crate) fn parameter_counts<M: SegModel>(model: &M) -> (usize, usize) {
 }
 
 impl ModuleVisitor for Counter {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.field.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.field.pop();
-    }
+    crate::model::track_module_path!(field);
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if self.field.last().is_some_and(|f| f.starts_with("running_")) {
             return;
