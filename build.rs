@@ -44,6 +44,13 @@ fn main() {
         .collect();
     models.sort();
 
+    let stems: Vec<String> = models.iter().filter_map(|p| p.file_stem()).map(|s| s.to_string_lossy().into()).collect();
+    for stem in &stems {
+        assert!(
+            !stems.contains(&format!("{stem}_head")),
+            "models/{stem}_head.onnx: the name is taken by the generated head of models/{stem}.onnx; rename the file"
+        );
+    }
     let mut registry = String::new();
     let mut entries = Vec::new();
     for path in &models {
@@ -174,6 +181,7 @@ fn main() {
     writeln!(
         registry,
         "/// Calls `f` with the generated model type named `name` and the type of its head, if it has one.\n\
+         #[allow(unused_variables)]\n\
          pub fn dispatch_split<F: crate::model::SplitFn>(name: &str, f: F) -> Option<F::Output> {{\n    match name {{"
     )
     .unwrap();
