@@ -94,11 +94,12 @@ fn the_backbone_in_onnxruntime_trains_as_in_burn() {
         }
     }
     let f32s = |b: &Vec<u8>| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+    let initial = initial_tensors();
     let (mut changed, mut worst) = (0, 0f32);
     for e in reference_model::PARAMS {
         let (a, b) = (f32s(&burn_w[e.burn]), f32s(&ort_w[e.burn]));
         worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
-        changed += (burn_w[e.burn] != initial_tensors()[e.burn]) as usize;
+        changed += (burn_w[e.burn] != initial[e.burn]) as usize;
     }
     assert!(changed > 10, "only {changed} tensors trained");
     assert!(worst <= 1e-4, "weights differ by {worst:e}");
