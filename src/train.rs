@@ -836,9 +836,9 @@ pub fn argmax_labels(logits: Tensor<4>) -> Vec<u8> {
     idx.into_data().iter::<i64>().map(|v| v as u8).collect()
 }
 
-/// Val loss, confusion-matrix scores, and the snapshot of the first val image.
-/// Scores and mean loss on the val split; `logits` runs the model (burn's whole model, or the
-/// frozen backbone in onnxruntime and the head) on a batch, on the device it is given.
+/// Val loss, confusion-matrix scores, and the snapshot of the first val image. `logits` runs the
+/// model (burn's whole model, or the frozen backbone in onnxruntime and the head) on a batch, on
+/// the device it is given.
 fn evaluate(
     logits: &mut dyn FnMut(&Batch, &Device) -> Result<Tensor<4>>,
     val: &Dataset,
