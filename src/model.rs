@@ -916,26 +916,8 @@ pub fn backbone_onnx<M: SegModel>(model: &M, info: &ModelInfo, split: &Split) ->
     use onnx::proto::{TypeProto, type_proto};
     use prost::Message;
     let mut proto = info.reference()?;
-    let tensors: HashMap<String, PackTensor> =
-        model.collect(None, None, false).into_iter().map(|t| (t.name.clone(), t)).collect();
     let g = proto.graph.as_mut().expect("decoded models have a graph");
-    for (i, e) in info.params.iter().enumerate() {
-        let Some(t) = tensors.get(e.burn) else {
-            return Err(Error::CheckFailed(format!("{}: the model has no tensor {}", info.name, e.burn)));
-        };
-        let name = format!("segtune.backbone.{i}");
-        let dims = t.shape.iter().map(|&d| d as i64).collect();
-        let raw = t.to_bytes().expect("in-memory tensors always have bytes").to_vec();
-        g.initializer.push(TensorProto {
-            name: Some(name.clone()),
-            dims,
-            data_type: Some(onnx::DATA_TYPE_FLOAT),
-            raw_data: Some(raw),
-            ..Default::default()
-        });
-        g.node[e.node].input[e.input] = name;
-    }
-    // Keep what the boundary values need.
+    // The nodes the boundary values need.
     let producer: HashMap<&str, usize> =
         g.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
     let mut keep = vec![false; g.node.len()];
@@ -950,6 +932,25 @@ pub fn backbone_onnx<M: SegModel>(model: &M, info: &ModelInfo, split: &Split) ->
         if !std::mem::replace(&mut keep[i], true) {
             stack.extend(g.node[i].input.iter().filter_map(|v| producer.get(v.as_str()).copied()));
         }
+    }
+    // Their weights and statistics from `model`.
+    let tensors: HashMap<String, PackTensor> =
+        model.collect(None, None, false).into_iter().map(|t| (t.name.clone(), t)).collect();
+    for (i, e) in info.params.iter().enumerate().filter(|(_, e)| keep[e.node]) {
+        let Some(t) = tensors.get(e.burn) else {
+            return Err(Error::CheckFailed(format!("{}: the model has no tensor {}", info.name, e.burn)));
+        };
+        let name = format!("segtune.backbone.{i}");
+        let dims = t.shape.iter().map(|&d| d as i64).collect();
+        let raw = t.to_bytes().expect("in-memory tensors always have bytes").to_vec();
+        g.initializer.push(TensorProto {
+            name: Some(name.clone()),
+            dims,
+            data_type: Some(onnx::DATA_TYPE_FLOAT),
+            raw_data: Some(raw),
+            ..Default::default()
+        });
+        g.node[e.node].input[e.input] = name;
     }
     let nodes = std::mem::take(&mut g.node);
     g.node = nodes.into_iter().zip(keep).filter(|(_, k)| *k).map(|(n, _)| n).collect();
