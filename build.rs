@@ -24,6 +24,10 @@ use burn_onnx::ext::{Argument, CodegenContext, Field, Node, NodeType, ProcessErr
 use burn_onnx::{LoadStrategy, ModelGen};
 use onnx_ir::Message as _;
 
+#[path = "src/backbone_names.rs"]
+mod backbone_names;
+use backbone_names::is_backbone_param;
+
 /// Models up to this size are embedded in the binary (the original graph is needed to export);
 /// larger ones are read from their path in `models/` at run time.
 const EMBED_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
@@ -31,6 +35,7 @@ const EMBED_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=proto/onnx.proto");
+    println!("cargo:rerun-if-changed=src/backbone_names.rs");
     println!("cargo:rerun-if-changed=models");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -545,7 +550,6 @@ fn split_head(model: &onnx_ir::ModelProto) -> Option<(onnx_ir::ModelProto, Vec<S
     ];
     let graph = &model.graph;
     let image = graph.input.first()?.name.clone();
-    let is_backbone_param = |v: &str| v.starts_with("encoder.") || v.starts_with("backbone.");
     let mut kind: HashMap<&str, Kind> = HashMap::new();
     kind.insert(image.as_str(), Kind::Backbone);
     let mut node_kind = Vec::with_capacity(graph.node.len());

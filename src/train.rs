@@ -251,12 +251,8 @@ pub struct TrainSummary {
 
 /// The value names of a model's backbone parameters, by burn path.
 fn backbone_paths(info: &ModelInfo) -> Result<HashSet<&'static str>> {
-    let set: HashSet<&str> = info
-        .params
-        .iter()
-        .filter(|e| e.value.starts_with("encoder.") || e.value.starts_with("backbone."))
-        .map(|e| e.burn)
-        .collect();
+    let set: HashSet<&str> =
+        info.params.iter().filter(|e| model::backbone_names::is_backbone_param(e.value)).map(|e| e.burn).collect();
     if set.is_empty() {
         return Err(Error::BadArgument(format!(
             "--freeze backbone: {} names no parameter encoder.* or backbone.*, so the backbone cannot be told from the decoder",
