@@ -152,9 +152,11 @@ fn main() {
                     n = boundary.len(),
                 )
                 .unwrap();
-                format!("Some(crate::model::Split {{ boundary: {stem}_head::BOUNDARY, params: {stem}_head::PARAMS }})")
+                Some(format!(
+                    "Some(crate::model::Split {{ boundary: {stem}_head::BOUNDARY, params: {stem}_head::PARAMS }})"
+                ))
             }
-            None => "None".to_string(),
+            None => None,
         };
         entries.push((stem, source, split));
     }
@@ -164,7 +166,8 @@ fn main() {
     for (stem, source, split) in &entries {
         writeln!(
             registry,
-            "    crate::model::ModelInfo {{ name: {stem:?}, onnx: {source}, params: {stem}::PARAMS, split: {split} }},"
+            "    crate::model::ModelInfo {{ name: {stem:?}, onnx: {source}, params: {stem}::PARAMS, split: {} }},",
+            split.as_deref().unwrap_or("None")
         )
         .unwrap();
     }
@@ -191,7 +194,7 @@ fn main() {
     )
     .unwrap();
     for (stem, _, split) in &entries {
-        if split != "None" {
+        if split.is_some() {
             writeln!(registry, "        {stem:?} => Some(f.call::<{stem}::Model, {stem}_head::Model>()),").unwrap();
         }
     }
