@@ -80,8 +80,7 @@ fn main() {
         std::fs::write(gen_dir.join(format!("{stem}_params.rs")), params).unwrap();
 
         // The decoder and head alone, for training behind a frozen backbone run elsewhere.
-        let split = if nhwc { None } else { split_head(&model) };
-        let head = split.map(|(head, boundary)| {
+        let head = split_head(&model).map(|(head, boundary, reads_image)| {
             let dir = out_dir.join("heads");
             std::fs::create_dir_all(&dir).unwrap();
             let head_path = dir.join(format!("{stem}_head.onnx"));
@@ -89,7 +88,7 @@ fn main() {
             import(&head_path);
             let head_params = param_table(&head_path, &head, &gen_dir.join(format!("{stem}_head.bpk")));
             std::fs::write(gen_dir.join(format!("{stem}_head_params.rs")), head_params).unwrap();
-            boundary
+            (boundary, reads_image)
         });
 
         let size = std::fs::metadata(path).unwrap().len();
@@ -129,31 +128,36 @@ fn main() {
         )
         .unwrap();
         let split = match &head {
-            Some(boundary) => {
-                let args: Vec<String> = (0..boundary.len()).map(|i| format!("f{i}")).collect();
+            Some((boundary, reads_image)) => {
+                let inputs = boundary.len() + usize::from(*reads_image);
+                let args: Vec<String> = (0..inputs).map(|i| format!("f{i}")).collect();
                 writeln!(
                     registry,
-                    "/// The decoder and head of `models/{stem}.onnx`: the graph after its backbone's outputs {boundary:?}.\n\
+                    "/// The decoder and head of `models/{stem}.onnx`: the graph after its backbone's outputs {boundary:?}{image_note}.\n\
                      #[allow(clippy::all, unused, non_snake_case, non_camel_case_types)]\n\
                      pub mod {stem}_head {{\n\
                          include!(concat!(env!(\"OUT_DIR\"), \"/model/{stem}_head.rs\"));\n\
                          include!(concat!(env!(\"OUT_DIR\"), \"/model/{stem}_head_params.rs\"));\n\
                          /// The backbone's output values the head reads, in its input order.\n\
                          pub const BOUNDARY: &[&str] = &{boundary:?};\n\
+                         /// Whether the head's last input is the image itself (it reads only its shape).\n\
+                         pub const READS_IMAGE: bool = {reads_image};\n\
                      }}\n\
                      impl crate::model::Trainee for {stem}_head::Model {{\n\
                          fn init(device: &burn::tensor::Device) -> Self {{ Self::new(device) }}\n\
                          fn forward_features(&self, features: Vec<burn::tensor::Tensor<4>>) -> burn::tensor::Tensor<4> {{\n\
                              let Ok([{a}]) = <[burn::tensor::Tensor<4>; {n}]>::try_from(features) else {{ panic!(\"expected {n} feature maps\") }};\n\
-                             self.forward({a})\n\
+                             self.forward({a}){permute}\n\
                          }}\n\
                      }}",
                     a = args.join(", "),
-                    n = boundary.len(),
+                    n = inputs,
+                    image_note = if *reads_image { " and the image (for its shape)" } else { "" },
+                    permute = if nhwc { ".permute([0, 3, 1, 2])" } else { "" },
                 )
                 .unwrap();
                 Some(format!(
-                    "Some(crate::model::Split {{ boundary: {stem}_head::BOUNDARY, params: {stem}_head::PARAMS }})"
+                    "Some(crate::model::Split {{ boundary: {stem}_head::BOUNDARY, reads_image: {stem}_head::READS_IMAGE, params: {stem}_head::PARAMS }})"
                 ))
             }
             None => None,
@@ -514,7 +518,9 @@ impl OpOverride for LinearResize {
 }
 
 /// Splits a model after its backbone: returns the graph of everything downstream (decoder and
-/// head) with the backbone's outputs as its inputs, and those outputs' names in input order.
+/// head) with the backbone's outputs as its inputs, those outputs' names in input order, and
+/// whether the head also reads the image (through `Shape`/`Size` only: the size to upsample the
+/// logits to); then the image is the head graph's last input.
 ///
 /// Backbone parameters are the values named `encoder.*` or `backbone.*` (as `--freeze backbone`
 /// picks them). Walking the graph in order, a node belongs to the head when it reads another
@@ -522,9 +528,9 @@ impl OpOverride for LinearResize {
 /// (shape arithmetic stays with its consumer); else to the backbone when it reads the image or a
 /// backbone value; else it is a constant, copied into the head where the head needs it. The
 /// boundary is every backbone value a head node reads. `None` (no split, training runs the whole
-/// graph in burn) when either side is empty, a head node reads the image itself, or a boundary
-/// value is not the output of an op known to keep its 4-D float input's rank.
-fn split_head(model: &onnx_ir::ModelProto) -> Option<(onnx_ir::ModelProto, Vec<String>)> {
+/// graph in burn) when either side is empty, a head node other than `Shape`/`Size` reads the
+/// image, or a boundary value is not the output of an op known to keep its 4-D float input's rank.
+fn split_head(model: &onnx_ir::ModelProto) -> Option<(onnx_ir::ModelProto, Vec<String>, bool)> {
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
         Const,
@@ -606,12 +612,16 @@ fn split_head(model: &onnx_ir::ModelProto) -> Option<(onnx_ir::ModelProto, Vec<S
         return None;
     }
     let mut boundary: Vec<String> = vec![];
+    let mut reads_image = false;
     for &i in &head_nodes {
-        for v in graph.node[i].input.iter().filter(|v| !v.is_empty()) {
-            if kind.get(v.as_str()) == Some(&Kind::Backbone) && !boundary.contains(v) {
-                if *v == image {
+        let node = &graph.node[i];
+        for v in node.input.iter().filter(|v| !v.is_empty()) {
+            if *v == image {
+                if !matches!(node.op_type.as_str(), "Shape" | "Size") {
                     return None;
                 }
+                reads_image = true;
+            } else if kind.get(v.as_str()) == Some(&Kind::Backbone) && !boundary.contains(v) {
                 let op = &graph.node[producer[v.as_str()]].op_type;
                 if !RANK_KEEPING.contains(&op.as_str()) {
                     return None;
@@ -643,7 +653,7 @@ fn split_head(model: &onnx_ir::ModelProto) -> Option<(onnx_ir::ModelProto, Vec<S
     g.initializer = graph.initializer.iter().filter(|t| used.contains(t.name.as_str())).cloned().collect();
     g.value_info.clear();
     let template = graph.input[0].clone();
-    g.input = boundary
+    let mut inputs: Vec<_> = boundary
         .iter()
         .enumerate()
         .map(|(i, name)| {
@@ -657,5 +667,9 @@ fn split_head(model: &onnx_ir::ModelProto) -> Option<(onnx_ir::ModelProto, Vec<S
             v
         })
         .collect();
-    Some((head, boundary))
+    if reads_image {
+        inputs.push(template);
+    }
+    g.input = inputs;
+    Some((head, boundary, reads_image))
 }

@@ -71,6 +71,9 @@ pub struct ModelInfo {
 pub struct Split {
     /// The backbone output values the head reads, in the head's input order.
     pub boundary: &'static [&'static str],
+    /// Whether the head also takes the image, as its last input, for its shape alone (the
+    /// torchvision and Keras heads upsample the logits to the input's size).
+    pub reads_image: bool,
     /// The head model's parameters with their ONNX values (node indices are the head graph's).
     pub params: &'static [ParamEntry],
 }
@@ -140,7 +143,8 @@ pub fn with_split<F: SplitFn>(info: &ModelInfo, f: F) -> Option<F::Output> {
 }
 
 /// What a training step runs: feature maps in, logits `[N, classes, H, W]` out. A whole model
-/// takes the normalized image batch; a head takes its backbone's outputs ([`Split::boundary`]).
+/// takes the normalized image batch; a head takes its backbone's outputs ([`Split::boundary`]),
+/// then the image batch where it reads the image's shape ([`Split::reads_image`]).
 pub trait Trainee: Module + Sized {
     /// The module with burn's initial weights.
     fn init(device: &Device) -> Self;

@@ -551,6 +551,8 @@ fn onnxruntime_backbone(cfg: &TrainConfig, info: &ModelInfo) -> Result<bool> {
 /// The frozen backbone in onnxruntime: the image batch in, the head's inputs out.
 struct OrtBackbone {
     session: crate::runtime::OrtModel,
+    /// The head's last input is the image batch ([`model::Split::reads_image`]).
+    reads_image: bool,
 }
 
 impl OrtBackbone {
@@ -560,13 +562,18 @@ impl OrtBackbone {
         // Not spinning: between batches the cores belong to burn's head and the loader.
         let session =
             crate::runtime::OrtModel::with_options(&bytes, &format!("the backbone of {}", info.name), threads, false)?;
-        Ok(OrtBackbone { session })
+        Ok(OrtBackbone { session, reads_image: split.reads_image })
     }
 
+    /// The head's inputs for `batch`: the backbone's outputs, then the image where the head reads it.
     fn features(&mut self, batch: &Batch, device: &Device) -> Result<Vec<Tensor<4>>> {
-        let view = ndarray::ArrayView4::from_shape((batch.n, 3, batch.h, batch.w), &batch.images)
+        let shape = match batch.layout {
+            model::Layout::Nchw => (batch.n, 3, batch.h, batch.w),
+            model::Layout::Nhwc => (batch.n, batch.h, batch.w, 3),
+        };
+        let view = ndarray::ArrayView4::from_shape(shape, &batch.images)
             .map_err(|e| Error::Runtime(format!("batch of {} images: {e}", batch.n)))?;
-        Ok(self
+        let mut features: Vec<Tensor<4>> = self
             .session
             .run_outputs(view)?
             .into_iter()
@@ -574,7 +581,11 @@ impl OrtBackbone {
                 let dims: [usize; 4] = shape.try_into().expect("the split checks 4-D boundaries");
                 Tensor::from_data(TensorData::new(values, dims), device)
             })
-            .collect())
+            .collect();
+        if self.reads_image {
+            features.push(image_tensor(batch, device));
+        }
+        Ok(features)
     }
 }
 

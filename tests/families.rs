@@ -320,3 +320,28 @@ fn torchvision_fine_tunes_exports_and_validates() {
     // features, 2,971,952 parameters; the DeepLabHead (ASPP) is the rest.
     assert_eq!(frozen, 2_971_952);
 }
+
+/// torchvision's head reads the image's shape (to upsample to it): the split passes the image
+/// along, and the head on the onnxruntime backbone gives the whole model's logits.
+#[test]
+fn torchvision_head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() {
+    if !present(TORCHVISION) {
+        return;
+    }
+    let split = model::find(TORCHVISION).unwrap().split.expect("build.rs splits the torchvision model");
+    assert_eq!(split.boundary, ["/backbone/backbone.16/backbone.16.1/BatchNormalization_output_0"]);
+    assert!(split.reads_image);
+    let dims = common::head_matches_whole_model(TORCHVISION);
+    assert_eq!(dims, [[1, 960, 4, 4], [1, 3, 64, 64]]);
+}
+
+#[test]
+fn xception65_head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() {
+    if !present(XCEPTION) {
+        return;
+    }
+    let split = model::find(XCEPTION).unwrap().split.expect("build.rs splits the Xception model");
+    assert!(split.reads_image);
+    let dims = common::head_matches_whole_model(XCEPTION);
+    assert_eq!(dims, [[1, 256, 16, 16], [1, 2048, 4, 4], [1, 64, 64, 3]]);
+}

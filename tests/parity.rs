@@ -77,78 +77,36 @@ fn identity_shared_checkpoint_loads_and_matches_onnxruntime() {
     assert!(r.pass, "burn vs onnxruntime on the Identity-shared file: max |Δ| {:e}", r.max_abs_diff);
 }
 
-/// Shifts every BatchNorm running statistic, so that each differs from the tensor an `Identity`
-/// shares it with in the reference graph (the BN weight and bias, at their initial values).
-struct ShiftStatistics(Vec<String>);
-
-impl burn::module::ModuleMapper for ShiftStatistics {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.0.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.0.pop();
-    }
-    fn map_float<const D: usize>(
-        &mut self,
-        param: burn::module::Param<burn::tensor::Tensor<D>>,
-    ) -> burn::module::Param<burn::tensor::Tensor<D>> {
-        let t = param.val();
-        let t = match self.0.last().map(String::as_str) {
-            Some("running_var") => t.mul_scalar(1.5),
-            Some("running_mean") => t.add_scalar(0.1),
-            _ => return param,
-        };
-        burn::module::Param::initialized(param.id, t)
-    }
-}
-
 /// The frozen backbone in onnxruntime (the graph `build.rs` cut at the encoder's outputs, with
 /// burn's weights written in) feeding the generated head in burn gives the whole burn model's
 /// logits; the head written back into the whole model changes nothing.
 #[test]
 fn head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() {
-    use burn::module::Module;
-    use burn::tensor::{Tensor, TensorData};
-    use segtune::model::{Trainee, backbone_onnx, generated::deeplabv3plus_mobilenetv2_head::Model as Head, transfer};
-
-    let ckpt = Checkpoint::open(None, None).unwrap();
-    let info = ckpt.info;
+    let info = segtune::model::find("deeplabv3plus_mobilenetv2").unwrap();
     let split = info.split.expect("build.rs splits the reference model");
     assert_eq!(
         split.boundary,
         ["/encoder/features.18/features.18.1/BatchNormalization_output_0", "/encoder/features.3/Add_output_0"]
     );
-    let device = cpu_device();
-    let whole: Model = ckpt.load::<Model>(&device).unwrap().map(&mut ShiftStatistics(vec![]));
-    let head: Head = transfer(&whole, info.params, Head::init(&device), split.params, true).unwrap();
-    let mut backbone =
-        segtune::runtime::OrtModel::from_bytes(&backbone_onnx(&whole, info, &split).unwrap(), "backbone", 1).unwrap();
+    assert!(!split.reads_image);
+    let dims = common::head_matches_whole_model(info.name);
+    assert_eq!(dims, [[1, 1280, 4, 4], [1, 24, 16, 16]]);
+}
 
-    for (batch, size) in [(1, 64), (2, 96)] {
-        let x = seeded_input(batch, size, &ckpt.normalization, 11);
-        let features: Vec<Tensor<4>> = backbone
-            .run_outputs(x.view())
-            .unwrap()
-            .into_iter()
-            .map(|(shape, v)| Tensor::from_data(TensorData::new(v, [shape[0], shape[1], shape[2], shape[3]]), &device))
-            .collect();
-        assert_eq!(features[0].dims(), [batch, 1280, size / 16, size / 16]);
-        let split_logits = to_array(head.forward_features(features));
-        let whole_logits = to_array(whole.logits(to_tensor(x.view(), &device)));
-        let (max_abs, _, _) = compare_logits(&split_logits, &whole_logits);
-        assert!(max_abs <= 1e-4, "batch {batch} {size}²: max |Δ| {max_abs:e}");
-
-        let rejoined: Model = transfer(&head, split.params, whole.clone(), info.params, false).unwrap();
-        let rejoined_logits = to_array(rejoined.logits(to_tensor(x.view(), &device)));
-        assert_eq!(rejoined_logits, whole_logits);
-    }
-    // Without the shift, the backbone would differ from the burn model only where the graph
-    // shares tensors: check that the shift reached the backbone.
-    let unshifted: Model = ckpt.load(&device).unwrap();
-    let mut plain =
-        segtune::runtime::OrtModel::from_bytes(&backbone_onnx(&unshifted, info, &split).unwrap(), "backbone", 1)
-            .unwrap();
-    let x = seeded_input(1, 64, &ckpt.normalization, 11);
-    let (a, b) = (backbone.run_outputs(x.view()).unwrap(), plain.run_outputs(x.view()).unwrap());
-    assert!(a[0].1.iter().zip(&b[0].1).any(|(p, q)| (p - q).abs() > 1e-3));
+/// The same for the Keras model (tf2onnx, NHWC): its head also reads the image, for the size to
+/// upsample the logits to, and gives NHWC logits.
+#[test]
+fn keras_head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() {
+    let info = segtune::model::find("keras_deeplabv3plus_mobilenetv2").unwrap();
+    let split = info.split.expect("build.rs splits the Keras model");
+    assert_eq!(
+        split.boundary,
+        [
+            "deeplabv3plus_mobilenetv2/backbone_block2_add/add:0",
+            "deeplabv3plus_mobilenetv2/backbone_block16_project_bn/FusedBatchNormV3:0"
+        ]
+    );
+    assert!(split.reads_image);
+    let dims = common::head_matches_whole_model(info.name);
+    assert_eq!(dims, [[1, 24, 16, 16], [1, 320, 4, 4], [1, 64, 64, 3]]);
 }

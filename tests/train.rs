@@ -33,10 +33,14 @@ fn checkpoint_tensors(run: &Path) -> HashMap<String, Vec<u8>> {
     reader.tensor_names().into_iter().map(|n| (n.to_string(), reader.tensor_data(n).unwrap())).collect()
 }
 
-/// burn path → raw bytes of the shipped model's weights.
-fn initial_tensors() -> HashMap<String, Vec<u8>> {
-    let ckpt = Checkpoint::open(None, None).unwrap();
+/// burn path → raw bytes of the weights of the compiled-in model `name` (default: the shipped one).
+fn initial_tensors_of(name: Option<&str>) -> HashMap<String, Vec<u8>> {
+    let ckpt = Checkpoint::open(name, None).unwrap();
     ckpt.tensors().unwrap().into_iter().map(|t| (t.name.clone(), t.to_bytes().unwrap().to_vec())).collect()
+}
+
+fn initial_tensors() -> HashMap<String, Vec<u8>> {
+    initial_tensors_of(None)
 }
 
 #[test]
@@ -70,15 +74,16 @@ fn frozen_backbone_and_frozen_bn_stay_bit_identical_while_the_decoder_learns() {
     assert!(decoder > 5 && decoder_changed == decoder, "{decoder_changed} of {decoder} decoder weights changed");
 }
 
-/// The same (b) run with the frozen backbone in burn and in onnxruntime: the same losses and
-/// weights up to float rounding (the two compute the backbone's features within ~1e-6).
-#[test]
-fn the_backbone_in_onnxruntime_trains_as_in_burn() {
+/// The same (b) run of the compiled-in model `name` with the frozen backbone in burn and in
+/// onnxruntime: the same losses and weights up to float rounding (the two compute the
+/// backbone's features within ~1e-6).
+fn backbone_runtimes_train_alike(name: &str) {
     let dir = tempfile::tempdir().unwrap();
     small_set(&dir.path().join("data"), 4, 8, 64);
     let mut runs = vec![];
     for runtime in [BackboneRuntime::Burn, BackboneRuntime::Onnxruntime] {
         let mut cfg = small_config(&dir.path().join("data"));
+        cfg.model = name.into();
         cfg.freeze = Freeze::Backbone;
         cfg.bn = BnMode::Frozen;
         cfg.epochs = 2;
@@ -90,19 +95,30 @@ fn the_backbone_in_onnxruntime_trains_as_in_burn() {
     let ((burn, burn_w), (ort, ort_w)) = (&runs[0], &runs[1]);
     for (a, b) in burn.history.iter().zip(&ort.history) {
         for (x, y) in [(a.train_loss, b.train_loss), (a.val_loss, b.val_loss)] {
-            assert!((x - y).abs() <= 1e-3 * x.abs().max(1e-3), "losses {x} (burn) vs {y} (onnxruntime)");
+            assert!((x - y).abs() <= 1e-3 * x.abs().max(1e-3), "{name}: losses {x} (burn) vs {y} (onnxruntime)");
         }
     }
     let f32s = |b: &Vec<u8>| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
-    let initial = initial_tensors();
+    let initial = initial_tensors_of(Some(name));
     let (mut changed, mut worst) = (0, 0f32);
-    for e in reference_model::PARAMS {
+    for e in segtune::model::find(name).unwrap().params {
         let (a, b) = (f32s(&burn_w[e.burn]), f32s(&ort_w[e.burn]));
         worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
         changed += (burn_w[e.burn] != initial[e.burn]) as usize;
     }
-    assert!(changed > 10, "only {changed} tensors trained");
-    assert!(worst <= 1e-4, "weights differ by {worst:e}");
+    assert!(changed > 10, "{name}: only {changed} tensors trained");
+    assert!(worst <= 1e-4, "{name}: weights differ by {worst:e}");
+}
+
+#[test]
+fn the_backbone_in_onnxruntime_trains_as_in_burn() {
+    backbone_runtimes_train_alike("deeplabv3plus_mobilenetv2");
+}
+
+/// The Keras model: NHWC batches, and a head that takes the image for its shape.
+#[test]
+fn the_keras_backbone_in_onnxruntime_trains_as_in_burn() {
+    backbone_runtimes_train_alike("keras_deeplabv3plus_mobilenetv2");
 }
 
 #[test]

@@ -181,3 +181,98 @@ pub fn insert_softmax_before_output_transpose(model: &mut ModelProto) {
     g.node[last].input[0] = "probabilities_nchw".into();
     g.node.insert(last, softmax_node("deeplabv3plus_mobilenetv2/probabilities/Softmax", &logits, "probabilities_nchw"));
 }
+
+/// Shifts every BatchNorm running statistic, so that each differs from the tensor an `Identity`
+/// shares it with in the reference graph (the BN weight and bias, at their initial values).
+pub struct ShiftStatistics(pub Vec<String>);
+
+impl burn::module::ModuleMapper for ShiftStatistics {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.0.pop();
+    }
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+        let t = param.val();
+        let t = match self.0.last().map(String::as_str) {
+            Some("running_var") => t.mul_scalar(1.5),
+            Some("running_mean") => t.add_scalar(0.1),
+            _ => return param,
+        };
+        burn::module::Param::initialized(param.id, t)
+    }
+}
+
+/// Checks the split of the compiled-in model `name` (which must have one): its frozen backbone
+/// in onnxruntime (the graph `build.rs` cut, with the burn model's weights and shifted BN
+/// statistics written in) feeding the generated head in burn gives the whole burn model's logits
+/// (max |Δ| ≤ 1e-4 at batch 1, 64² and batch 2, 96²); the head moved back into the whole model
+/// changes none of them; the shift reached the backbone. Returns the head's input dims at 64².
+pub fn head_matches_whole_model(name: &str) -> Vec<[usize; 4]> {
+    let info = segtune::model::find(name).unwrap();
+    segtune::model::with_split(info, HeadCheck(info)).expect("the model has a split")
+}
+
+struct HeadCheck(&'static segtune::model::ModelInfo);
+
+impl segtune::model::SplitFn for HeadCheck {
+    type Output = Vec<[usize; 4]>;
+    fn call<M: segtune::model::SegModel, H: segtune::model::Trainee>(self) -> Vec<[usize; 4]> {
+        use burn::tensor::{Tensor, TensorData};
+        use segtune::model::{Checkpoint, backbone_onnx, cpu_device, transfer};
+        use segtune::validate::{compare_logits, seeded_input, to_array, to_tensor};
+
+        let info = self.0;
+        let ckpt = Checkpoint::open(Some(info.name), None).unwrap();
+        let split = info.split.unwrap();
+        let device = cpu_device();
+        let whole: M = ckpt.load::<M>(&device).unwrap().map(&mut ShiftStatistics(vec![]));
+        let head: H = transfer(&whole, info.params, H::init(&device), split.params, true).unwrap();
+        let mut backbone =
+            segtune::runtime::OrtModel::from_bytes(&backbone_onnx(&whole, info, &split).unwrap(), "backbone", 1)
+                .unwrap();
+        let mut first_dims = vec![];
+        for (batch, size) in [(1, 64), (2, 96)] {
+            let x = seeded_input(batch, size, &ckpt.normalization, 11);
+            let mut features: Vec<Tensor<4>> = backbone
+                .run_outputs(x.view())
+                .unwrap()
+                .into_iter()
+                .map(|(s, v)| Tensor::from_data(TensorData::new(v, [s[0], s[1], s[2], s[3]]), &device))
+                .collect();
+            if split.reads_image {
+                features.push(to_tensor(x.view(), &device));
+            }
+            if first_dims.is_empty() {
+                first_dims = features.iter().map(|f| f.dims()).collect();
+            }
+            let split_logits = to_array(head.forward_features(features));
+            let whole_logits = to_array(whole.logits(to_tensor(x.view(), &device)));
+            assert_eq!(split_logits.shape(), whole_logits.shape());
+            let (max_abs, _, _) = compare_logits(&split_logits, &whole_logits);
+            assert!(max_abs <= 1e-4, "{}: batch {batch} {size}²: max |Δ| {max_abs:e}", info.name);
+
+            let rejoined: M = transfer(&head, split.params, whole.clone(), info.params, false).unwrap();
+            let rejoined_logits = to_array(rejoined.logits(to_tensor(x.view(), &device)));
+            assert_eq!(rejoined_logits, whole_logits);
+        }
+        // Without the shift, the backbone would differ from the burn model only where the graph
+        // shares tensors: check that the shift reached the backbone.
+        let unshifted: M = ckpt.load(&device).unwrap();
+        let mut plain =
+            segtune::runtime::OrtModel::from_bytes(&backbone_onnx(&unshifted, info, &split).unwrap(), "backbone", 1)
+                .unwrap();
+        let x = seeded_input(1, 64, &ckpt.normalization, 11);
+        let (a, b) = (backbone.run_outputs(x.view()).unwrap(), plain.run_outputs(x.view()).unwrap());
+        assert!(
+            a[0].1.iter().zip(&b[0].1).any(|(p, q)| (p - q).abs() > 1e-3),
+            "{}: the shift did not reach the backbone",
+            info.name
+        );
+        first_dims
+    }
+}
