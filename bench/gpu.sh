@@ -59,14 +59,24 @@ case "${1:-run}" in
     # Stripped and xz-compressed to travel (~30 MB); `run` and `pretrain` unpack it.
     strip -o "$bin" target/debug/segtune
     xz -T0 -3 -f "$bin"
+    # The device tool carries at most 64 MiB: models in models/ under 64 MiB are embedded in the
+    # binary, so move large gitignored ones (e.g. deeplabv3_mobilenet_v3_large.onnx) aside first.
+    size=$(stat -c %s "$bin.xz")
+    if [ "$size" -gt $((60 * 1024 * 1024)) ]; then
+      echo "error: $bin.xz is $((size / 1048576)) MiB (> 60): move the large models out of models/ and rerun" >&2
+      exit 2
+    fi
+    # Which code the binary is: `run` prints it (a later session can tell a stale build).
+    echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src build.rs Cargo.toml Cargo.lock || echo +uncommitted) built $(date -u +%FT%TZ)" > "$here/COMMIT"
     (cd "$here/deb" && apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 >/dev/null)
     python3 -m pip download -q --no-deps --only-binary=:all: -d "$here/whl" segmentation-models-pytorch==0.6.0
-    echo "prepared $here: $(cd "$here" && ls segtune.xz deb/* whl/* | tr '\n' ' ')"
+    echo "prepared $here ($(cat "$here/COMMIT")): $(cd "$here" && ls segtune.xz deb/* whl/* | tr '\n' ' ')"
     ;;
   run)
     batch=${2:-16}; crop=${3:-512}; epochs=${4:-3}
     unpack
     vulkan
+    echo "binary: $(cat "$here/COMMIT" 2>/dev/null || echo 'of unknown commit')"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     site=$(mktemp -d)
     python3 -c 'import segmentation_models_pytorch' 2>/dev/null ||
