@@ -15,9 +15,9 @@
 #       where the wgpu step's time goes: 3 epochs of STEPS steps with cubecl's kernel profiling
 #       (every kernel timed, so the steps run slower than unprofiled); bench/gpu_profile.py sums
 #       the last epoch's kernels by name into OUT_DIR/kernels.txt.
-# segtune's images/s is that of its last epoch (`metrics.json`, data loading included, evaluation
-# and the first epochs' shader compilation and autotuning excluded); PyTorch's is batch / median
-# step time after 3 warm-up steps. burn's `cuda` backend is not timed: its build downloads LLVM.
+# segtune's images/s is batch / the median step of its last epoch (`metrics.json`: from the end of
+# one step to the end of the next, loader wait included; evaluation and the first epochs' shader
+# compilation and autotuning excluded); PyTorch's is batch / median step time after 3 warm-up steps. burn's `cuda` backend is not timed: its build downloads LLVM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=bench/gpu
@@ -85,7 +85,7 @@ case "${1:-run}" in
     "$bin" synth "$work/data" --classes 6 --train $((batch * 10)) --val "$batch" --size "$crop" --seed 1 >/dev/null
     "$bin" train --data "$work/data" --out "$work/run" --classes 6 --epochs "$epochs" --batch "$batch" \
       --crop "$crop" --lr 0.01 --bn train --device wgpu
-    # images/s from the last epoch's median step (loader wait excluded, as PyTorch's median is).
+    # images/s from the last epoch's median step (end of one step to the end of the next, loader wait included).
     seg=$(python3 -c 'import json,sys; print(int(sys.argv[2]) * 1000 / json.load(open(sys.argv[1]))[-1]["step_ms_median"])' "$work/run/metrics.json" "$batch")
     torch_ms=$(python3 bench/train_step_torch.py full "$batch" "$crop" 20 "$(nproc)" cuda)
     python3 - "$seg" "$torch_ms" "$batch" "$crop" <<'PY'

@@ -3,7 +3,9 @@
 # DeepLabV3Plus mobilenet_v2, 6 classes), same batch, crop, optimizer and loss, same threads:
 #   (a) full fine-tune, BN in train mode;  (b) --freeze backbone --bn frozen.
 # Both sides print the median ms of one optimizer step: segtune's `step_ms_median` of a 1-epoch run
-# of STEPS+1 steps (loader wait and evaluation excluded), PyTorch's over STEPS after 3 warm-ups.
+# of STEPS+1 steps (end of one step to the end of the next: the wait for the loader and for a
+# frozen backbone running ahead in onnxruntime included, evaluation excluded), PyTorch's over
+# STEPS after 3 warm-ups on a fixed batch.
 # PyTorch comes from a venv this script creates (bench/.venv-torch), never from CI.
 # With UPSTREAM=1, segtune also runs with burn-flex's upstream convolution backward passes
 # (SEGTUNE_UPSTREAM_FLEX=1, vendor/burn-flex/VENDORED.md): the patch's effect, same binary.
