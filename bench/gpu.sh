@@ -88,14 +88,16 @@ case "${1:-run}" in
     # images/s from the last epoch's median step (end of one step to the end of the next, loader wait included).
     seg=$(python3 -c 'import json,sys; print(int(sys.argv[2]) * 1000 / json.load(open(sys.argv[1]))[-1]["step_ms_median"])' "$work/run/metrics.json" "$batch")
     torch_ms=$(python3 bench/train_step_torch.py full "$batch" "$crop" 20 "$(nproc)" cuda)
-    python3 - "$seg" "$torch_ms" "$batch" "$crop" <<'PY'
+    # PyTorch's default convolutions use TF32 tensor cores; segtune's are float32: both peers.
+    torch_fp32_ms=$(TORCH_TF32=0 python3 bench/train_step_torch.py full "$batch" "$crop" 20 "$(nproc)" cuda)
+    python3 - "$seg" "$torch_ms" "$torch_fp32_ms" "$batch" "$crop" <<'PY'
 import sys
-seg, ms, batch, crop = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-torch_ips = 1000 * batch / ms
+seg, ms, ms32, batch, crop = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 print(f"train step, batch {batch}, crop {crop}, full fine-tune, BN train")
-print(f"  segtune wgpu       {seg:9.1f} images/s  ({1000 * batch / seg:.0f} ms/step)")
-print(f"  PyTorch CUDA eager {torch_ips:9.1f} images/s  ({ms:.0f} ms/step)")
-print(f"  ratio segtune/PyTorch (images/s) {seg / torch_ips:.2f}x")
+print(f"  segtune wgpu                     {seg:9.1f} images/s  ({1000 * batch / seg:.0f} ms/step)")
+for name, t in [("PyTorch CUDA eager (default, TF32)", ms), ("PyTorch CUDA eager (float32)", ms32)]:
+    ips = 1000 * batch / t
+    print(f"  {name:32} {ips:9.1f} images/s  ({t:.0f} ms/step)  ratio segtune/PyTorch {seg / ips:.2f}x")
 PY
     ;;
   pretrain)

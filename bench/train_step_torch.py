@@ -5,7 +5,10 @@ the given size and crop. Config "full": everything trains, BN in train mode. Con
 the encoder at requires_grad=False and in eval mode (its BN frozen), decoder BN in eval mode too
 (segtune's --bn frozen freezes every BN). Prints the median ms per step over STEPS after 3
 warm-up steps. DEVICE (default cpu) may be cuda: then each step ends with a synchronize.
-Usage: python bench/train_step_torch.py CONFIG BATCH CROP STEPS THREADS [DEVICE]"""
+On CUDA, PyTorch's default lets cuDNN convolutions use TF32 tensor cores (10-bit mantissa);
+TORCH_TF32=0 makes them full float32, as segtune's kernels compute.
+Usage: [TORCH_TF32=0] python bench/train_step_torch.py CONFIG BATCH CROP STEPS THREADS [DEVICE]"""
+import os
 import sys
 import time
 
@@ -16,6 +19,9 @@ import torch.nn.functional as F
 config, batch, crop, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 device = torch.device(sys.argv[6] if len(sys.argv) > 6 else "cpu")
 torch.set_num_threads(threads)
+if os.environ.get("TORCH_TF32") == "0":
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 torch.manual_seed(0)
 model = smp.DeepLabV3Plus(encoder_name="mobilenet_v2", encoder_weights=None, classes=6)
 for m in model.modules():
