@@ -7,8 +7,10 @@
 #   here (Rust + internet):  bench/gpu.sh prepare
 #       builds segtune with `--features wgpu` into bench/gpu/segtune, downloads Debian's Vulkan and
 #       GL loaders (bench/gpu/deb) and the segmentation-models-pytorch wheel (bench/gpu/whl).
-#   on the GPU host:         bench/gpu.sh run [BATCH=16] [CROP=512] [EPOCHS=3]
-#       unpacks the loaders if the host has none, times both, prints images/s and the ratio.
+#   on the GPU host:         [SEG_TIMEOUT=360] bench/gpu.sh run [BATCH=16] [CROP=512] [EPOCHS=3]
+#       unpacks the loaders if the host has none, times both (PyTorch first; segtune's training
+#       bounded by SEG_TIMEOUT seconds, its log and metrics.json copied to $OUT when set), prints
+#       images/s and the ratios.
 #   on the GPU host:         bench/gpu.sh pretrain   (bench/pretrain.sh on --device wgpu)
 #   on the GPU host:         bench/gpu.sh export RUN_DIR OUT.onnx   (with the host's onnxruntime)
 #   on the GPU host:         bench/gpu.sh profile OUT_DIR [BATCH=16] [CROP=512] [STEPS=4]
@@ -82,14 +84,25 @@ case "${1:-run}" in
     python3 -c 'import segmentation_models_pytorch' 2>/dev/null ||
       { python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$here"/whl/*.whl && export PYTHONPATH="$site"; }
     work=$(mktemp -d)
-    "$bin" synth "$work/data" --classes 6 --train $((batch * 10)) --val "$batch" --size "$crop" --seed 1 >/dev/null
-    "$bin" train --data "$work/data" --out "$work/run" --classes 6 --epochs "$epochs" --batch "$batch" \
-      --crop "$crop" --lr 0.01 --bn train --device wgpu
-    # images/s from the last epoch's median step (end of one step to the end of the next, loader wait included).
-    seg=$(python3 -c 'import json,sys; print(int(sys.argv[2]) * 1000 / json.load(open(sys.argv[1]))[-1]["step_ms_median"])' "$work/run/metrics.json" "$batch")
+    # PyTorch first (quick and sure), so that its numbers exist whatever segtune does.
     torch_ms=$(python3 bench/train_step_torch.py full "$batch" "$crop" 20 "$(nproc)" cuda)
     # PyTorch's default convolutions use TF32 tensor cores; segtune's are float32: both peers.
     torch_fp32_ms=$(TORCH_TF32=0 python3 bench/train_step_torch.py full "$batch" "$crop" 20 "$(nproc)" cuda)
+    echo "PyTorch CUDA eager: $torch_ms ms/step (default, TF32), $torch_fp32_ms ms/step (float32)"
+    "$bin" synth "$work/data" --classes 6 --train $((batch * 10)) --val "$batch" --size "$crop" --seed 1 >/dev/null
+    # Bounded (SEG_TIMEOUT seconds, default 360): the device is lent for minutes, and the first
+    # epoch compiles and autotunes every kernel. Its log and metrics go to $OUT when set.
+    status=0
+    timeout "${SEG_TIMEOUT:-360}" "$bin" train --data "$work/data" --out "$work/run" --classes 6 --epochs "$epochs" \
+      --batch "$batch" --crop "$crop" --lr 0.01 --bn train --device wgpu 2>&1 | tee "$work/train.log" || status=$?
+    if [ -n "${OUT:-}" ]; then cp "$work/train.log" "$work"/run/metrics.json "$OUT"/ 2>/dev/null || true; fi
+    if [ ! -f "$work/run/metrics.json" ]; then
+      echo "segtune wgpu: no epoch finished (exit $status; 124 = timed out after ${SEG_TIMEOUT:-360} s)" >&2
+      exit 1
+    fi
+    [ "$status" = 0 ] || echo "segtune wgpu: stopped early (exit $status); the figures below are from its last finished epoch" >&2
+    # images/s from the last epoch's median step (end of one step to the end of the next, loader wait included).
+    seg=$(python3 -c 'import json,sys; print(int(sys.argv[2]) * 1000 / json.load(open(sys.argv[1]))[-1]["step_ms_median"])' "$work/run/metrics.json" "$batch")
     python3 - "$seg" "$torch_ms" "$torch_fp32_ms" "$batch" "$crop" <<'PY'
 import sys
 seg, ms, ms32, batch, crop = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
