@@ -118,91 +118,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         })
         .collect();
 
-    let mut proto: ModelProto = source.proto.clone();
-    let class_axis = source.normalization.layout.class_axis();
-    let source_classes = onnx::output_classes(onnx::graph(&proto), class_axis);
-    let dir = source.path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
-    let classifier = source.info.classifier();
-    let (mut written, mut unshared) = (0, 0);
-    {
-        let g = proto.graph.as_mut().expect("decoded models have a graph");
-        // Per parameter: its node in this graph, the input slot, and the initializer it reads
-        // (after following Identity nodes).
-        let sources: Vec<(usize, usize, String)> = {
-            let resolver = IdentityResolver::new(g);
-            source
-                .info
-                .params
-                .iter()
-                .map(|e| {
-                    let node = source.node_index(e.node);
-                    let value = &g.node[node].input[e.input];
-                    (node, e.input, resolver.resolve(value).to_string())
-                })
-                .collect()
-        };
-        let index: HashMap<String, usize> =
-            g.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), i)).collect();
-        // Pass 1: parameters that read their initializer directly; pass 2: Identity aliases,
-        // which keep sharing only while their trained value equals the shared one.
-        for pass in 0..2 {
-            for (e, (node, input, init)) in source.info.params.iter().zip(&sources) {
-                let value = g.node[*node].input[*input].clone();
-                let direct = &value == init;
-                if direct != (pass == 0) {
-                    continue;
-                }
-                let Some((dims, bytes)) = trained.get(e.burn) else {
-                    return Err(Error::bad_file(
-                        &pack_path,
-                        format!(
-                            "expected tensor {} of {}, found none: the run does not match the ONNX",
-                            e.burn, cfg.model
-                        ),
-                    ));
-                };
-                let slot = index[init.as_str()];
-                let old_dims: Vec<usize> = g.initializer[slot].dims.iter().map(|&d| d as usize).collect();
-                let class_head = classifier.contains(&e.burn);
-                if *dims != old_dims && !(class_head && dims[1..] == old_dims[1..]) {
-                    return Err(Error::bad_file(
-                        &pack_path,
-                        format!(
-                            "tensor {} has shape {dims:?}, the ONNX initializer {init:?} {old_dims:?}: the run does not match the ONNX",
-                            e.burn
-                        ),
-                    ));
-                }
-                if direct {
-                    set_data(&mut g.initializer[slot], dims, bytes.clone());
-                } else {
-                    let shared = f32_bytes(&g.initializer[slot], dir.as_deref())
-                        .map_err(|m| Error::bad_file(source.origin(), m))?;
-                    if &shared == bytes && old_dims == *dims {
-                        written += 1;
-                        continue;
-                    }
-                    let name = format!("{value}.segtune");
-                    let mut t = TensorProto { name: Some(name.clone()), ..Default::default() };
-                    set_data(&mut t, dims, bytes.clone());
-                    g.initializer.push(t);
-                    g.node[*node].input[*input] = name;
-                    unshared += 1;
-                }
-                written += 1;
-            }
-        }
-        if cfg.classes != source_classes.unwrap_or(cfg.classes) {
-            for o in &mut g.output {
-                set_class_dim(o, cfg.classes, class_axis);
-            }
-            for v in &mut g.value_info {
-                if v.name() == g.output.first().map(|o| o.name().to_string()).unwrap_or_default() {
-                    set_class_dim(v, cfg.classes, class_axis);
-                }
-            }
-        }
-    }
+    let (mut proto, written, unshared) = weights_into_graph(&source, &trained, cfg.classes, &pack_path)?;
 
     let history: Vec<train::EpochMetrics> = std::fs::read_to_string(run_dir.join("metrics.json"))
         .ok()
@@ -264,6 +180,106 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         best_val_miou: best,
         bytes: bytes.len(),
     })
+}
+
+/// The graph of `source` with `trained`'s tensors (burn path → shape and little-endian f32 bytes)
+/// written into its initializers: each parameter's slot found through the checkpoint's node map
+/// and `Identity` aliases (an alias whose trained value now differs from the tensor it shared gets
+/// an initializer of its own), the classifier and the output's class dimension resized to
+/// `classes`. `weights` names where the tensors came from, for errors. Returns the graph, the
+/// tensors written and those un-shared.
+pub fn weights_into_graph(
+    source: &Checkpoint,
+    trained: &HashMap<String, (Vec<usize>, Vec<u8>)>,
+    classes: usize,
+    weights: &Path,
+) -> Result<(ModelProto, usize, usize)> {
+    let mut proto: ModelProto = source.proto.clone();
+    let class_axis = source.normalization.layout.class_axis();
+    let source_classes = onnx::output_classes(onnx::graph(&proto), class_axis);
+    let dir = source.path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+    let classifier = source.info.classifier();
+    let (mut written, mut unshared) = (0, 0);
+    {
+        let g = proto.graph.as_mut().expect("decoded models have a graph");
+        // Per parameter: its node in this graph, the input slot, and the initializer it reads
+        // (after following Identity nodes).
+        let sources: Vec<(usize, usize, String)> = {
+            let resolver = IdentityResolver::new(g);
+            source
+                .info
+                .params
+                .iter()
+                .map(|e| {
+                    let node = source.node_index(e.node);
+                    let value = &g.node[node].input[e.input];
+                    (node, e.input, resolver.resolve(value).to_string())
+                })
+                .collect()
+        };
+        let index: HashMap<String, usize> =
+            g.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), i)).collect();
+        // Pass 1: parameters that read their initializer directly; pass 2: Identity aliases,
+        // which keep sharing only while their trained value equals the shared one.
+        for pass in 0..2 {
+            for (e, (node, input, init)) in source.info.params.iter().zip(&sources) {
+                let value = g.node[*node].input[*input].clone();
+                let direct = &value == init;
+                if direct != (pass == 0) {
+                    continue;
+                }
+                let Some((dims, bytes)) = trained.get(e.burn) else {
+                    return Err(Error::bad_file(
+                        weights,
+                        format!(
+                            "expected tensor {} of {}, found none: the run does not match the ONNX",
+                            e.burn, source.info.name
+                        ),
+                    ));
+                };
+                let slot = index[init.as_str()];
+                let old_dims: Vec<usize> = g.initializer[slot].dims.iter().map(|&d| d as usize).collect();
+                let class_head = classifier.contains(&e.burn);
+                if *dims != old_dims && !(class_head && dims[1..] == old_dims[1..]) {
+                    return Err(Error::bad_file(
+                        weights,
+                        format!(
+                            "tensor {} has shape {dims:?}, the ONNX initializer {init:?} {old_dims:?}: the run does not match the ONNX",
+                            e.burn
+                        ),
+                    ));
+                }
+                if direct {
+                    set_data(&mut g.initializer[slot], dims, bytes.clone());
+                } else {
+                    let shared = f32_bytes(&g.initializer[slot], dir.as_deref())
+                        .map_err(|m| Error::bad_file(source.origin(), m))?;
+                    if &shared == bytes && old_dims == *dims {
+                        written += 1;
+                        continue;
+                    }
+                    let name = format!("{value}.segtune");
+                    let mut t = TensorProto { name: Some(name.clone()), ..Default::default() };
+                    set_data(&mut t, dims, bytes.clone());
+                    g.initializer.push(t);
+                    g.node[*node].input[*input] = name;
+                    unshared += 1;
+                }
+                written += 1;
+            }
+        }
+        if classes != source_classes.unwrap_or(classes) {
+            for o in &mut g.output {
+                set_class_dim(o, classes, class_axis);
+            }
+            for v in &mut g.value_info {
+                if v.name() == g.output.first().map(|o| o.name().to_string()).unwrap_or_default() {
+                    set_class_dim(v, classes, class_axis);
+                }
+            }
+        }
+    }
+    Ok((proto, written, unshared))
 }
 
 fn set_class_dim(v: &mut onnx::ValueInfoProto, classes: usize, axis: usize) {
