@@ -462,9 +462,9 @@ pub fn evaluate_start(cfg: &TrainConfig) -> Result<Scores> {
         fn call<M: SegModel>(self) -> Self::Output {
             let device = model::cpu_device();
             let model: M = build_model(self.0, self.1, self.2, &device)?;
-            let mut ort = match self.0.device {
-                DeviceKind::Cpu => Some(onnxruntime_model(&model, self.1, self.0.classes)?),
-                _ => None,
+            let mut ort = match evaluates_in_onnxruntime(self.0) {
+                true => Some(onnxruntime_model(&model, self.1, self.0.classes)?),
+                false => None,
             };
             let mut logits = |b: &Batch, d: &Device| match ort.as_mut() {
                 Some(ort) => onnxruntime_logits(ort, b, d),
@@ -596,6 +596,12 @@ fn batch_view(batch: &Batch) -> Result<ndarray::ArrayView4<'_, f32>> {
     };
     ndarray::ArrayView4::from_shape(shape, &batch.images)
         .map_err(|e| Error::Runtime(format!("batch of {} images: {e}", batch.n)))
+}
+
+/// Whether evaluation runs in onnxruntime: on the CPU, unless `SEGTUNE_EVAL_IN_BURN=1` (burn's
+/// forward, as before; for `bench/eval_runtime.sh`).
+fn evaluates_in_onnxruntime(cfg: &TrainConfig) -> bool {
+    cfg.device == DeviceKind::Cpu && std::env::var_os("SEGTUNE_EVAL_IN_BURN").is_none_or(|v| v != "1")
 }
 
 /// `model` in onnxruntime, for evaluation on the CPU (its forward is 2.3–2.8× faster than burn's,
@@ -871,9 +877,9 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         let eval_model = model::transfer(&trained, trainee_params, base.clone(), info.params, false)?;
         // On the CPU, onnxruntime evaluates (the whole model: faster than burn's forward and
         // than the backbone in onnxruntime with the head in burn); on a GPU, burn.
-        let mut ort = match cfg.device {
-            DeviceKind::Cpu => Some(onnxruntime_model(&eval_model, ckpt, cfg.classes)?),
-            _ => None,
+        let mut ort = match evaluates_in_onnxruntime(cfg) {
+            true => Some(onnxruntime_model(&eval_model, ckpt, cfg.classes)?),
+            false => None,
         };
         let mut logits = |b: &Batch, d: &Device| match ort.as_mut() {
             Some(ort) => onnxruntime_logits(ort, b, d),
