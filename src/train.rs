@@ -462,14 +462,7 @@ pub fn evaluate_start(cfg: &TrainConfig) -> Result<Scores> {
         fn call<M: SegModel>(self) -> Self::Output {
             let device = model::cpu_device();
             let model: M = build_model(self.0, self.1, self.2, &device)?;
-            let mut ort = match evaluates_in_onnxruntime(self.0) {
-                true => Some(onnxruntime_model(&model, self.1, self.0.classes)?),
-                false => None,
-            };
-            let mut logits = |b: &Batch, d: &Device| match ort.as_mut() {
-                Some(ort) => onnxruntime_logits(ort, b, d),
-                None => Ok(model.logits(image_tensor(b, d))),
-            };
+            let mut logits = evaluator(&model, self.1, self.0)?;
             evaluate(&mut logits, self.3, self.0, &self.1.normalization, None).map(|(s, _)| s)
         }
     }
@@ -621,6 +614,20 @@ fn onnxruntime_model<M: SegModel>(model: &M, ckpt: &Checkpoint, classes: usize) 
     let (proto, _, _) = crate::export::weights_into_graph(ckpt, &tensors, classes, Path::new(&origin))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     crate::runtime::OrtModel::from_bytes(&proto.encode_to_vec(), &origin, threads)
+}
+
+/// What [`evaluate`] runs `model` with: onnxruntime on the CPU ([`evaluates_in_onnxruntime`]),
+/// else burn's forward on the training device.
+fn evaluator<'m, M: SegModel>(
+    model: &'m M,
+    ckpt: &Checkpoint,
+    cfg: &TrainConfig,
+) -> Result<impl FnMut(&Batch, &Device) -> Result<Tensor<4>> + 'm> {
+    let mut ort = if evaluates_in_onnxruntime(cfg) { Some(onnxruntime_model(model, ckpt, cfg.classes)?) } else { None };
+    Ok(move |batch: &Batch, device: &Device| match ort.as_mut() {
+        Some(ort) => onnxruntime_logits(ort, batch, device),
+        None => Ok(model.logits(image_tensor(batch, device))),
+    })
 }
 
 /// The logits of `ort` for a batch, as a tensor on `device`.
@@ -875,16 +882,9 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         // `valid` first: it applies the BN running-statistic updates burn still holds pending.
         let trained = trainee.valid();
         let eval_model = model::transfer(&trained, trainee_params, base.clone(), info.params, false)?;
-        // On the CPU, onnxruntime evaluates (the whole model: faster than burn's forward and
-        // than the backbone in onnxruntime with the head in burn); on a GPU, burn.
-        let mut ort = match evaluates_in_onnxruntime(cfg) {
-            true => Some(onnxruntime_model(&eval_model, ckpt, cfg.classes)?),
-            false => None,
-        };
-        let mut logits = |b: &Batch, d: &Device| match ort.as_mut() {
-            Some(ort) => onnxruntime_logits(ort, b, d),
-            None => Ok(eval_model.logits(image_tensor(b, d))),
-        };
+        // The whole model, also when the backbone trains in onnxruntime: on the CPU that is
+        // faster than the backbone in onnxruntime with the head in burn.
+        let mut logits = evaluator(&eval_model, ckpt, cfg)?;
         let snapshot = rd.0.join("snapshots").join(format!("epoch_{epoch:03}.png"));
         let (scores, val_loss) = evaluate(&mut logits, &val_set, cfg, &norm, Some(&snapshot))?;
         let m = EpochMetrics {
