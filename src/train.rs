@@ -1232,6 +1232,34 @@ mod tests {
         }
     }
 
+    /// The backbone's thread passes a failure on as the next item, stops, and still hands the
+    /// backbone back: here the Keras (NHWC) backbone is given NCHW batches, which onnxruntime refuses.
+    #[test]
+    fn a_failing_backbone_ends_the_batches_with_its_error() {
+        use crate::model::generated::keras_deeplabv3plus_mobilenetv2::Model as Keras;
+        let dir = tempfile::tempdir().unwrap();
+        let options = data::SynthOptions { classes: 4, train: 4, val: 1, size: 64, seed: 3, ..Default::default() };
+        data::synth(dir.path(), &options).unwrap();
+        let keras = Checkpoint::open(Some("keras_deeplabv3plus_mobilenetv2"), None).unwrap();
+        let model: Keras = keras.load(&model::cpu_device()).unwrap();
+        let backbone = OrtBackbone::new(&model, keras.info, &keras.info.split.unwrap()).unwrap();
+        let nchw = Checkpoint::open(None, None).unwrap().normalization;
+        let spec = LoaderSpec {
+            items: Dataset::open(dir.path(), "train").unwrap().items,
+            batches: vec![vec![0, 1], vec![2, 3]],
+            classes: 4,
+            norm: nchw,
+            augment: None,
+            seed: 0,
+            epoch: 0,
+        };
+        let mut batches = Batches::start(Loader::start(spec, 2), Some(backbone));
+        let err = batches.next().unwrap().err().expect("onnxruntime refuses NCHW batches").to_string();
+        assert!(err.contains("running the backbone of keras_deeplabv3plus_mobilenetv2"), "{err}");
+        assert!(batches.next().is_none(), "the thread stops at the first failure");
+        assert!(batches.finish().unwrap().is_some(), "the backbone comes back");
+    }
+
     /// Evaluation in onnxruntime (what training uses on the CPU) scores as burn's forward does:
     /// a new 4-class classifier and BN statistics unlike the reference graph's, both of which
     /// must reach the graph onnxruntime runs.
