@@ -630,6 +630,9 @@ fn split_head(model: &onnx_ir::ModelProto) -> Option<(onnx_ir::ModelProto, Vec<S
             }
         }
     }
+    if boundary.is_empty() {
+        return None; // a head that reads nothing of the backbone's: nothing to cut
+    }
     // Head nodes plus the constants they need (transitively), in graph order.
     let mut keep = vec![false; graph.node.len()];
     let mut stack = head_nodes.clone();
