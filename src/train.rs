@@ -591,10 +591,21 @@ fn batch_view(batch: &Batch) -> Result<ndarray::ArrayView4<'_, f32>> {
         .map_err(|e| Error::Runtime(format!("batch of {} images: {e}", batch.n)))
 }
 
-/// Whether evaluation runs in onnxruntime: on the CPU, unless `SEGTUNE_EVAL_IN_BURN=1` (burn's
-/// forward, as before; for `bench/eval_runtime.sh`).
+/// Whether evaluation runs in onnxruntime: on the CPU where onnxruntime loads (else burn, said
+/// once on stderr), unless `SEGTUNE_EVAL_IN_BURN=1` (burn's forward, as before; for
+/// `bench/eval_runtime.sh`).
 fn evaluates_in_onnxruntime(cfg: &TrainConfig) -> bool {
-    cfg.device == DeviceKind::Cpu && std::env::var_os("SEGTUNE_EVAL_IN_BURN").is_none_or(|v| v != "1")
+    if cfg.device != DeviceKind::Cpu || std::env::var_os("SEGTUNE_EVAL_IN_BURN").is_some_and(|v| v == "1") {
+        return false;
+    }
+    match crate::runtime::environment() {
+        Ok(_) => true,
+        Err(e) => {
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| eprintln!("segtune: evaluation runs in burn ({e})"));
+            false
+        }
+    }
 }
 
 /// `model` in onnxruntime, for evaluation on the CPU (its forward is 2.3–2.8× faster than burn's,

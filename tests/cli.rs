@@ -247,3 +247,45 @@ fn a_wrong_ort_dylib_path_says_how_to_fix_it() {
     assert!(err.contains("pip install onnxruntime==1.31.1"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Without onnxruntime, training still runs and evaluates (in burn), and says why once; the
+/// frozen backbone (auto) also stays in burn.
+#[test]
+fn training_without_onnxruntime_evaluates_in_burn() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let synth =
+        segtune(&["synth", data.to_str().unwrap(), "--classes", "3", "--train", "4", "--val", "2", "--size", "64"]);
+    assert!(synth.status.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_segtune"))
+        .args(["train", "--data", data.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap()])
+        .args([
+            "--classes",
+            "3",
+            "--epochs",
+            "2",
+            "--batch",
+            "2",
+            "--crop",
+            "64",
+            "--freeze",
+            "backbone",
+            "--bn",
+            "frozen",
+        ])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("segtune: evaluation runs in burn (onnxruntime: ORT_DYLIB_PATH=/nonexistent").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("segtune: the frozen backbone runs in burn (onnxruntime: ORT_DYLIB_PATH="), "{err}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics.as_array().unwrap().len(), 2);
+    assert!(metrics[1]["val_miou"].as_f64().unwrap() > 0.0);
+}
