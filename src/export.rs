@@ -108,15 +108,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
     let pack_path = ckpt_dir.join("model.bpk");
     let pack = Reader::from_file(&pack_path)
         .map_err(|e| Error::bad_file(&pack_path, format!("expected a burnpack: {e:?}")))?;
-    let trained: HashMap<String, (Vec<usize>, Vec<u8>)> = pack
-        .into_tensors()
-        .map_err(|e| Error::bad_file(&pack_path, format!("{e:?}")))?
-        .into_iter()
-        .map(|t| {
-            let bytes = t.to_bytes().map(|b| b.to_vec()).unwrap_or_default();
-            (t.name.clone(), (t.shape.to_vec(), bytes))
-        })
-        .collect();
+    let trained = tensors_by_name(pack.into_tensors().map_err(|e| Error::bad_file(&pack_path, format!("{e:?}")))?);
 
     let (mut proto, written, unshared) = weights_into_graph(&source, &trained, cfg.classes, &pack_path)?;
 
@@ -180,6 +172,18 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         best_val_miou: best,
         bytes: bytes.len(),
     })
+}
+
+/// Tensors (a burnpack's, or a module's `collect`) by burn path: shape and little-endian f32 bytes,
+/// as [`weights_into_graph`] takes them.
+pub fn tensors_by_name(tensors: Vec<burn::store::burn_pack::Tensor>) -> HashMap<String, (Vec<usize>, Vec<u8>)> {
+    tensors
+        .into_iter()
+        .map(|t| {
+            let bytes = t.to_bytes().map(|b| b.to_vec()).unwrap_or_default();
+            (t.name.clone(), (t.shape.to_vec(), bytes))
+        })
+        .collect()
 }
 
 /// The graph of `source` with `trained`'s tensors (burn path → shape and little-endian f32 bytes)

@@ -613,14 +613,7 @@ fn evaluates_in_onnxruntime(cfg: &TrainConfig) -> bool {
 /// in, as `segtune export` writes them.
 fn onnxruntime_model<M: SegModel>(model: &M, ckpt: &Checkpoint, classes: usize) -> Result<crate::runtime::OrtModel> {
     use prost::Message;
-    let tensors: std::collections::HashMap<String, (Vec<usize>, Vec<u8>)> = model
-        .collect(None, None, false)
-        .into_iter()
-        .map(|t| {
-            let bytes = t.to_bytes().expect("in-memory tensors always have bytes").to_vec();
-            (t.name.clone(), (t.shape.to_vec(), bytes))
-        })
-        .collect();
+    let tensors = crate::export::tensors_by_name(model.collect(None, None, false));
     let origin = format!("{} with the weights being trained", ckpt.origin());
     let (proto, _, _) = crate::export::weights_into_graph(ckpt, &tensors, classes, Path::new(&origin))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
