@@ -554,16 +554,10 @@ fn onnxruntime_backbone(cfg: &TrainConfig, info: &ModelInfo) -> Result<bool> {
 /// The frozen backbone in onnxruntime: the image batch in, the head's inputs out.
 struct OrtBackbone {
     session: crate::runtime::OrtModel,
-    /// The head's last input is the image batch ([`model::Split::reads_image`]).
-    reads_image: bool,
 }
 
 /// A frozen backbone's outputs for one batch, as onnxruntime gives them: `(shape, values)` each.
-struct BackboneOutputs {
-    outputs: Vec<(Vec<usize>, Vec<f32>)>,
-    /// The head also takes the batch's image.
-    reads_image: bool,
-}
+type BackboneOutputs = Vec<(Vec<usize>, Vec<f32>)>;
 
 impl OrtBackbone {
     fn new<M: SegModel>(model: &M, info: &ModelInfo, split: &model::Split) -> Result<Self> {
@@ -572,12 +566,12 @@ impl OrtBackbone {
         // Not spinning: between batches the cores belong to burn's head and the loader.
         let session =
             crate::runtime::OrtModel::with_options(&bytes, &format!("the backbone of {}", info.name), threads, false)?;
-        Ok(OrtBackbone { session, reads_image: split.reads_image })
+        Ok(OrtBackbone { session })
     }
 
     /// The backbone's outputs for `batch`.
     fn run(&mut self, batch: &Batch) -> Result<BackboneOutputs> {
-        Ok(BackboneOutputs { outputs: self.session.run_outputs(batch_view(batch)?)?, reads_image: self.reads_image })
+        self.session.run_outputs(batch_view(batch)?)
     }
 }
 
@@ -640,17 +634,17 @@ fn onnxruntime_logits(ort: &mut crate::runtime::OrtModel, batch: &Batch, device:
     Ok(crate::validate::to_tensor(logits.view(), device))
 }
 
-/// The head's inputs: the backbone's outputs for `batch`, then its image where the head reads it.
-fn head_inputs(outputs: BackboneOutputs, batch: &Batch, device: &Device) -> Vec<Tensor<4>> {
+/// The head's inputs: the backbone's outputs for `batch`, then its image where the head reads it
+/// ([`model::Split::reads_image`]).
+fn head_inputs(outputs: BackboneOutputs, reads_image: bool, batch: &Batch, device: &Device) -> Vec<Tensor<4>> {
     let mut features: Vec<Tensor<4>> = outputs
-        .outputs
         .into_iter()
         .map(|(shape, values)| {
             let dims: [usize; 4] = shape.try_into().expect("the split checks 4-D boundaries");
             Tensor::from_data(TensorData::new(values, dims), device)
         })
         .collect();
-    if outputs.reads_image {
+    if reads_image {
         features.push(image_tensor(batch, device));
     }
     features
@@ -783,6 +777,7 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         }
         None => (None, info.params),
     };
+    let head_reads_image = split.is_some_and(|s| s.reads_image);
     let bn_flags = |m: H| {
         m.map(&mut Setup {
             path: vec![],
@@ -842,7 +837,7 @@ fn run_typed<M: SegModel, H: model::Trainee>(
             wait += t_wait.elapsed().as_secs_f64();
             lr = learning_rate(cfg, state.step, total_steps);
             let features = match backbone_outputs {
-                Some(outputs) => head_inputs(outputs, &batch, &device),
+                Some(outputs) => head_inputs(outputs, head_reads_image, &batch, &device),
                 None => vec![image_tensor(&batch, &device)],
             };
             let targets = target_tensor(&batch, &device);
@@ -884,9 +879,8 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         }
         let train_seconds = started.elapsed().as_secs_f64();
         // `valid` first: it applies the BN running-statistic updates burn still holds pending.
-        let trained = trainee.valid();
-        let eval_model = model::transfer(&trained, trainee_params, base.clone(), info.params, false)?;
-        // The whole model, also when the backbone trains in onnxruntime: on the CPU that is
+        let eval_model = model::transfer(&trainee.valid(), trainee_params, base.clone(), info.params, false)?;
+        // The whole model, also when the frozen backbone runs in onnxruntime: on the CPU that is
         // faster than the backbone in onnxruntime with the head in burn.
         let mut logits = evaluator(&eval_model, ckpt, cfg)?;
         let snapshot = rd.0.join("snapshots").join(format!("epoch_{epoch:03}.png"));
@@ -1258,7 +1252,7 @@ mod tests {
             epoch: 0,
         };
         let mut batches = Batches::start(Loader::start(spec, 2), Some(backbone));
-        let err = batches.next().unwrap().err().expect("onnxruntime refuses NCHW batches").to_string();
+        let err = batches.next().unwrap().expect_err("onnxruntime refuses NCHW batches").to_string();
         assert!(err.contains("running the backbone of keras_deeplabv3plus_mobilenetv2"), "{err}");
         assert!(batches.next().is_none(), "the thread stops at the first failure");
         assert!(batches.finish().unwrap().is_some(), "the backbone comes back");
