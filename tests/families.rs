@@ -328,11 +328,12 @@ fn torchvision_head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() 
     if !present(TORCHVISION) {
         return;
     }
-    let split = model::find(TORCHVISION).unwrap().split.expect("build.rs splits the torchvision model");
-    assert_eq!(split.boundary, ["/backbone/backbone.16/backbone.16.1/BatchNormalization_output_0"]);
-    assert!(split.reads_image);
-    let dims = common::head_matches_whole_model(TORCHVISION);
-    assert_eq!(dims, [[1, 960, 4, 4], [1, 3, 64, 64]]);
+    common::assert_split(
+        TORCHVISION,
+        &["/backbone/backbone.16/backbone.16.1/BatchNormalization_output_0"],
+        true,
+        &[[1, 960, 4, 4], [1, 3, 64, 64]],
+    );
 }
 
 #[test]
@@ -340,8 +341,13 @@ fn xception65_head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() {
     if !present(XCEPTION) {
         return;
     }
-    let split = model::find(XCEPTION).unwrap().split.expect("build.rs splits the Xception model");
-    assert!(split.reads_image);
-    let dims = common::head_matches_whole_model(XCEPTION);
-    assert_eq!(dims, [[1, 256, 16, 16], [1, 2048, 4, 4], [1, 64, 64, 3]]);
+    common::assert_split(
+        XCEPTION,
+        &[
+            "deeplabv3plus_xception65/backbone_entry_block2_sep2_pointwise_bn/FusedBatchNormV3:0",
+            "deeplabv3plus_xception65/backbone_exit_block2_sep3_pointwise_bn/FusedBatchNormV3:0",
+        ],
+        true,
+        &[[1, 256, 16, 16], [1, 2048, 4, 4], [1, 64, 64, 3]],
+    );
 }

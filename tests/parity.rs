@@ -82,31 +82,25 @@ fn identity_shared_checkpoint_loads_and_matches_onnxruntime() {
 /// logits; the head written back into the whole model changes nothing.
 #[test]
 fn head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() {
-    let info = segtune::model::find("deeplabv3plus_mobilenetv2").unwrap();
-    let split = info.split.expect("build.rs splits the reference model");
-    assert_eq!(
-        split.boundary,
-        ["/encoder/features.18/features.18.1/BatchNormalization_output_0", "/encoder/features.3/Add_output_0"]
+    common::assert_split(
+        "deeplabv3plus_mobilenetv2",
+        &["/encoder/features.18/features.18.1/BatchNormalization_output_0", "/encoder/features.3/Add_output_0"],
+        false,
+        &[[1, 1280, 4, 4], [1, 24, 16, 16]],
     );
-    assert!(!split.reads_image);
-    let dims = common::head_matches_whole_model(info.name);
-    assert_eq!(dims, [[1, 1280, 4, 4], [1, 24, 16, 16]]);
 }
 
 /// The same for the Keras model (tf2onnx, NHWC): its head also reads the image, for the size to
 /// upsample the logits to, and gives NHWC logits.
 #[test]
 fn keras_head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() {
-    let info = segtune::model::find("keras_deeplabv3plus_mobilenetv2").unwrap();
-    let split = info.split.expect("build.rs splits the Keras model");
-    assert_eq!(
-        split.boundary,
-        [
+    common::assert_split(
+        "keras_deeplabv3plus_mobilenetv2",
+        &[
             "deeplabv3plus_mobilenetv2/backbone_block2_add/add:0",
-            "deeplabv3plus_mobilenetv2/backbone_block16_project_bn/FusedBatchNormV3:0"
-        ]
+            "deeplabv3plus_mobilenetv2/backbone_block16_project_bn/FusedBatchNormV3:0",
+        ],
+        true,
+        &[[1, 24, 16, 16], [1, 320, 4, 4], [1, 64, 64, 3]],
     );
-    assert!(split.reads_image);
-    let dims = common::head_matches_whole_model(info.name);
-    assert_eq!(dims, [[1, 24, 16, 16], [1, 320, 4, 4], [1, 64, 64, 3]]);
 }

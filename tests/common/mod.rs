@@ -207,14 +207,19 @@ impl burn::module::ModuleMapper for ShiftStatistics {
     }
 }
 
-/// Checks the split of the compiled-in model `name` (which must have one): its frozen backbone
-/// in onnxruntime (the graph `build.rs` cut, with the burn model's weights and shifted BN
-/// statistics written in) feeding the generated head in burn gives the whole burn model's logits
-/// (max |Δ| ≤ 1e-4 at batch 1, 64² and batch 2, 96²); the head moved back into the whole model
-/// changes none of them; the shift reached the backbone. Returns the head's input dims at 64².
-pub fn head_matches_whole_model(name: &str) -> Vec<[usize; 4]> {
+/// Checks the split of the compiled-in model `name`: `build.rs` cut it after `boundary` (the head
+/// also taking the image where `reads_image`), and its frozen backbone in onnxruntime (the graph
+/// `build.rs` cut, with the burn model's weights and shifted BN statistics written in) feeding
+/// the generated head in burn gives the whole burn model's logits (max |Δ| ≤ 1e-4 at batch 1,
+/// 64² and batch 2, 96²); the head moved back into the whole model changes none of them; the
+/// shift reached the backbone; the head's inputs at 64² have the dims `dims`.
+pub fn assert_split(name: &str, boundary: &[&str], reads_image: bool, dims: &[[usize; 4]]) {
     let info = segtune::model::find(name).unwrap();
-    segtune::model::with_split(info, HeadCheck(info)).expect("the model has a split")
+    let split = info.split.unwrap_or_else(|| panic!("build.rs did not split {name}"));
+    assert_eq!(split.boundary, boundary, "{name}");
+    assert_eq!(split.reads_image, reads_image, "{name}");
+    let found = segtune::model::with_split(info, HeadCheck(info)).expect("the model has a split");
+    assert_eq!(found, dims, "{name}");
 }
 
 struct HeadCheck(&'static segtune::model::ModelInfo);
