@@ -24,9 +24,9 @@ use burn_onnx::ext::{Argument, CodegenContext, Field, Node, NodeType, ProcessErr
 use burn_onnx::{LoadStrategy, ModelGen};
 use onnx_ir::Message as _;
 
-#[path = "src/backbone_names.rs"]
-mod backbone_names;
-use backbone_names::is_backbone_param;
+#[path = "src/backbone.rs"]
+#[allow(dead_code)]
+mod backbone;
 
 /// Models up to this size are embedded in the binary (the original graph is needed to export);
 /// larger ones are read from their path in `models/` at run time.
@@ -35,7 +35,7 @@ const EMBED_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=proto/onnx.proto");
-    println!("cargo:rerun-if-changed=src/backbone_names.rs");
+    println!("cargo:rerun-if-changed=src/backbone.rs");
     println!("cargo:rerun-if-changed=models");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -66,13 +66,28 @@ fn main() {
                 && stem.chars().next().is_some_and(|c| c.is_ascii_alphabetic()),
             "model file name {stem:?} must be a Rust identifier (letters, digits, _)"
         );
-        import(path);
         let gen_dir = out_dir.join("model");
         let bpk = gen_dir.join(format!("{stem}.bpk"));
         let bytes = std::fs::read(path).unwrap();
-        let model = onnx_ir::ModelProto::parse_from_bytes(&bytes)
+        let mut model = onnx_ir::ModelProto::parse_from_bytes(&bytes)
             .unwrap_or_else(|e| panic!("{}: not an ONNX model: {e}", path.display()));
-        let params = param_table(path, &model, &bpk);
+        // A model whose tensors live in a side file (`x.onnx.data`: dynamo=True exports, models
+        // over 2 GB) is read here with its data inlined (for the parameter table and the head);
+        // embedded, its side files are embedded beside it, byte for byte.
+        let external_data = model.graph.initializer.iter().any(|t| t.data_location.value() == 1);
+        let side_files = external_files(&model);
+        let data_size: u64 =
+            side_files.iter().map(|f| std::fs::metadata(path.with_file_name(f)).map_or(0, |m| m.len())).sum();
+        let embed = std::fs::metadata(path).unwrap().len() + data_size <= EMBED_LIMIT_BYTES;
+        if external_data {
+            inline_external_data(path, &mut model);
+        }
+        let imported = path.clone();
+        import(&imported);
+        let image = model.graph.input.first().map(|i| i.name.clone()).unwrap_or_default();
+        let found = backbone::find(&node_view(&model.graph), &image);
+        let backbone_params = found.as_ref().map(|b| b.params.clone()).unwrap_or_default();
+        let params = param_table(path, &model, &bpk, &backbone_params);
         // Models whose metadata says NHWC (tf2onnx exports of Keras) give NHWC logits: the trait
         // returns NCHW, what the losses and metrics use.
         let nhwc = model.metadata_props.iter().any(|p| p.key == "segtune.layout" && p.value == "NHWC");
@@ -80,20 +95,30 @@ fn main() {
         std::fs::write(gen_dir.join(format!("{stem}_params.rs")), params).unwrap();
 
         // The decoder and head alone, for training behind a frozen backbone run elsewhere.
-        let head = split_head(&model).map(|(head, boundary, reads_image)| {
+        let head = found.as_ref().ok().and_then(|b| split_head(&model, b)).map(|(head, boundary, reads_image)| {
             let dir = out_dir.join("heads");
             std::fs::create_dir_all(&dir).unwrap();
             let head_path = dir.join(format!("{stem}_head.onnx"));
             std::fs::write(&head_path, head.write_to_bytes().expect("head graph encodes")).unwrap();
             import(&head_path);
-            let head_params = param_table(&head_path, &head, &gen_dir.join(format!("{stem}_head.bpk")));
+            let head_params =
+                param_table(&head_path, &head, &gen_dir.join(format!("{stem}_head.bpk")), &backbone_params);
             std::fs::write(gen_dir.join(format!("{stem}_head_params.rs")), head_params).unwrap();
             (boundary, reads_image)
         });
+        let backbone = match &found {
+            Ok(b) => format!("Ok(crate::backbone::Rule::{:?})", b.rule),
+            Err(why) => format!("Err({why:?})"),
+        };
 
-        let size = std::fs::metadata(path).unwrap().len();
-        let source = if size <= EMBED_LIMIT_BYTES {
-            format!("crate::model::OnnxSource::Embedded(include_bytes!({:?}))", path)
+        let data: Vec<String> = side_files
+            .iter()
+            .filter(|_| embed)
+            .map(|f| format!("({f:?}, include_bytes!({:?}))", path.with_file_name(f)))
+            .collect();
+        let data = format!("&[{}]", data.join(", "));
+        let source = if embed {
+            format!("crate::model::OnnxSource::Embedded(include_bytes!({:?}))", imported)
         } else {
             format!("crate::model::OnnxSource::Path({:?})", path)
         };
@@ -162,15 +187,15 @@ fn main() {
             }
             None => None,
         };
-        entries.push((stem, source, split));
+        entries.push((stem, source, split, backbone, external_data, data));
     }
 
     writeln!(registry, "/// Every compiled-in model, in file-name order.").unwrap();
     writeln!(registry, "pub static MODELS: &[crate::model::ModelInfo] = &[").unwrap();
-    for (stem, source, split) in &entries {
+    for (stem, source, split, backbone, external_data, data) in &entries {
         writeln!(
             registry,
-            "    crate::model::ModelInfo {{ name: {stem:?}, onnx: {source}, params: {stem}::PARAMS, split: {} }},",
+            "    crate::model::ModelInfo {{ name: {stem:?}, onnx: {source}, data: {data}, params: {stem}::PARAMS, split: {}, backbone: {backbone}, external_data: {external_data} }},",
             split.as_deref().unwrap_or("None")
         )
         .unwrap();
@@ -184,7 +209,7 @@ fn main() {
          pub fn dispatch<F: crate::model::ModelFn>(name: &str, f: F) -> Option<F::Output> {{\n    match name {{"
     )
     .unwrap();
-    for (stem, _, _) in &entries {
+    for (stem, ..) in &entries {
         writeln!(registry, "        {stem:?} => Some(f.call::<{stem}::Model>()),").unwrap();
     }
     writeln!(registry, "        _ => None,\n    }}\n}}").unwrap();
@@ -197,7 +222,7 @@ fn main() {
          pub fn dispatch_split<F: crate::model::SplitFn>(name: &str, f: F) -> Option<F::Output> {{\n    match name {{"
     )
     .unwrap();
-    for (stem, _, split) in &entries {
+    for (stem, _, split, ..) in &entries {
         if split.is_some() {
             writeln!(registry, "        {stem:?} => Some(f.call::<{stem}::Model, {stem}_head::Model>()),").unwrap();
         }
@@ -236,8 +261,13 @@ fn compile_proto(manifest: &Path, out_dir: &Path) {
 /// slots are ONNX inputs 1.. of that node. Inputs reached through `Identity` nodes (torch shares
 /// identical tensors that way) are followed back to the initializer. burn-onnx's own weight pack
 /// lists every parameter path with its `submoduleN.` prefix, so the prefix is taken from there,
-/// and every pack path must be mapped.
-fn param_table(onnx_path: &Path, model: &onnx_ir::ModelProto, bpk: &Path) -> String {
+/// and every pack path must be mapped. A parameter whose value is in `backbone` is marked so.
+fn param_table(
+    onnx_path: &Path,
+    model: &onnx_ir::ModelProto,
+    bpk: &Path,
+    backbone: &std::collections::HashSet<String>,
+) -> String {
     let graph = &model.graph;
     let initializers: HashMap<&str, Vec<i64>> =
         graph.initializer.iter().map(|t| (t.name.as_str(), t.dims.clone())).collect();
@@ -299,9 +329,10 @@ fn param_table(onnx_path: &Path, model: &onnx_ir::ModelProto, bpk: &Path) -> Str
          pub static PARAMS: &[crate::model::ParamEntry] = &[\n",
     );
     for (burn, (onnx, value, node, input)) in &rows {
+        let backbone = backbone.contains(value);
         writeln!(
             src,
-            "    crate::model::ParamEntry {{ burn: {burn:?}, onnx: {onnx:?}, value: {value:?}, node: {node}, input: {input} }},"
+            "    crate::model::ParamEntry {{ burn: {burn:?}, onnx: {onnx:?}, value: {value:?}, node: {node}, input: {input}, backbone: {backbone} }},"
         )
         .unwrap();
     }
@@ -517,122 +548,94 @@ impl OpOverride for LinearResize {
     }
 }
 
-/// Splits a model after its backbone: returns the graph of everything downstream (decoder and
-/// head) with the backbone's outputs as its inputs, those outputs' names in input order, and
-/// whether the head also reads the image (through `Shape`/`Size` only: the size to upsample the
-/// logits to); then the image is the head graph's last input.
-///
-/// Backbone parameters are the values named `encoder.*` or `backbone.*` (as `--freeze backbone`
-/// picks them). Walking the graph in order, a node belongs to the head when it reads another
-/// parameter (a Conv/BatchNormalization/Gemm weight slot) or a head value, or is a `Shape`/`Size`
-/// (shape arithmetic stays with its consumer); else to the backbone when it reads the image or a
-/// backbone value; else it is a constant, copied into the head where the head needs it. The
-/// boundary is every backbone value a head node reads. `None` (no split, training runs the whole
-/// graph in burn) when either side is empty, a head node other than `Shape`/`Size` reads the
-/// image, or a boundary value is not the output of an op known to keep its 4-D float input's rank.
-fn split_head(model: &onnx_ir::ModelProto) -> Option<(onnx_ir::ModelProto, Vec<String>, bool)> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Kind {
-        Const,
-        Backbone,
-        Head,
+/// The graph as `backbone`'s rule sees it.
+fn node_view(graph: &onnx_ir::GraphProto) -> Vec<backbone::Node<'_>> {
+    graph
+        .node
+        .iter()
+        .map(|n| backbone::Node {
+            op: n.op_type.as_str(),
+            inputs: n.input.iter().map(String::as_str).collect(),
+            outputs: n.output.iter().map(String::as_str).collect(),
+        })
+        .collect()
+}
+
+/// An external-data entry of a tensor (`location`, `offset`, `length`).
+fn external_field<'a>(t: &'a onnx_ir::TensorProto, key: &str) -> Option<&'a str> {
+    t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str())
+}
+
+/// The side files (external-data locations) the model's tensors name.
+fn external_files(model: &onnx_ir::ModelProto) -> std::collections::BTreeSet<String> {
+    model
+        .graph
+        .initializer
+        .iter()
+        .filter(|t| t.data_location.value() == 1)
+        .filter_map(|t| external_field(t, "location"))
+        .map(String::from)
+        .collect()
+}
+
+/// Reads every external-data tensor into its `raw_data`, refusing locations outside the model's
+/// directory (as segtune's reader does at run time).
+fn inline_external_data(path: &Path, model: &mut onnx_ir::ModelProto) {
+    let dir = path.parent().expect("models/ is a directory");
+    for t in model.graph.mut_or_insert_default().initializer.iter_mut().filter(|t| t.data_location.value() == 1) {
+        let location = external_field(t, "location")
+            .unwrap_or_else(|| panic!("{}: tensor {:?} has external data without a location", path.display(), t.name));
+        let rel = Path::new(location);
+        assert!(
+            !rel.is_absolute() && rel.components().all(|c| matches!(c, std::path::Component::Normal(_))),
+            "{}: tensor {:?}: external data location {location:?} must be a relative path inside models/",
+            path.display(),
+            t.name
+        );
+        let file = dir.join(rel);
+        println!("cargo:rerun-if-changed={}", file.display());
+        let data = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let number = |key: &str| external_field(t, key).map(|v| v.parse::<usize>().expect("a byte count"));
+        let offset = number("offset").unwrap_or(0);
+        let length = number("length").unwrap_or(data.len().saturating_sub(offset));
+        let bytes = data.get(offset..offset + length).unwrap_or_else(|| {
+            panic!(
+                "{}: tensor {:?} needs bytes {offset}..{} of {}",
+                path.display(),
+                t.name,
+                offset + length,
+                file.display()
+            )
+        });
+        t.raw_data = bytes.to_vec().into();
+        t.external_data.clear();
+        t.data_location = Default::default();
     }
-    const RANK_KEEPING: &[&str] = &[
-        "Conv",
-        "BatchNormalization",
-        "Relu",
-        "Clip",
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "HardSwish",
-        "HardSigmoid",
-        "Sigmoid",
-        "LeakyRelu",
-        "PRelu",
-        "Concat",
-        "MaxPool",
-        "AveragePool",
-        "GlobalAveragePool",
-        "Resize",
-    ];
+}
+
+/// Splits a model after its backbone ([`backbone::cut`]): returns the graph of everything
+/// downstream (decoder and head) with the backbone's outputs as its inputs, those outputs' names
+/// in input order, and whether the head also reads the image (for its shape); then the image is
+/// the head graph's last input. `None` (no split: training runs the whole graph in burn) where
+/// the rule refuses the cut.
+fn split_head(
+    model: &onnx_ir::ModelProto,
+    found: &backbone::Backbone,
+) -> Option<(onnx_ir::ModelProto, Vec<String>, bool)> {
+    use backbone::Kind;
     let graph = &model.graph;
     let image = graph.input.first()?.name.clone();
-    let mut kind: HashMap<&str, Kind> = HashMap::new();
-    kind.insert(image.as_str(), Kind::Backbone);
-    let mut node_kind = Vec::with_capacity(graph.node.len());
-    let mut producer: HashMap<&str, usize> = HashMap::new();
-    for (i, node) in graph.node.iter().enumerate() {
-        let weighted = matches!(node.op_type.as_str(), "Conv" | "BatchNormalization" | "Gemm" | "MatMul");
-        let inputs = || node.input.iter().filter(|v| !v.is_empty());
-        let reads_head_param = weighted && node.input.iter().skip(1).any(|v| !v.is_empty() && !is_backbone_param(v));
-        let k = if matches!(node.op_type.as_str(), "Shape" | "Size")
-            || reads_head_param
-            || inputs().any(|v| kind.get(v.as_str()) == Some(&Kind::Head))
-        {
-            Kind::Head
-        } else if inputs().any(|v| kind.get(v.as_str()) == Some(&Kind::Backbone)) {
-            Kind::Backbone
-        } else {
-            Kind::Const
-        };
-        node_kind.push(k);
-        for o in &node.output {
-            kind.insert(o.as_str(), k);
-            producer.insert(o.as_str(), i);
+    let cut = match backbone::cut(&node_view(graph), &image, found) {
+        Ok(cut) => cut,
+        Err(why) => {
+            println!("cargo:warning=no backbone/head split for {:?}: {why}", graph.name);
+            return None;
         }
-    }
-    // A parameter-free backbone node whose every consumer is in the head joins the head (the
-    // pooling of the ASPP's image branch, a trailing activation): the boundary moves up to the
-    // last value the backbone's parameters produce.
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, node) in graph.node.iter().enumerate() {
-        for v in &node.input {
-            consumers.entry(v.as_str()).or_default().push(i);
-        }
-    }
-    for i in (0..graph.node.len()).rev() {
-        let node = &graph.node[i];
-        let users: Vec<usize> =
-            node.output.iter().flat_map(|o| consumers.get(o.as_str()).into_iter().flatten()).copied().collect();
-        if node_kind[i] == Kind::Backbone
-            && !node.input.iter().any(|v| is_backbone_param(v))
-            && !users.is_empty()
-            && users.iter().all(|&u| node_kind[u] == Kind::Head)
-        {
-            node_kind[i] = Kind::Head;
-            for o in &node.output {
-                kind.insert(o.as_str(), Kind::Head);
-            }
-        }
-    }
+    };
+    let (node_kind, boundary, reads_image) = (cut.kinds, cut.boundary, cut.reads_image);
+    let producer: HashMap<&str, usize> =
+        graph.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
     let head_nodes: Vec<usize> = (0..graph.node.len()).filter(|&i| node_kind[i] == Kind::Head).collect();
-    if head_nodes.is_empty() || !node_kind.contains(&Kind::Backbone) {
-        return None;
-    }
-    let mut boundary: Vec<String> = vec![];
-    let mut reads_image = false;
-    for &i in &head_nodes {
-        let node = &graph.node[i];
-        for v in node.input.iter().filter(|v| !v.is_empty()) {
-            if *v == image {
-                if !matches!(node.op_type.as_str(), "Shape" | "Size") {
-                    return None;
-                }
-                reads_image = true;
-            } else if kind.get(v.as_str()) == Some(&Kind::Backbone) && !boundary.contains(v) {
-                let op = &graph.node[producer[v.as_str()]].op_type;
-                if !RANK_KEEPING.contains(&op.as_str()) {
-                    return None;
-                }
-                boundary.push(v.clone());
-            }
-        }
-    }
-    if boundary.is_empty() {
-        return None; // a head that reads nothing of the backbone's: nothing to cut
-    }
     // Head nodes plus the constants they need (transitively), in graph order.
     let mut keep = vec![false; graph.node.len()];
     let mut stack = head_nodes.clone();

@@ -461,6 +461,9 @@ pub struct LoaderSpec {
     pub norm: Normalization,
     /// `Some` for training (random augmentation), `None` for evaluation (pad only).
     pub augment: Option<Augment>,
+    /// For evaluation: `(height, width)` every image is resized to (bilinear; its mask nearest),
+    /// for a graph fixed at that size.
+    pub resize: Option<(usize, usize)>,
     /// Seeds the per-sample augmentation: `Rng::derive(seed, epoch, index)`.
     pub seed: u64,
     pub epoch: u64,
@@ -482,7 +485,15 @@ impl Loader {
                                 let (a, b) = augment(&img, &msk, aug, &spec.norm, &mut rng);
                                 (item.id.clone(), a, b)
                             }
-                            None => (item.id.clone(), img, msk),
+                            None => match spec.resize {
+                                Some((h, w)) => {
+                                    use image::imageops::{FilterType, resize};
+                                    let (w, h) = (w as u32, h as u32);
+                                    let img = resize(&img, w, h, FilterType::Triangle);
+                                    (item.id.clone(), img, resize(&msk, w, h, FilterType::Nearest))
+                                }
+                                None => (item.id.clone(), img, msk),
+                            },
                         })
                     })
                     .collect();

@@ -32,7 +32,7 @@ pub fn recipe(data: PathBuf, epochs: usize) -> TrainConfig {
     cfg.batch = 8;
     cfg.crop = 128;
     cfg.lr = 0.02;
-    cfg.freeze = Freeze::Backbone;
+    cfg.freeze = vec![Freeze::Backbone];
     cfg.bn = BnMode::Frozen;
     cfg
 }
@@ -62,7 +62,7 @@ pub fn demo(out: &Path, epochs: usize) -> Result<DemoReport> {
         "[2/5] fine-tuning {} (--freeze {} --bn {} --classes {} --lr {}) for {epochs} epochs into {} \
          (val mIoU before: {:.4})",
         cfg.model,
-        format!("{:?}", cfg.freeze).to_lowercase(),
+        train::freeze_flags(&cfg.freeze).trim_start_matches("--freeze "),
         format!("{:?}", cfg.bn).to_lowercase(),
         cfg.classes,
         cfg.lr,
@@ -85,7 +85,8 @@ pub fn demo(out: &Path, epochs: usize) -> Result<DemoReport> {
     println!("[5/5] segmenting 8 val images into {}", pred_dir.display());
     let inputs: Vec<String> =
         (0..8).map(|i| data_dir.join("JPEGImages").join(format!("val_{i:05}.jpg")).display().to_string()).collect();
-    let opts = InferOptions { out: pred_dir.clone(), overlay: true, batch: 4, threads: 0, size: 128, square: false };
+    let opts =
+        InferOptions { out: pred_dir.clone(), overlay: true, batch: 4, threads: 0, size: Some(128), square: false };
     let inferred = infer::infer(&model_path, &inputs, &opts)?;
 
     let seconds = started.elapsed().as_secs_f64();

@@ -541,6 +541,7 @@ fn fixed_batch(
         classes: cfg.classes,
         norm: *norm,
         augment: Some(Augment { crop, scale: (1.0, 1.0), flip: false }),
+        resize: None,
         seed: 0,
         epoch: 0,
     };
@@ -636,7 +637,7 @@ fn training_checks<M: SegModel>(
     checks.push(check(
         "model.trainable",
         if count.0 == 0 { Status::Fail } else { Status::Pass },
-        format!("{} of {} parameters trainable (--freeze {:?})", count.0, count.1, cfg.freeze),
+        format!("{} of {} parameters trainable ({})", count.0, count.1, train::freeze_flags(&cfg.freeze)),
         if count.0 == 0 { "nothing can learn: unfreeze something" } else { "" },
         &[],
     ));
@@ -895,8 +896,8 @@ fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
         }
         // The rest of the user's recipe, unchanged by the fixes.
         cmd += &format!(" --crop {} --epochs {}", cfg.crop, cfg.epochs);
-        if cfg.freeze == train::Freeze::Backbone && !has("--freeze") {
-            cmd += " --freeze backbone";
+        if !has("--freeze") && cfg.freeze.iter().any(|f| *f != train::Freeze::None) {
+            cmd += &format!(" {}", train::freeze_flags(&cfg.freeze));
         }
         if cfg.optimizer == train::OptimizerKind::Adamw {
             cmd += " --optimizer adamw";

@@ -68,11 +68,19 @@ pub struct ExportReport {
     pub classes: usize,
     pub best_val_miou: Option<f64>,
     pub bytes: usize,
+    /// The side file holding the tensors, where the source kept them in one.
+    pub external_data: Option<PathBuf>,
+    /// The input sizes the export runs at.
+    pub input: String,
 }
 
 impl std::fmt::Display for ExportReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "exported    {} ({} bytes)", self.out.display(), self.bytes)?;
+        if let Some(data) = &self.external_data {
+            writeln!(f, "tensors in  {} (external data, as in the source)", data.display())?;
+        }
+        writeln!(f, "input       {}", self.input)?;
         writeln!(f, "from        {} into the graph of {}", self.checkpoint.display(), self.source)?;
         writeln!(f, "tensors     {} written, {} un-shared from Identity aliases", self.tensors_written, self.unshared)?;
         let best = self.best_val_miou.map_or("n/a".to_string(), |m| format!("{m:.4}"));
@@ -104,7 +112,10 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
     if !parent.is_dir() {
         return Err(Error::bad_file(out, format!("expected an existing directory {}, found none", parent.display())));
     }
-    let source = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
+    let mut source = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
+    // The export takes the sizes the source's graph can: symbolic where it computes its shapes
+    // from the input (a fixed-size export's declared size made symbolic), fixed where it is.
+    let shape = crate::runtime::prepare(&mut source)?;
     let pack_path = ckpt_dir.join("model.bpk");
     let pack = Reader::from_file(&pack_path)
         .map_err(|e| Error::bad_file(&pack_path, format!("expected a burnpack: {e:?}")))?;
@@ -158,8 +169,21 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
     }
 
     use prost::Message;
+    verify(&proto.encode_to_vec(), out, cfg.classes, &source.normalization, shape)?;
+    // A source that kept its tensors in a side file gets an export that does too: the data is
+    // written first (atomically), then the graph that points to it.
+    let external = match source.external_data {
+        false => None,
+        true => {
+            let location = format!("{}.data", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+            let data =
+                crate::graph::split_external(&mut proto, &location, 1024).map_err(|e| Error::bad_file(out, e))?;
+            let path = parent.join(&location);
+            crate::data::write_atomic(&path, |f| std::io::Write::write_all(f, &data))?;
+            Some(path)
+        }
+    };
     let bytes = proto.encode_to_vec();
-    verify(&bytes, out, cfg.classes, &source.normalization)?;
     crate::data::write_atomic(out, |f| std::io::Write::write_all(f, &bytes))?;
     Ok(ExportReport {
         out: out.to_path_buf(),
@@ -171,6 +195,8 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         classes: cfg.classes,
         best_val_miou: best,
         bytes: bytes.len(),
+        external_data: external,
+        input: shape.describe(),
     })
 }
 
@@ -201,7 +227,6 @@ pub fn weights_into_graph(
     let mut proto: ModelProto = source.proto.clone();
     let class_axis = source.normalization.layout.class_axis();
     let source_classes = onnx::output_classes(onnx::graph(&proto), class_axis);
-    let dir = source.path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
     let classifier = source.info.classifier();
     let (mut written, mut unshared) = (0, 0);
     {
@@ -256,8 +281,8 @@ pub fn weights_into_graph(
                 if direct {
                     set_data(&mut g.initializer[slot], dims, bytes.clone());
                 } else {
-                    let shared = f32_bytes(&g.initializer[slot], dir.as_deref())
-                        .map_err(|m| Error::bad_file(source.origin(), m))?;
+                    let shared =
+                        f32_bytes(&g.initializer[slot], None).map_err(|m| Error::bad_file(source.origin(), m))?;
                     if &shared == bytes && old_dims == *dims {
                         written += 1;
                         continue;
@@ -298,10 +323,16 @@ fn set_class_dim(v: &mut onnx::ValueInfoProto, classes: usize, axis: usize) {
 
 /// Loads the bytes in onnxruntime and runs one small input: the export is not written unless
 /// this works and the output has `classes` channels.
-fn verify(bytes: &[u8], out: &Path, classes: usize, norm: &crate::model::Normalization) -> Result<()> {
+fn verify(
+    bytes: &[u8],
+    out: &Path,
+    classes: usize,
+    norm: &crate::model::Normalization,
+    shape: crate::runtime::InputShape,
+) -> Result<()> {
     let mut session = OrtModel::from_bytes(bytes, &out.display().to_string(), 1)?;
-    let s = norm.size_multiple * 4;
-    let input = crate::validate::seeded_input(1, s, norm, 0);
+    let s = shape.size.map_or(norm.size_multiple * 4, |(h, _)| h);
+    let input = crate::validate::seeded_input(shape.batch.unwrap_or(1), s, norm, 0);
     let logits = session.run_logits(input.view(), norm.layout)?;
     let channels = logits.shape()[1];
     if channels != classes || logits.iter().any(|v| !v.is_finite()) {

@@ -9,15 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use image::{GrayImage, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
 use ndarray::{Array4, s};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::data::{self, load_image, mean_pixel, voc_palette};
+use crate::data::{self, load_image, voc_palette};
 use crate::error::{Error, Result};
-use crate::model::{Layout, Normalization};
-use crate::runtime::{OrtModel, OrtOutput};
+use crate::glob::glob_match;
+use crate::imaging::{letterbox, normalize_into, upsample_argmax};
+use crate::model::Layout;
+use crate::runtime::{OpenedModel, OrtOutput};
 
 /// File extensions taken from folders and globs.
 const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "webp", "tif"];
@@ -35,8 +37,9 @@ pub struct InferOptions {
     pub threads: usize,
     /// Longer side of the model input in pixels, rounded to the model's multiple (default 512).
     /// Images are scaled so their longer side is this, keeping their aspect ratio, and padded with
-    /// the mean to the model's size multiple (a batch to its largest image).
-    pub size: usize,
+    /// the mean to the model's size multiple (a batch to its largest image). A model whose graph
+    /// is fixed at one size gets that size (another `--size` is refused).
+    pub size: Option<usize>,
     /// Pad every image to a `size × size` square instead (every input the same shape; a 4:3 image
     /// then costs onnxruntime 4/3 of the work).
     pub square: bool,
@@ -119,183 +122,93 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// `*` matches any run of characters, `?` one character.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
+/// Default of [`InferOptions::size`].
+pub const DEFAULT_SIZE: usize = 512;
+
+/// The name each input's outputs get (relative to the output directory, no extension): its file
+/// stem where stems are unique, else its path relative to the inputs' common folder (`a/x.jpg`
+/// and `b/x.jpg` → `a/x`, `b/x`), else its file name (`x.jpg`, `x.png` in one folder). Never two
+/// inputs one name: nothing is overwritten.
+pub fn output_names(files: &[PathBuf]) -> Vec<PathBuf> {
+    let unique = |names: &[PathBuf]| names.iter().collect::<std::collections::HashSet<_>>().len() == names.len();
+    let stem = |p: &Path, name: &str| p.parent().unwrap_or(Path::new("")).join(name);
+    let stems: Vec<PathBuf> = files.iter().map(|f| PathBuf::from(f.file_stem().unwrap_or(f.as_os_str()))).collect();
+    if unique(&stems) {
+        return stems;
     }
-    p[pi..].iter().all(|&c| c == '*')
+    let absolute: Vec<PathBuf> = files.iter().map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())).collect();
+    let mut root = absolute[0].parent().map(Path::to_path_buf).unwrap_or_default();
+    while !absolute.iter().all(|f| f.starts_with(&root)) && root.pop() {}
+    let relative: Vec<&Path> = absolute.iter().map(|f| f.strip_prefix(&root).unwrap_or(f)).collect();
+    let by_stem: Vec<PathBuf> =
+        relative.iter().map(|r| stem(r, &r.file_stem().unwrap_or_default().to_string_lossy())).collect();
+    if unique(&by_stem) {
+        return by_stem;
+    }
+    relative.iter().map(|r| stem(r, &r.file_name().unwrap_or_default().to_string_lossy())).collect()
 }
 
 /// A decoded image and its letterboxed model input.
 struct Prepared {
     path: PathBuf,
+    /// Where its outputs go, relative to the output directory, without extension.
+    name: PathBuf,
     original: RgbImage,
     input: RgbImage,
     /// Size of the scaled image inside the (padded) input.
     inner: (usize, usize),
 }
 
-/// Scales `image` so its longer side is `side` and pads it with the mean: to `side × side` when
-/// `square`, else each side to the model's size multiple.
-fn letterbox(image: &RgbImage, side: usize, square: bool, norm: &Normalization) -> (RgbImage, (usize, usize)) {
-    let (w, h) = image.dimensions();
-    let scale = side as f32 / w.max(h) as f32;
-    let (nw, nh) = (
-        ((w as f32 * scale).round() as u32).clamp(1, side as u32),
-        ((h as f32 * scale).round() as u32).clamp(1, side as u32),
-    );
-    let pad =
-        |n: u32| if square { side as u32 } else { n.div_ceil(norm.size_multiple as u32) * norm.size_multiple as u32 };
-    let mut out = RgbImage::from_pixel(pad(nw), pad(nh), mean_pixel(norm));
-    let resized = resize_bilinear(image, nw, nh);
-    image::imageops::replace(&mut out, &resized, 0, 0);
-    (out, (nw as usize, nh as usize))
-}
-
-/// `image` scaled to `w × h` with Pillow's bilinear filter (a triangle over the source pixels a
-/// target pixel covers, so downscaling averages): SIMD, through fast_image_resize.
-fn resize_bilinear(image: &RgbImage, w: u32, h: u32) -> RgbImage {
-    use fast_image_resize as fr;
-    if image.dimensions() == (w, h) {
-        return image.clone();
-    }
-    let src = fr::images::ImageRef::new(image.width(), image.height(), image.as_raw(), fr::PixelType::U8x3)
-        .expect("an RgbImage's buffer holds width × height × 3 bytes");
-    let mut dst = fr::images::Image::new(w, h, fr::PixelType::U8x3);
-    let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
-    fr::Resizer::new().resize(&src, &mut dst, &options).expect("same pixel type, non-empty sizes");
-    RgbImage::from_raw(w, h, dst.into_vec()).expect("size matches")
-}
-
-/// Bilinear (half-pixel) upsampling of `logits[.., :ih, :iw]` of one image to `w × h`, fused
-/// with the argmax over classes (ties go to the lower class). Separable: each output row first
-/// blends its two source rows of every class into a class-interleaved row, then each pixel blends
-/// two neighbours of that row; both passes read contiguous memory.
-fn upsample_argmax(logits: ndarray::ArrayView3<'_, f32>, inner: (usize, usize), w: usize, h: usize) -> GrayImage {
-    let logits = logits.as_standard_layout();
-    let (c, lh, lw) = logits.dim();
-    let data = logits.as_slice().expect("standard layout is contiguous");
-    let (iw, ih) = inner;
-    let (sx, sy) = (iw as f32 / w as f32, ih as f32 / h as f32);
-    let coords = |i: usize, scale: f32, max: usize| {
-        let f = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, (max - 1) as f32);
-        let i0 = f.floor() as usize;
-        (i0, (i0 + 1).min(max - 1), f - i0 as f32)
-    };
-    let xs: Vec<_> = (0..w).map(|x| coords(x, sx, iw)).collect();
-    let mut mask = vec![0u8; w * h];
-    mask.par_chunks_mut(w.max(1)).enumerate().for_each_init(
-        || vec![0f32; iw * c],
-        |blend, (y, out)| {
-            let (y0, y1, fy) = coords(y, sy, ih);
-            for k in 0..c {
-                let r0 = &data[(k * lh + y0) * lw..][..iw];
-                let r1 = &data[(k * lh + y1) * lw..][..iw];
-                for (x, (a, b)) in r0.iter().zip(r1).enumerate() {
-                    blend[x * c + k] = (1.0 - fy) * a + fy * b;
-                }
-            }
-            for (o, &(x0, x1, fx)) in out.iter_mut().zip(&xs) {
-                let (a, b) = (&blend[x0 * c..][..c], &blend[x1 * c..][..c]);
-                let mut best = (0u8, f32::NEG_INFINITY);
-                for (k, (a, b)) in a.iter().zip(b).enumerate() {
-                    let v = (1.0 - fx) * a + fx * b;
-                    if v > best.1 {
-                        best = (k as u8, v);
-                    }
-                }
-                *o = best.0;
-            }
-        },
-    );
-    GrayImage::from_raw(w as u32, h as u32, mask).expect("size matches")
-}
-
-/// Writes `image` normalized into `dst` (`[3, H, W]` for NCHW, `[H, W, 3]` for NHWC, at least
-/// the image's size; the rest is left as it is).
-fn normalize_into(mut dst: ndarray::ArrayViewMut3<'_, f32>, image: &RgbImage, norm: &Normalization) {
-    let lut: [[f32; 256]; 3] =
-        std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - norm.mean[c]) / norm.std[c]));
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    for (y, src) in image.as_raw().chunks_exact(w * 3).enumerate().take(h) {
-        match norm.layout {
-            Layout::Nchw => {
-                for (c, lut) in lut.iter().enumerate() {
-                    let mut row = dst.slice_mut(s![c, y, ..w]);
-                    for (o, px) in row.iter_mut().zip(src.chunks_exact(3)) {
-                        *o = lut[px[c] as usize];
-                    }
-                }
-            }
-            Layout::Nhwc => {
-                let mut row = dst.slice_mut(s![y, ..w, ..]);
-                for (mut o, px) in row.outer_iter_mut().zip(src.chunks_exact(3)) {
-                    for c in 0..3 {
-                        o[c] = lut[c][px[c] as usize];
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// `segtune infer MODEL INPUT... --out DIR`. Unreadable images are reported and skipped; the
 /// caller turns a non-empty `failed` into a non-zero exit.
 pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<InferSummary> {
     let started = Instant::now();
-    let proto = crate::onnx::read_model(model)?;
-    crate::model::check_input_rank(&proto, model)?;
-    let meta = crate::onnx::metadata(&proto);
-    let norm = Normalization::from_metadata(&meta).map_err(|e| Error::bad_file(model, e))?;
-    let classes = crate::validate::model_classes(&proto, norm.layout, model)?;
-    let class_names: Vec<String> = meta
-        .get("segtune.class_names")
-        .map(|v| v.split(',').map(String::from).collect())
-        .unwrap_or_else(|| (0..classes).map(|i| format!("class_{i}")).collect());
-    let side = opts.size.div_ceil(norm.size_multiple).max(1) * norm.size_multiple;
     if opts.batch == 0 {
         return Err(Error::BadArgument("--batch 0: expected at least 1".into()));
     }
+    let OpenedModel { mut session, norm, classes, class_names, input: shape } =
+        OpenedModel::open(model, opts.threads, false)?;
+    let class_names = class_names.unwrap_or_else(|| (0..classes).map(|i| format!("class_{i}")).collect());
+    // The box each image is letterboxed into: the graph's own size where it is fixed.
+    let (fit, pad_to_box) = match (shape.size, opts.size) {
+        (Some((h, w)), None) => ((w, h), true),
+        (Some((h, w)), Some(s)) if (s, s) == (h, w) => ((w, h), true),
+        (Some((h, w)), Some(s)) => {
+            return Err(Error::bad_file(
+                model,
+                format!("its graph runs at {h}×{w} only, not --size {s}; use --size {h} or leave --size out"),
+            ));
+        }
+        (None, size) => {
+            let side = size.unwrap_or(DEFAULT_SIZE).div_ceil(norm.size_multiple).max(1) * norm.size_multiple;
+            ((side, side), opts.square)
+        }
+    };
+    // A graph fixed at one batch size gets exactly that many rows (the last batch padded).
+    let (batch, rows) = match shape.batch {
+        Some(b) => (b, b),
+        None => (opts.batch, 0),
+    };
     let files = expand_inputs(inputs)?;
+    let names = output_names(&files);
     if opts.out.exists() && !opts.out.is_dir() {
         return Err(Error::bad_file(&opts.out, "expected an output directory, found a file"));
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
-    if opts.overlay {
-        std::fs::create_dir_all(opts.out.join("overlay")).map_err(|e| Error::io(opts.out.join("overlay"), e))?;
-    }
-    let bytes = std::fs::read(model).map_err(|e| Error::io(model, e))?;
-    let mut session = OrtModel::with_options(&bytes, &model.display().to_string(), opts.threads, false)?;
 
     // Stage 1 (thread): decode + letterbox a batch in parallel.
     type Decoded = (Vec<Prepared>, Vec<(String, String)>);
     let (tx, rx) = mpsc::sync_channel::<Decoded>(2);
-    let chunks: Vec<Vec<PathBuf>> = files.chunks(opts.batch).map(|c| c.to_vec()).collect();
-    let square = opts.square;
+    let named: Vec<(PathBuf, PathBuf)> = files.iter().cloned().zip(names).collect();
+    let chunks: Vec<Vec<(PathBuf, PathBuf)>> = named.chunks(batch).map(|c| c.to_vec()).collect();
     let producer = std::thread::spawn(move || {
         for chunk in chunks {
             let results: Vec<std::result::Result<Prepared, (String, String)>> = chunk
                 .par_iter()
-                .map(|p| {
+                .map(|(p, name)| {
                     let original = load_image(p).map_err(|e| (p.display().to_string(), e.to_string()))?;
-                    let (input, inner) = letterbox(&original, side, square, &norm);
-                    Ok(Prepared { path: p.clone(), original, input, inner })
+                    let (input, inner) = letterbox(&original, fit, pad_to_box, &norm);
+                    Ok(Prepared { path: p.clone(), name: name.clone(), original, input, inner })
                 })
                 .collect();
             let mut ok = vec![];
@@ -342,7 +255,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
         if prepared.is_empty() {
             continue;
         }
-        let n = prepared.len();
+        let n = prepared.len().max(rows);
         // The batch's shape: its largest input; the rest is 0, the normalized mean.
         let (bw, bh) = prepared.iter().fold((0, 0), |(w, h), p| (w.max(p.input.width()), h.max(p.input.height())));
         let (bw, bh) = (bw as usize, bh as usize);
@@ -356,7 +269,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
         let t = Instant::now();
         let logits = session.run_output(input.view(), norm.layout)?;
         run_seconds += t.elapsed().as_secs_f64();
-        done += n;
+        done += prepared.len();
         if tty {
             eprint!(
                 "\rinfer {done}/{} images, {:.1} img/s ",
@@ -401,15 +314,20 @@ fn write_outputs(
 ) -> Result<ImageResult> {
     let (w, h) = p.original.dimensions();
     let mask = upsample_argmax(logits, p.inner, w as usize, h as usize);
-    let stem = p.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-    let mask_path = out.join(format!("{stem}.png"));
+    let file = |dir: &Path, ext: &str| -> Result<PathBuf> {
+        let path = dir.join(format!("{}.{ext}", p.name.display()));
+        let parent = path.parent().expect("joined onto a directory");
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        Ok(path)
+    };
+    let mask_path = file(out, "png")?;
     data::write_index_png(&mask_path, &mask, palette)?;
     if overlay {
         let blended = RgbImage::from_fn(w, h, |x, y| {
             let (a, c) = (p.original.get_pixel(x, y), palette[mask.get_pixel(x, y)[0] as usize]);
             Rgb([0, 1, 2].map(|i| ((a[i] as u16 + c[i] as u16) / 2) as u8))
         });
-        let path = out.join("overlay").join(format!("{stem}.jpg"));
+        let path = file(&out.join("overlay"), "jpg")?;
         data::write_atomic(&path, |f| {
             image::codecs::jpeg::JpegEncoder::new_with_quality(f, 90)
                 .encode_image(&blended)
@@ -428,116 +346,4 @@ fn write_outputs(
         height: h,
         class_fractions: counts.iter().map(|&c| c as f64 / total).collect(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("*.jpg", "a.jpg"));
-        assert!(glob_match("img_??.png", "img_01.png"));
-        assert!(!glob_match("img_??.png", "img_1.png"));
-        assert!(glob_match("*", "x"));
-        assert!(!glob_match("*.jpg", "a.png"));
-        assert!(glob_match("a*b*c", "axxbyyc"));
-    }
-
-    #[test]
-    fn upsampling_a_constant_argmax_keeps_it_and_splits_halves() {
-        // 2 classes on a 2x2 input: class 1 wins on the right column.
-        let logits = ndarray::Array3::from_shape_vec((2, 2, 2), vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0]).unwrap();
-        let m = upsample_argmax(logits.view(), (2, 2), 8, 4);
-        assert_eq!(m.dimensions(), (8, 4));
-        assert_eq!(m.get_pixel(0, 0)[0], 0);
-        assert_eq!(m.get_pixel(7, 3)[0], 1);
-        assert_eq!((0..8).filter(|&x| m.get_pixel(x, 0)[0] == 1).count(), 4);
-    }
-
-    #[test]
-    fn separable_upsampling_matches_the_direct_bilinear_formula() {
-        // 5 classes on a 9×7 crop of an 11×8 logits map, up to 23×17: every output pixel's
-        // argmax equals the one of the four-tap formula evaluated directly.
-        let (c, lh, lw, iw, ih, w, h) = (5, 8, 11, 9, 7, 23, 17);
-        let mut state = 12345u32;
-        let logits = ndarray::Array3::from_shape_fn((c, lh, lw), |_| {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1u32 << 24) as f32
-        });
-        let m = upsample_argmax(logits.view(), (iw, ih), w, h);
-        let coords = |i: usize, scale: f32, max: usize| {
-            let f = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, (max - 1) as f32);
-            let i0 = f.floor() as usize;
-            (i0, (i0 + 1).min(max - 1), f as f64 - i0 as f64)
-        };
-        for y in 0..h {
-            let (y0, y1, fy) = coords(y, ih as f32 / h as f32, ih);
-            for x in 0..w {
-                let (x0, x1, fx) = coords(x, iw as f32 / w as f32, iw);
-                let v = |k: usize| {
-                    let l = |yy: usize, xx: usize| logits[[k, yy, xx]] as f64;
-                    (1.0 - fy) * ((1.0 - fx) * l(y0, x0) + fx * l(y0, x1))
-                        + fy * ((1.0 - fx) * l(y1, x0) + fx * l(y1, x1))
-                };
-                let best = (0..c).fold(0, |b, k| if v(k) > v(b) { k } else { b });
-                assert_eq!(m.get_pixel(x as u32, y as u32)[0] as usize, best, "pixel ({x}, {y})");
-            }
-        }
-    }
-
-    #[test]
-    fn normalization_writes_either_layout_and_leaves_the_padding() {
-        let img = RgbImage::from_fn(3, 2, |x, y| Rgb([x as u8 * 100, y as u8 * 200, 7]));
-        for layout in [Layout::Nchw, Layout::Nhwc] {
-            let norm = Normalization { layout, ..Normalization::IMAGENET };
-            let mut dst = match layout {
-                Layout::Nchw => ndarray::Array3::<f32>::from_elem((3, 4, 5), 9.0),
-                Layout::Nhwc => ndarray::Array3::<f32>::from_elem((4, 5, 3), 9.0),
-            };
-            normalize_into(dst.view_mut(), &img, &norm);
-            for (x, y, px) in img.enumerate_pixels() {
-                for c in 0..3 {
-                    let want = (px[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
-                    let got = match layout {
-                        Layout::Nchw => dst[[c, y as usize, x as usize]],
-                        Layout::Nhwc => dst[[y as usize, x as usize, c]],
-                    };
-                    assert_eq!(got, want, "{layout:?} ({x}, {y}) channel {c}");
-                }
-            }
-            assert_eq!(dst.iter().filter(|&&v| v == 9.0).count(), 3 * (4 * 5 - 3 * 2), "{layout:?}");
-        }
-    }
-
-    #[test]
-    fn resizing_matches_pillows_bilinear_filter() {
-        // tests/fixtures/resize.json, made by scripts/make_resize_fixture.py with Pillow 13.
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resize.json");
-        let f: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let image = |v: &serde_json::Value| {
-            let px: Vec<u8> = v["pixels"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as u8).collect();
-            RgbImage::from_raw(v["width"].as_u64().unwrap() as u32, v["height"].as_u64().unwrap() as u32, px).unwrap()
-        };
-        let src = image(&f);
-        for want in f["resized"].as_array().unwrap().iter().map(image) {
-            let got = resize_bilinear(&src, want.width(), want.height());
-            let worst = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-            assert!(worst <= 1, "{:?}: differs from Pillow by up to {worst} levels", want.dimensions());
-        }
-    }
-
-    #[test]
-    fn letterbox_keeps_aspect_and_pads_with_the_mean() {
-        let norm = Normalization::IMAGENET;
-        let (img, inner) = letterbox(&RgbImage::from_pixel(100, 50, Rgb([0, 0, 0])), 64, true, &norm);
-        assert_eq!((img.dimensions(), inner), ((64, 64), (64, 32)));
-        assert_eq!(*img.get_pixel(0, 63), mean_pixel(&norm));
-        assert_eq!(*img.get_pixel(0, 0), Rgb([0, 0, 0]));
-        // Aspect kept: only up to the size multiple (16): 100×70 → 64×45 → 64×48.
-        let (img, inner) = letterbox(&RgbImage::from_pixel(100, 70, Rgb([0, 0, 0])), 64, false, &norm);
-        assert_eq!((img.dimensions(), inner), ((64, 48), (64, 45)));
-        assert_eq!(*img.get_pixel(0, 47), mean_pixel(&norm));
-        assert_eq!(*img.get_pixel(63, 44), Rgb([0, 0, 0]));
-    }
 }

@@ -4,12 +4,17 @@
 //! [`onnx`] (protobuf reading and inspection), [`runtime`] (onnxruntime), [`validate`] (parity
 //! against onnxruntime). `main.rs` only parses the command line and dispatches here.
 
+pub mod backbone;
 pub mod data;
 pub mod demo;
 pub mod doctor;
 pub mod error;
 pub mod export;
+pub mod glob;
+pub mod graph;
+pub mod imaging;
 pub mod infer;
+pub mod inspect;
 pub mod loss;
 pub mod metrics;
 pub mod model;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use segtune::model::{self, Checkpoint};
 use segtune::train::{self, BackboneRuntime, BnMode, DeviceKind, Freeze, OptimizerKind, TrainConfig};
-use segtune::{data, onnx, validate};
+use segtune::{data, validate};
 
 /// mimalloc keeps freed blocks for reuse: glibc's malloc hands a tensor-sized buffer back to the
 /// kernel at each free and page-faults a fresh one at the next op.
@@ -53,7 +53,8 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Describe an ONNX model: opset, inputs/outputs, ops, BatchNorm, softmax, Resize, metadata.
+    /// Check an ONNX model: opset, inputs/outputs, ops, BatchNorm, softmax, Resize, metadata, the
+    /// backbone segtune finds, the sizes it runs at, the compiled-in model it loads into.
     Inspect {
         file: PathBuf,
         /// Print JSON instead of text.
@@ -132,9 +133,10 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
         /// Longer side of the model input (rounded to the model's multiple, 16): images keep their
-        /// aspect ratio and are padded with the mean only to that multiple.
-        #[arg(long, default_value_t = 512)]
-        size: usize,
+        /// aspect ratio and are padded with the mean only to that multiple [default: 512, or the
+        /// size a model's graph is fixed at].
+        #[arg(long)]
+        size: Option<usize>,
         /// Pad every image to a SIZE × SIZE square instead.
         #[arg(long)]
         square: bool,
@@ -159,12 +161,13 @@ enum Command {
         /// Checkpoint (.onnx) whose weights to use instead of the compiled-in model's.
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// Input height and width in pixels (a multiple of 16).
-        #[arg(long, default_value_t = 256)]
-        size: usize,
-        /// Images per batch.
-        #[arg(long, default_value_t = 2)]
-        batch: usize,
+        /// Input height and width in pixels, a multiple of 16 [default: 256, or the size a
+        /// model's graph is fixed at].
+        #[arg(long)]
+        size: Option<usize>,
+        /// Images per batch [default: 2, or the batch a model's graph is fixed at].
+        #[arg(long)]
+        batch: Option<usize>,
         /// Largest max |Δ| of logits that passes.
         #[arg(long, default_value_t = 1e-4)]
         tol: f32,
@@ -202,9 +205,9 @@ struct TrainFlags {
     /// Dataset directory: VOC layout or SPLIT/images + SPLIT/masks (required).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Compiled-in model.
-    #[arg(long, default_value = model::DEFAULT_MODEL)]
-    model: String,
+    /// Compiled-in model [default: the one --weights matches, else deeplabv3plus_mobilenetv2].
+    #[arg(long)]
+    model: Option<String>,
     /// ONNX checkpoint to start from (same architecture as --model).
     #[arg(long)]
     weights: Option<PathBuf>,
@@ -237,8 +240,11 @@ struct TrainFlags {
     /// Cross-entropy class weights, comma-separated, one per class.
     #[arg(long, value_delimiter = ',')]
     class_weights: Option<Vec<f32>>,
-    #[arg(long, value_enum, default_value_t = Freeze::None)]
-    freeze: Freeze,
+    /// What freezes: none, backbone (found by name under any prefix, else by structure: see
+    /// `segtune inspect`), or a glob on the checkpoint's initializer names (`'m.encoder.*'`).
+    /// Repeatable: the union freezes.
+    #[arg(long, default_value = "none", value_name = "none|backbone|GLOB")]
+    freeze: Vec<Freeze>,
     #[arg(long, value_enum, default_value_t = BnMode::Frozen)]
     bn: BnMode,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
@@ -258,7 +264,11 @@ impl TrainFlags {
     fn config(self) -> Result<TrainConfig, segtune::Error> {
         let data = self.data.ok_or_else(|| segtune::Error::BadArgument("--data DIR is required".into()))?;
         let mut c = TrainConfig::new(data);
-        c.model = self.model;
+        c.model = match (self.model, &self.weights) {
+            (Some(m), _) => m,
+            (None, Some(w)) => Checkpoint::open(None, Some(w))?.info.name.to_string(),
+            (None, None) => model::DEFAULT_MODEL.to_string(),
+        };
         c.weights = self.weights;
         c.classes = self.classes.unwrap_or(0);
         c.epochs = self.epochs;
@@ -361,8 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Inspect { file, json } => {
-            let proto = onnx::read_model(&file)?;
-            let report = onnx::inspect(&proto, &file);
+            let report = segtune::inspect::inspect(&file)?;
             if json {
                 emit!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
             } else {
@@ -370,7 +379,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Parity { model, weights, size, batch, tol, seed, threads, repeat, json } => {
-            let ckpt = Checkpoint::open(model.as_deref(), weights.as_deref())?;
+            let mut ckpt = Checkpoint::open(model.as_deref(), weights.as_deref())?;
+            segtune::runtime::prepare(&mut ckpt)?;
+            let (size, batch) = validate::parity_size(&ckpt, size, batch)?;
             let opts = validate::ParityOptions { batch, size, tol, seed, threads, repeat };
             let report = validate::parity_check(&ckpt, &opts)?;
             if json {

@@ -170,7 +170,7 @@ pub fn tensor_f32(t: &TensorProto, model_dir: Option<&Path>) -> Result<Vec<f32>,
         return Err(format!("tensor {:?}: expected FLOAT data (type 1), found data type {}", t.name(), t.data_type()));
     }
     let n = element_count(&t.dims).map_err(|e| format!("tensor {:?}: {e}", t.name()))?;
-    let external = t.data_location == Some(proto::tensor_proto::DataLocation::External as i32);
+    let external = is_external(t);
     let raw: Option<std::borrow::Cow<'_, [u8]>> =
         if external { Some(read_external(t, model_dir, n * 4)?.into()) } else { t.raw_data.as_deref().map(Into::into) };
     match raw {
@@ -200,21 +200,58 @@ pub fn tensor_f32(t: &TensorProto, model_dir: Option<&Path>) -> Result<Vec<f32>,
     }
 }
 
-/// Reads an external-data tensor, refusing locations outside `model_dir` (absolute paths,
-/// `..`), which is how a hostile model would read arbitrary files.
-fn read_external(t: &TensorProto, model_dir: Option<&Path>, expected: usize) -> Result<Vec<u8>, String> {
+/// Bytes per element of an ONNX tensor data type (`None`: strings and sub-byte types).
+pub fn dtype_size(data_type: i32) -> Option<usize> {
+    match data_type {
+        2 | 3 | 9 => Some(1),       // uint8, int8, bool
+        4 | 5 | 10 | 16 => Some(2), // uint16, int16, float16, bfloat16
+        1 | 6 | 12 => Some(4),      // float, int32, uint32
+        7 | 11 | 13 => Some(8),     // int64, double, uint64
+        _ => None,
+    }
+}
+
+/// Whether a tensor's data lives in a side file.
+pub fn is_external(t: &TensorProto) -> bool {
+    t.data_location == Some(proto::tensor_proto::DataLocation::External as i32)
+}
+
+/// The bytes an external-data tensor's dims and type declare (fixed-size types only).
+pub fn tensor_bytes(t: &TensorProto) -> Result<usize, String> {
+    let size = dtype_size(t.data_type())
+        .ok_or_else(|| format!("tensor {:?}: external data of type {} is not supported", t.name(), t.data_type()))?;
+    let n = element_count(&t.dims).map_err(|e| format!("tensor {:?}: {e}", t.name()))?;
+    Ok(n * size)
+}
+
+/// The bytes an external-data tensor holds (any fixed-size type), read from `model_dir`.
+pub fn external_bytes(t: &TensorProto, model_dir: Option<&Path>) -> Result<Vec<u8>, String> {
+    read_external(t, model_dir, tensor_bytes(t)?)
+}
+
+/// Checks an external-data `location`: a relative path of plain components inside the model's
+/// directory. Absolute paths and `..` are how a hostile model would read (or, written, replace)
+/// arbitrary files; the reader and the writer both refuse them.
+pub fn check_external_location(location: &str) -> Result<(), String> {
+    let rel = Path::new(location);
+    if location.is_empty()
+        || rel.is_absolute()
+        || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "external data location {location:?} must be a relative path inside the model's directory"
+        ));
+    }
+    Ok(())
+}
+
+/// Where an external-data tensor's bytes are: its checked location, offset and length (which
+/// must be the `expected` bytes its dims and type declare).
+pub fn external_span(t: &TensorProto, expected: usize) -> Result<(String, u64, usize), String> {
     let field = |k: &str| t.external_data.iter().find(|e| e.key() == k).map(|e| e.value().to_string());
     let location =
         field("location").ok_or_else(|| format!("tensor {:?}: external data without a location", t.name()))?;
-    let rel = Path::new(&location);
-    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(format!(
-            "tensor {:?}: external data location {location:?} must be a relative path inside the model's directory",
-            t.name()
-        ));
-    }
-    let dir = model_dir.ok_or_else(|| format!("tensor {:?}: external data needs the model's directory", t.name()))?;
-    let path: PathBuf = dir.join(rel);
+    check_external_location(&location).map_err(|e| format!("tensor {:?}: {e}", t.name()))?;
     let parse = |k: &str| -> Result<u64, String> {
         field(k).map_or(Ok(0), |v| v.parse().map_err(|_| format!("tensor {:?}: bad external {k} {v:?}", t.name())))
     };
@@ -226,22 +263,41 @@ fn read_external(t: &TensorProto, model_dir: Option<&Path>, expected: usize) -> 
     if length != expected {
         return Err(format!("tensor {:?}: external length {length} but dims declare {expected} bytes", t.name()));
     }
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(&path).map_err(|e| format!("external data {}: {e}", path.display()))?;
-    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok((location, offset, length))
+}
+
+/// The `length` bytes at `offset` of a side file of `size` bytes, read by `read`; `name` names
+/// the file in errors.
+pub fn external_slice(
+    t: &TensorProto,
+    (offset, length): (u64, usize),
+    size: u64,
+    name: &str,
+    read: impl FnOnce(u64, &mut [u8]) -> std::io::Result<()>,
+) -> Result<Vec<u8>, String> {
     if offset.checked_add(length as u64).is_none_or(|end| end > size) {
         return Err(format!(
-            "tensor {:?}: external data {} has {size} bytes, needs {} at offset {offset}",
-            t.name(),
-            path.display(),
-            length
+            "tensor {:?}: external data {name} has {size} bytes, needs {length} at offset {offset}",
+            t.name()
         ));
     }
     let mut buf = vec![0u8; length];
-    f.seek(SeekFrom::Start(offset))
-        .and_then(|_| f.read_exact(&mut buf))
-        .map_err(|e| format!("external data {}: {e}", path.display()))?;
+    read(offset, &mut buf).map_err(|e| format!("external data {name}: {e}"))?;
     Ok(buf)
+}
+
+/// Reads an external-data tensor from `model_dir`, refusing locations outside it
+/// ([`check_external_location`]).
+fn read_external(t: &TensorProto, model_dir: Option<&Path>, expected: usize) -> Result<Vec<u8>, String> {
+    let (location, offset, length) = external_span(t, expected)?;
+    let dir = model_dir.ok_or_else(|| format!("tensor {:?}: external data needs the model's directory", t.name()))?;
+    let path: PathBuf = dir.join(location);
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(&path).map_err(|e| format!("external data {}: {e}", path.display()))?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    external_slice(t, (offset, length), size, &path.display().to_string(), |offset, buf| {
+        f.seek(SeekFrom::Start(offset)).and_then(|_| f.read_exact(buf))
+    })
 }
 
 /// One dimension of a graph input or output.
@@ -326,6 +382,20 @@ pub fn output_classes(graph: &GraphProto, class_axis: usize) -> Option<usize> {
         Some(Dim::Fixed(c)) if *c > 0 => Some(*c as usize),
         _ => None,
     }
+}
+
+/// The class count of an exported model: `segtune.classes`, else the fixed class dimension.
+pub fn model_classes(proto: &ModelProto, class_axis: usize, path: &Path) -> Result<usize> {
+    let meta = metadata(proto);
+    if let Some(c) = meta.get("segtune.classes").and_then(|v| v.parse().ok()) {
+        return Ok(c);
+    }
+    output_classes(graph(proto), class_axis).ok_or_else(|| {
+        Error::bad_file(
+            path,
+            "expected a fixed class dimension on the output or segtune.classes metadata, found neither",
+        )
+    })
 }
 
 /// The real graph inputs (those that are not initializers).

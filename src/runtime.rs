@@ -11,7 +11,8 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
 use crate::error::{Error, Result};
-use crate::model::Layout;
+use crate::model::{Layout, Normalization};
+use crate::onnx::ModelProto;
 
 /// The onnxruntime release segtune provisions (ort's `api-30` works with 1.30 and later).
 pub const ORT_VERSION: &str = "1.31.1";
@@ -139,9 +140,22 @@ impl OrtModel {
     /// As [`from_bytes`](Self::from_bytes); `spinning` = false stops onnxruntime's idle threads
     /// from busy-waiting between ops, for pipelines whose other stages need the cores.
     pub fn with_options(bytes: &[u8], origin: &str, threads: usize, spinning: bool) -> Result<Self> {
+        Self::build(bytes, origin, threads, spinning, false)
+    }
+
+    /// A one-thread session that logs nothing: for probing the sizes a graph takes, where
+    /// onnxruntime's refusals are expected answers, not errors to show.
+    fn quiet(bytes: &[u8], origin: &str) -> Result<Self> {
+        Self::build(bytes, origin, 1, true, true)
+    }
+
+    fn build(bytes: &[u8], origin: &str, threads: usize, spinning: bool, quiet: bool) -> Result<Self> {
         let env = environment()?;
         let fail = |e: String| Error::bad_file(origin, format!("onnxruntime refused the model: {e}"));
         let mut builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
+        if quiet {
+            builder = builder.with_log_level(ort::logging::LogLevel::Fatal).map_err(|e| fail(e.to_string()))?;
+        }
         builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| fail(e.to_string()))?;
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(|e| fail(e.to_string()))?;
@@ -203,5 +217,112 @@ impl OrtOutput {
             Layout::Nchw => out,
             Layout::Nhwc => out.permuted_axes([0, 3, 1, 2]),
         })
+    }
+}
+
+/// The input sizes a graph runs at, as onnxruntime showed them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct InputShape {
+    /// The batch size the graph is fixed at (`None`: any).
+    pub batch: Option<usize>,
+    /// The height and width it is fixed at (`None`: any multiple of the model's size multiple).
+    pub size: Option<(usize, usize)>,
+}
+
+impl InputShape {
+    /// "any size", "64×64 only", with the batch where it is fixed.
+    pub fn describe(&self) -> String {
+        let size = self.size.map_or("any size".to_string(), |(h, w)| format!("{h}×{w} only"));
+        match self.batch {
+            Some(b) => format!("{size}, batches of {b} only"),
+            None => size,
+        }
+    }
+}
+
+/// `model` made to run at the sizes it can. onnxruntime enforces an input's declared dims and
+/// the most common export declares a fixed height and width (`dynamic_axes` on the batch only)
+/// though its graph computes every shape from the input: each fixed batch, height or width is
+/// made symbolic, then checked by running onnxruntime at the declared size and at another
+/// (2 size multiples larger, one image more). What fails there is fixed inside the graph (a
+/// fully static export hard-codes its ASPP pooling's upsampling size) and stays declared.
+/// Returns the edited graph (`None`: a graph that declares no fixed size stays as it is).
+pub fn runnable(model: &ModelProto, norm: &Normalization, origin: &str) -> Result<(Option<ModelProto>, InputShape)> {
+    use crate::graph::{declared_input, with_symbolic_input};
+    use prost::Message;
+    let d = declared_input(model, norm.layout);
+    if d == Default::default() {
+        return Ok((None, InputShape::default()));
+    }
+    let m = norm.size_multiple;
+    let base = (d.batch.unwrap_or(1), d.height.unwrap_or(4 * m), d.width.unwrap_or(4 * m));
+    let relaxed = with_symbolic_input(model, norm.layout, true, true);
+    let mut session = OrtModel::quiet(&relaxed.encode_to_vec(), origin)?;
+    let mut runs = |(n, h, w): (usize, usize, usize)| {
+        let shape = match norm.layout {
+            Layout::Nchw => (n, 3, h, w),
+            Layout::Nhwc => (n, h, w, 3),
+        };
+        session.run_logits(Array4::<f32>::zeros(shape).view(), norm.layout).map(|_| ())
+    };
+    runs(base)?;
+    let (other_batch, other_h, other_w) = (base.0 + 1, base.1 + 2 * m, base.2 + 2 * m);
+    if runs((other_batch, other_h, other_w)).is_ok() {
+        return Ok((Some(relaxed), InputShape::default()));
+    }
+    let size_free = runs((base.0, other_h, other_w)).is_ok();
+    let batch_free = runs((other_batch, base.1, base.2)).is_ok();
+    let shape = InputShape { batch: (!batch_free).then_some(base.0), size: (!size_free).then_some((base.1, base.2)) };
+    Ok((Some(with_symbolic_input(model, norm.layout, batch_free, size_free)), shape))
+}
+
+/// Makes a checkpoint's graph [`runnable`] (once), so that everything onnxruntime runs or
+/// segtune writes from it has the sizes it can take, and returns them.
+pub fn prepare(ckpt: &mut crate::model::Checkpoint) -> Result<InputShape> {
+    if let Some(shape) = ckpt.input {
+        return Ok(shape);
+    }
+    let (proto, shape) = runnable(&ckpt.proto, &ckpt.normalization, &ckpt.origin())?;
+    if let Some(proto) = proto {
+        ckpt.proto = proto;
+        ckpt.edited = true;
+    }
+    ckpt.input = Some(shape);
+    Ok(shape)
+}
+
+/// An ONNX segmentation model file opened for onnxruntime, as `validate` and `infer` run it: its
+/// external data read in, its sizes made symbolic where its graph allows ([`runnable`]), its
+/// normalization, layout and classes from segtune's metadata (else the graph's output).
+pub struct OpenedModel {
+    pub session: OrtModel,
+    pub norm: Normalization,
+    pub classes: usize,
+    /// `segtune.class_names`, where it names `classes` classes.
+    pub class_names: Option<Vec<String>>,
+    /// The sizes the graph runs at.
+    pub input: InputShape,
+}
+
+impl OpenedModel {
+    /// Opens `path` with `threads` onnxruntime threads (0: its default); `spinning` as in
+    /// [`OrtModel::with_options`].
+    pub fn open(path: &Path, threads: usize, spinning: bool) -> Result<Self> {
+        use prost::Message;
+        let mut proto = crate::onnx::read_model(path)?;
+        crate::graph::inline_external(&mut proto, path.parent()).map_err(|e| Error::bad_file(path, e))?;
+        crate::model::check_input_rank(&proto, path)?;
+        let meta = crate::onnx::metadata(&proto);
+        let norm = Normalization::from_metadata(&meta).map_err(|e| Error::bad_file(path, e))?;
+        let classes = crate::onnx::model_classes(&proto, norm.layout.class_axis(), path)?;
+        let class_names = meta
+            .get("segtune.class_names")
+            .map(|v| v.split(',').map(String::from).collect::<Vec<_>>())
+            .filter(|n| n.len() == classes);
+        let origin = path.display().to_string();
+        let (runnable, input) = runnable(&proto, &norm, &origin)?;
+        let bytes = runnable.as_ref().unwrap_or(&proto).encode_to_vec();
+        let session = OrtModel::with_options(&bytes, &origin, threads, spinning)?;
+        Ok(OpenedModel { session, norm, classes, class_names, input })
     }
 }

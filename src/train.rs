@@ -25,14 +25,76 @@ use crate::loss::{self, LossSpec};
 use crate::metrics::{ConfusionMatrix, Scores};
 use crate::model::{self, Checkpoint, ModelFn, ModelInfo, SegModel};
 
-/// Which parameters train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// One `--freeze` rule (repeatable; the union is frozen).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Freeze {
-    /// Everything trains.
+    /// Nothing is frozen.
     None,
-    /// The encoder (ONNX names `encoder.*` or `backbone.*`) is frozen; the decoder and head train.
+    /// The backbone, as `build.rs` found it: parameters named with an `encoder`/`backbone`
+    /// component under any prefix, else the sub-graph upstream of the ASPP ([`crate::backbone`]).
     Backbone,
+    /// The parameters whose ONNX initializer name (in the checkpoint trained from) matches this
+    /// glob (`*`, `?`), e.g. `m.encoder.*`, `decoder.aspp.*`.
+    Glob(String),
+}
+
+impl std::str::FromStr for Freeze {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "" => Err("expected none, backbone or a glob on initializer names, found an empty value".into()),
+            "none" => Ok(Freeze::None),
+            "backbone" => Ok(Freeze::Backbone),
+            glob => Ok(Freeze::Glob(glob.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Freeze {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Freeze::None => f.write_str("none"),
+            Freeze::Backbone => f.write_str("backbone"),
+            Freeze::Glob(g) => f.write_str(g),
+        }
+    }
+}
+
+impl Serialize for Freeze {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Freeze {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `freeze` as a list, also from the single string older run configs hold.
+fn freeze_list<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<Freeze>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Freeze),
+        Many(Vec<Freeze>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(f) => vec![f],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// The `--freeze` rules as one flag value each, for messages and suggested commands.
+pub fn freeze_flags(rules: &[Freeze]) -> String {
+    rules.iter().map(|r| format!("--freeze {}", shell_word(&r.to_string()))).collect::<Vec<_>>().join(" ")
+}
+
+/// `word` quoted for a POSIX shell where it needs it.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain { word.to_string() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }
 
 /// What BatchNorm layers do during training.
@@ -122,8 +184,9 @@ pub struct TrainConfig {
     pub loss: LossSpec,
     /// Per-class weights for cross-entropy (default none).
     pub class_weights: Option<Vec<f32>>,
-    /// Which parameters freeze (default `none`).
-    pub freeze: Freeze,
+    /// Which parameters freeze (default `none`); several rules freeze their union.
+    #[serde(deserialize_with = "freeze_list")]
+    pub freeze: Vec<Freeze>,
     /// BatchNorm behaviour (default `frozen`).
     pub bn: BnMode,
     /// Where to train (default `cpu`).
@@ -164,7 +227,7 @@ impl TrainConfig {
             grad_clip: None,
             loss: LossSpec::default(),
             class_weights: None,
-            freeze: Freeze::None,
+            freeze: vec![Freeze::None],
             bn: BnMode::Frozen,
             device: DeviceKind::Cpu,
             backbone_runtime: BackboneRuntime::Auto,
@@ -175,20 +238,36 @@ impl TrainConfig {
         }
     }
 
-    fn check(&self, norm: &model::Normalization) -> Result<()> {
-        let m = norm.size_multiple;
+    fn check(&self, ckpt: &Checkpoint) -> Result<()> {
+        let m = ckpt.normalization.size_multiple;
         if self.crop == 0 || !self.crop.is_multiple_of(m) {
             return Err(Error::BadArgument(format!("--crop {}: expected a positive multiple of {m}", self.crop)));
         }
         if self.batch == 0 || self.epochs == 0 {
             return Err(Error::BadArgument("--batch and --epochs must be at least 1".into()));
         }
-        if self.bn == BnMode::Train && self.batch < 2 {
+        if self.bn == BnMode::Train && self.batch < 2 && ckpt.info.has_batchnorm() {
             return Err(Error::BadArgument(format!(
                 "--bn train with --batch {}: BatchNorm needs more than one value per channel to compute batch statistics \
                  (the ASPP image-pooling branch has one per image); use --batch 2 or more, or --bn frozen",
                 self.batch
             )));
+        }
+        if let Some(shape) = ckpt.input {
+            let fixed = |what: String| Error::bad_file(ckpt.origin(), format!("its graph runs at {what}"));
+            if let Some((h, w)) = shape.size
+                && (self.crop, self.crop) != (h, w)
+            {
+                let fix = if h == w { format!("use --crop {h}") } else { "training crops are square".into() };
+                return Err(fixed(format!(
+                    "{h}×{w} only (a size fixed inside it, such as its ASPP pooling's upsampling); {fix}"
+                )));
+            }
+            if let Some(b) = shape.batch
+                && self.batch != b
+            {
+                return Err(fixed(format!("batches of {b} only (a batch size fixed inside it); use --batch {b}")));
+            }
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::BadArgument(format!("--lr {}: expected a positive number", self.lr)));
@@ -252,17 +331,54 @@ pub struct TrainSummary {
     pub total: usize,
 }
 
-/// The value names of a model's backbone parameters, by burn path.
-fn backbone_paths(info: &ModelInfo) -> Result<HashSet<&'static str>> {
-    let set: HashSet<&str> =
-        info.params.iter().filter(|e| model::backbone_names::is_backbone_param(e.value)).map(|e| e.burn).collect();
-    if set.is_empty() {
-        return Err(Error::BadArgument(format!(
-            "--freeze backbone: {} names no parameter encoder.* or backbone.*, so the backbone cannot be told from the decoder",
-            info.name
-        )));
+/// The burn paths of a model's backbone parameters ([`crate::backbone`]'s rule, as `build.rs`
+/// applied it to the compiled-in graph).
+pub fn backbone_paths(info: &ModelInfo) -> Result<HashSet<&'static str>> {
+    let why = match info.backbone {
+        Ok(_) => return Ok(info.params.iter().filter(|e| e.backbone).map(|e| e.burn).collect()),
+        Err(why) => why,
+    };
+    Err(Error::BadArgument(format!(
+        "--freeze backbone: {} has no backbone segtune can find: {why}. Name the parameters to freeze with \
+         --freeze 'GLOB' (initializer names; `segtune inspect FILE` lists what it found)",
+        info.name
+    )))
+}
+
+/// The burn paths `cfg.freeze` freezes in the model of `ckpt`: the union of its rules. A glob
+/// matches the checkpoint's own initializer names (a `--weights` file keeps its wrapper's prefix,
+/// `m.encoder.*`) and the names the graph's nodes read; one that matches nothing is an error.
+pub fn frozen_paths(cfg: &TrainConfig, ckpt: &Checkpoint) -> Result<HashSet<&'static str>> {
+    let mut frozen = HashSet::new();
+    for rule in &cfg.freeze {
+        match rule {
+            Freeze::None => {}
+            Freeze::Backbone => frozen.extend(backbone_paths(ckpt.info)?),
+            Freeze::Glob(glob) => {
+                let names = ckpt.param_names();
+                let matched: Vec<&'static str> = names
+                    .iter()
+                    .filter(|(_, init, value)| {
+                        crate::glob::glob_match(glob, init) || crate::glob::glob_match(glob, value)
+                    })
+                    .map(|(e, ..)| e.burn)
+                    .collect();
+                if matched.is_empty() {
+                    let some: Vec<&str> =
+                        names.iter().step_by(names.len().div_ceil(4).max(1)).map(|(_, i, _)| i.as_str()).collect();
+                    return Err(Error::BadArgument(format!(
+                        "--freeze {}: expected a glob matching initializer names of {}, found no match; its \
+                         parameters are named like {}",
+                        shell_word(glob),
+                        ckpt.origin(),
+                        some.join(", ")
+                    )));
+                }
+                frozen.extend(matched);
+            }
+        }
     }
-    Ok(set)
+    Ok(frozen)
 }
 
 /// Applies a run's setup to a model by parameter path: freezes `frozen` parameters, gives the
@@ -346,10 +462,7 @@ pub(crate) fn build_model<M: SegModel>(
 ) -> Result<M> {
     let model: M = ckpt.load(device)?;
     let classifier: HashSet<&str> = ckpt.info.classifier().into_iter().collect();
-    let frozen = match cfg.freeze {
-        Freeze::Backbone => backbone_paths(ckpt.info)?,
-        Freeze::None => HashSet::new(),
-    };
+    let frozen = frozen_paths(cfg, ckpt)?;
     Ok(model.map(&mut Setup {
         path: vec![],
         frozen: &frozen,
@@ -449,11 +562,7 @@ pub fn load_config(run_dir: &Path) -> Result<TrainConfig> {
 /// before any training: the "before" of a fine-tune.
 pub fn evaluate_start(cfg: &TrainConfig) -> Result<Scores> {
     let mut cfg = cfg.clone();
-    let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
-    let model_classes = ckpt.classes()?;
-    if cfg.classes == 0 {
-        cfg.classes = model_classes;
-    }
+    let (ckpt, model_classes) = open_checkpoint(&mut cfg)?;
     let val = Dataset::open(&cfg.data, &cfg.val_split)?;
     val.validate(cfg.classes)?;
     struct Go<'a>(&'a TrainConfig, &'a Checkpoint, usize, &'a Dataset);
@@ -463,7 +572,7 @@ pub fn evaluate_start(cfg: &TrainConfig) -> Result<Scores> {
             let device = model::cpu_device();
             let model: M = build_model(self.0, self.1, self.2, &device)?;
             let mut logits = evaluator(&model, self.1, self.0)?;
-            evaluate(&mut logits, self.3, self.0, &self.1.normalization, None).map(|(s, _)| s)
+            evaluate(&mut logits, self.3, self.0, self.1, None).map(|(s, _)| s)
         }
     }
     model::with_model(ckpt.info, Go(&cfg, &ckpt, model_classes, &val))
@@ -494,13 +603,24 @@ pub fn resume(run_dir: &Path) -> Result<TrainSummary> {
     run(cfg, run_dir, latest)
 }
 
-fn run(mut cfg: TrainConfig, run_dir: &Path, resume_from: Option<PathBuf>) -> Result<TrainSummary> {
-    let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
+/// The checkpoint a run trains from, its graph made runnable in onnxruntime where onnxruntime
+/// loads ([`crate::runtime::prepare`]: the sizes it runs at), and the run's class count settled
+/// (the model's, unless `--classes` says otherwise). Returns the model's own class count too.
+fn open_checkpoint(cfg: &mut TrainConfig) -> Result<(Checkpoint, usize)> {
+    let mut ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
     let model_classes = ckpt.classes()?;
     if cfg.classes == 0 {
         cfg.classes = model_classes;
     }
-    cfg.check(&ckpt.normalization)?;
+    if crate::runtime::environment().is_ok() {
+        crate::runtime::prepare(&mut ckpt)?;
+    }
+    Ok((ckpt, model_classes))
+}
+
+fn run(mut cfg: TrainConfig, run_dir: &Path, resume_from: Option<PathBuf>) -> Result<TrainSummary> {
+    let (ckpt, model_classes) = open_checkpoint(&mut cfg)?;
+    cfg.check(&ckpt)?;
     struct Go<'a>(&'a TrainConfig, &'a Checkpoint, usize, &'a Path, Option<PathBuf>);
     impl ModelFn for Go<'_> {
         type Output = Result<TrainSummary>;
@@ -516,17 +636,20 @@ fn run(mut cfg: TrainConfig, run_dir: &Path, resume_from: Option<PathBuf>) -> Re
         }
     }
     let go = Go(&cfg, &ckpt, model_classes, run_dir, resume_from);
-    if onnxruntime_backbone(&cfg, ckpt.info)? {
+    if onnxruntime_backbone(&cfg, &ckpt)? {
         return model::with_split(ckpt.info, go).expect("the model has a split");
     }
     model::with_model(ckpt.info, go)
 }
 
 /// Whether the frozen backbone runs in onnxruntime (see [`BackboneRuntime`]).
-fn onnxruntime_backbone(cfg: &TrainConfig, info: &ModelInfo) -> Result<bool> {
-    let unfit = if cfg.freeze != Freeze::Backbone {
-        Some("the backbone trains (it runs in onnxruntime only with --freeze backbone)".to_string())
-    } else if cfg.bn != BnMode::Frozen {
+fn onnxruntime_backbone(cfg: &TrainConfig, ckpt: &Checkpoint) -> Result<bool> {
+    let info = ckpt.info;
+    let frozen = frozen_paths(cfg, ckpt)?;
+    let backbone_frozen = backbone_paths(info).is_ok_and(|b| !b.is_empty() && b.is_subset(&frozen));
+    let unfit = if !backbone_frozen {
+        Some("the backbone trains (it runs in onnxruntime only when --freeze freezes all of it)".to_string())
+    } else if cfg.bn != BnMode::Frozen && info.has_batchnorm() {
         Some("--bn train updates the backbone's BatchNorm statistics, which onnxruntime cannot".to_string())
     } else if cfg.device != DeviceKind::Cpu {
         Some(format!("the device is {:?}; onnxruntime serves the CPU device only", cfg.device))
@@ -750,16 +873,21 @@ fn run_typed<M: SegModel, H: model::Trainee>(
     let bn_at_init = bn_statistics_at_init(&model);
     if resume_from.is_none() {
         println!(
-            "model {} ({} classes{}), {} of {} parameters trainable (freeze {:?}, bn {:?})",
+            "model {} ({} classes{}), {} of {} parameters trainable ({} --bn {})",
             ckpt.info.name,
             cfg.classes,
             if cfg.classes != model_classes { ", new classifier" } else { "" },
             trainable,
             total,
-            cfg.freeze,
-            cfg.bn
+            freeze_flags(&cfg.freeze),
+            format!("{:?}", cfg.bn).to_lowercase()
         );
-        if cfg.bn == BnMode::Frozen && bn_at_init {
+        if !ckpt.info.has_batchnorm() {
+            println!(
+                "batchnorm: none in {} (folded into its convolutions when it was exported), so --bn has no effect",
+                ckpt.info.name
+            );
+        } else if cfg.bn == BnMode::Frozen && bn_at_init {
             eprintln!(
                 "warning: the BatchNorm statistics of {} are still at their initial values (mean 0, variance 1), and --bn frozen \
                  keeps them there. Frozen BN only makes sense with trained statistics: use --bn train, or start from a \
@@ -822,6 +950,7 @@ fn run_typed<M: SegModel, H: model::Trainee>(
                 classes: cfg.classes,
                 norm,
                 augment: Some(aug),
+                resize: None,
                 seed: state.rng.0,
                 epoch: epoch as u64,
             },
@@ -884,7 +1013,7 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         // faster than the backbone in onnxruntime with the head in burn.
         let mut logits = evaluator(&eval_model, ckpt, cfg)?;
         let snapshot = rd.0.join("snapshots").join(format!("epoch_{epoch:03}.png"));
-        let (scores, val_loss) = evaluate(&mut logits, &val_set, cfg, &norm, Some(&snapshot))?;
+        let (scores, val_loss) = evaluate(&mut logits, &val_set, cfg, ckpt, Some(&snapshot))?;
         let m = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -963,20 +1092,24 @@ pub fn argmax_labels(logits: Tensor<4>) -> Vec<u8> {
 
 /// Val loss, confusion-matrix scores, and the snapshot of the first val image. `logits` runs the
 /// model (in onnxruntime on the CPU, in burn on a GPU) on a batch, on the device it is given.
+/// A graph fixed at one size ([`Checkpoint::input`]) sees its val images (and masks) resized to
+/// it, in batches of its fixed batch size where it has one.
 fn evaluate(
     logits: &mut dyn FnMut(&Batch, &Device) -> Result<Tensor<4>>,
     val: &Dataset,
     cfg: &TrainConfig,
-    norm: &model::Normalization,
+    ckpt: &Checkpoint,
     snapshot: Option<&Path>,
 ) -> Result<(Scores, f64)> {
+    let norm = &ckpt.normalization;
     let device = model::cpu_device();
     let device = match cfg.device {
         DeviceKind::Cpu => device,
         other => training_device(other)?.inner(),
     };
+    let shape = ckpt.input.unwrap_or_default();
     let batches: Vec<Vec<usize>> =
-        (0..val.items.len()).collect::<Vec<_>>().chunks(cfg.batch).map(|c| c.to_vec()).collect();
+        (0..val.items.len()).collect::<Vec<_>>().chunks(shape.batch.unwrap_or(cfg.batch)).map(|c| c.to_vec()).collect();
     let loader = Loader::start(
         LoaderSpec {
             items: val.items.clone(),
@@ -984,6 +1117,7 @@ fn evaluate(
             classes: cfg.classes,
             norm: *norm,
             augment: None,
+            resize: shape.size,
             seed: 0,
             epoch: 0,
         },
@@ -1248,6 +1382,7 @@ mod tests {
             classes: 4,
             norm: nchw,
             augment: None,
+            resize: None,
             seed: 0,
             epoch: 0,
         };
@@ -1275,10 +1410,10 @@ mod tests {
         let val = Dataset::open(&cfg.data, "val").unwrap();
 
         let mut burn_logits = |b: &Batch, d: &Device| Ok(model.logits(image_tensor(b, d)));
-        let (burn, burn_loss) = evaluate(&mut burn_logits, &val, &cfg, &ckpt.normalization, None).unwrap();
+        let (burn, burn_loss) = evaluate(&mut burn_logits, &val, &cfg, &ckpt, None).unwrap();
         let mut ort = onnxruntime_model(&model, &ckpt, 4).unwrap();
         let mut ort_logits = |b: &Batch, d: &Device| onnxruntime_logits(&mut ort, b, d);
-        let (onnx, onnx_loss) = evaluate(&mut ort_logits, &val, &cfg, &ckpt.normalization, None).unwrap();
+        let (onnx, onnx_loss) = evaluate(&mut ort_logits, &val, &cfg, &ckpt, None).unwrap();
         assert!((burn_loss - onnx_loss).abs() <= 1e-4 * burn_loss, "val loss {burn_loss} (burn) vs {onnx_loss}");
         assert!((burn.miou - onnx.miou).abs() <= 1e-3, "mIoU {} (burn) vs {}", burn.miou, onnx.miou);
         assert!((burn.pixel_accuracy - onnx.pixel_accuracy).abs() <= 1e-3);
@@ -1286,7 +1421,7 @@ mod tests {
         // The variances matter: the unscaled model scores differently.
         let plain: Model = build_model(&cfg, &ckpt, ckpt.classes().unwrap(), &device).unwrap();
         let mut plain_logits = |b: &Batch, d: &Device| Ok(plain.logits(image_tensor(b, d)));
-        let (_, plain_loss) = evaluate(&mut plain_logits, &val, &cfg, &ckpt.normalization, None).unwrap();
+        let (_, plain_loss) = evaluate(&mut plain_logits, &val, &cfg, &ckpt, None).unwrap();
         assert!((plain_loss - burn_loss).abs() > 1e-3 * burn_loss, "{plain_loss} vs {burn_loss}");
     }
 }

@@ -149,6 +149,30 @@ fn timed<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)>
     Ok((out, crate::metrics::median(&mut times).unwrap_or(f64::NAN)))
 }
 
+/// The `--size` and `--batch` of `segtune parity` on a graph that runs at `shape`: the given ones,
+/// else the graph's fixed ones, else the defaults; a given one the graph cannot take is refused,
+/// naming the flag that fits.
+pub fn parity_size(ckpt: &Checkpoint, size: Option<usize>, batch: Option<usize>) -> Result<(usize, usize)> {
+    let shape = ckpt.input.unwrap_or_default();
+    let defaults = ParityOptions::default();
+    let fixed = |what: String| Error::bad_file(ckpt.origin(), format!("its graph runs at {what}"));
+    let size = match (shape.size, size) {
+        (Some((h, w)), Some(s)) if (s, s) != (h, w) => {
+            return Err(fixed(format!("{h}×{w} only (a size fixed inside it), not --size {s}; use --size {h}")));
+        }
+        (Some((h, _)), _) => h,
+        (None, s) => s.unwrap_or(defaults.size),
+    };
+    let batch = match (shape.batch, batch) {
+        (Some(b), Some(n)) if n != b => {
+            return Err(fixed(format!("batches of {b} only, not --batch {n}; use --batch {b}")));
+        }
+        (Some(b), _) => b,
+        (None, n) => n.unwrap_or(defaults.batch),
+    };
+    Ok((size, batch))
+}
+
 /// [`parity`] for the checkpoint's own model type.
 pub fn parity_check(ckpt: &Checkpoint, opts: &ParityOptions) -> Result<ParityReport> {
     struct Run<'a>(&'a Checkpoint, &'a ParityOptions);
@@ -241,6 +265,8 @@ pub struct ValidationReport {
     pub data: String,
     pub split: String,
     pub num_images: usize,
+    /// How images reached the model.
+    pub input: String,
     pub miou: f64,
     pub pixel_accuracy: f64,
     pub frequency_weighted_iou: f64,
@@ -266,8 +292,8 @@ impl std::fmt::Display for ValidationReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} on {} ({} split, {} images, {} pixels)",
-            self.file, self.data, self.split, self.num_images, self.pixels
+            "{} on {} ({} split, {} images, {} pixels; input {})",
+            self.file, self.data, self.split, self.num_images, self.pixels, self.input
         )?;
         writeln!(f, "{:>4}  {:<16} {:>8}", "id", "class", "IoU")?;
         for (i, (name, iou)) in self.class_names.iter().zip(&self.per_class_iou).enumerate() {
@@ -294,20 +320,6 @@ impl std::fmt::Display for ValidationReport {
     }
 }
 
-/// The class count of an exported model: `segtune.classes`, else the fixed class dimension.
-pub fn model_classes(proto: &crate::onnx::ModelProto, layout: Layout, path: &std::path::Path) -> Result<usize> {
-    let meta = crate::onnx::metadata(proto);
-    if let Some(c) = meta.get("segtune.classes").and_then(|v| v.parse().ok()) {
-        return Ok(c);
-    }
-    crate::onnx::output_classes(crate::onnx::graph(proto), layout.class_axis()).ok_or_else(|| {
-        Error::bad_file(
-            path,
-            "expected a fixed class dimension on the output or segtune.classes metadata, found neither",
-        )
-    })
-}
-
 /// `segtune validate FILE.onnx --data DIR`: onnxruntime over a split, scored from a confusion
 /// matrix; with `parity_run`, also the export's logits against the run's burn model.
 pub fn validate_onnx(
@@ -318,15 +330,9 @@ pub fn validate_onnx(
     threads: usize,
 ) -> Result<ValidationReport> {
     let started = Instant::now();
-    let proto = crate::onnx::read_model(file)?;
-    crate::model::check_input_rank(&proto, file)?;
-    let meta = crate::onnx::metadata(&proto);
-    let norm = Normalization::from_metadata(&meta).map_err(|e| Error::bad_file(file, e))?;
-    let classes = model_classes(&proto, norm.layout, file)?;
-    let names: Vec<String> = match meta.get("segtune.class_names") {
-        Some(v) if v.split(',').count() == classes => v.split(',').map(String::from).collect(),
-        _ => crate::export::class_names(data, classes),
-    };
+    let crate::runtime::OpenedModel { session: mut ort, norm, classes, class_names, input: shape } =
+        crate::runtime::OpenedModel::open(file, threads, true)?;
+    let names = class_names.unwrap_or_else(|| crate::export::class_names(data, classes));
     let ds = crate::data::Dataset::open(data, split)?;
     ds.validate(classes).map_err(|e| match e {
         Error::BadFile { path, problem } => Error::BadFile {
@@ -335,32 +341,70 @@ pub fn validate_onnx(
         },
         other => other,
     })?;
-    let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-    let mut ort = OrtModel::from_bytes(&bytes, &file.display().to_string(), threads)?;
-    let batches: Vec<Vec<usize>> = (0..ds.items.len()).map(|i| vec![i]).collect();
-    let loader = crate::data::Loader::start(
-        crate::data::LoaderSpec { items: ds.items.clone(), batches, classes, norm, augment: None, seed: 0, epoch: 0 },
-        4,
-    );
+    if shape.batch.is_some_and(|b| b != 1) {
+        return Err(Error::bad_file(
+            file,
+            format!("its graph runs {} only; validate runs one image at a time", shape.describe()),
+        ));
+    }
     let mut cm = crate::metrics::ConfusionMatrix::new(classes);
     let mut first: Vec<(Array4<f32>, Array4<f32>)> = vec![];
-    for batch in loader {
-        let batch = batch?;
-        let shape = match batch.layout {
-            Layout::Nchw => (batch.n, 3, batch.h, batch.w),
-            Layout::Nhwc => (batch.n, batch.h, batch.w, 3),
-        };
-        let input = Array4::from_shape_vec(shape, batch.images.clone()).expect("batch shape");
-        let logits = ort.run_logits(input.view(), batch.layout)?;
+    let mut score = |input: Array4<f32>, logits: Array4<f32>, masks: &[u8], pred: Vec<u8>| -> Result<()> {
         if logits.shape()[1] != classes {
             return Err(Error::bad_file(
                 file,
                 format!("expected {classes} output channels, found {}", logits.shape()[1]),
             ));
         }
-        cm.update(&batch.masks, &argmax_nchw(&logits));
+        cm.update(masks, &pred);
         if parity_run.is_some() && first.len() < 2 {
             first.push((input, logits));
+        }
+        Ok(())
+    };
+    match shape.size {
+        // At native resolution, padded to the size multiple.
+        None => {
+            let batches: Vec<Vec<usize>> = (0..ds.items.len()).map(|i| vec![i]).collect();
+            let spec = crate::data::LoaderSpec {
+                items: ds.items.clone(),
+                batches,
+                classes,
+                norm,
+                augment: None,
+                resize: None,
+                seed: 0,
+                epoch: 0,
+            };
+            for batch in crate::data::Loader::start(spec, 4) {
+                let batch = batch?;
+                let input = Array4::from_shape_vec(batch_shape(&batch), batch.images.clone()).expect("batch shape");
+                let logits = ort.run_logits(input.view(), batch.layout)?;
+                let pred = argmax_nchw(&logits);
+                score(input, logits, &batch.masks, pred)?;
+            }
+        }
+        // A graph fixed at one size: each image letterboxed into it, the logits upsampled back
+        // to the image's own size, scored there.
+        Some((h, w)) => {
+            for item in &ds.items {
+                let (image, mask) = crate::data::load_item(item, classes)?;
+                let (boxed, inner) = crate::imaging::letterbox(&image, (w, h), true, &norm);
+                let mut input = match norm.layout {
+                    Layout::Nchw => Array4::<f32>::zeros((1, 3, h, w)),
+                    Layout::Nhwc => Array4::<f32>::zeros((1, h, w, 3)),
+                };
+                crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), &boxed, &norm);
+                let logits = ort.run_logits(input.view(), norm.layout)?;
+                let (mw, mh) = mask.dimensions();
+                let pred = crate::imaging::upsample_argmax(
+                    logits.index_axis(ndarray::Axis(0), 0),
+                    inner,
+                    mw as usize,
+                    mh as usize,
+                );
+                score(input, logits, mask.as_raw(), pred.into_raw())?;
+            }
         }
     }
     let parity = match parity_run {
@@ -373,6 +417,12 @@ pub fn validate_onnx(
         data: data.display().to_string(),
         split: split.to_string(),
         num_images: ds.items.len(),
+        input: match shape.size {
+            None => "native resolution (padded to the size multiple)".into(),
+            Some((h, w)) => {
+                format!("letterboxed to {h}×{w} (the size its graph is fixed at), scored at native resolution")
+            }
+        },
         miou: s.miou,
         pixel_accuracy: s.pixel_accuracy,
         frequency_weighted_iou: s.frequency_weighted_iou,
@@ -382,6 +432,14 @@ pub fn validate_onnx(
         seconds: started.elapsed().as_secs_f64(),
         parity,
     })
+}
+
+/// A batch's images as an array shape in its layout.
+pub fn batch_shape(batch: &crate::data::Batch) -> (usize, usize, usize, usize) {
+    match batch.layout {
+        Layout::Nchw => (batch.n, 3, batch.h, batch.w),
+        Layout::Nhwc => (batch.n, batch.h, batch.w, 3),
+    }
 }
 
 /// Class index per pixel of `[N, C, H, W]` logits, in `[N, H, W]` order.

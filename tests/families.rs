@@ -103,7 +103,7 @@ fn fine_tune_export_validate(name: &str, relative: bool) -> (segtune::onnx::Mode
     } else {
         assert!(parity.pass, "{name}: {v}");
     }
-    cfg.freeze = Freeze::Backbone;
+    cfg.freeze = vec![Freeze::Backbone];
     cfg.bn = BnMode::Frozen;
     let frozen = train::train(cfg, &dir.path().join("frozen")).unwrap();
     assert!(
@@ -195,7 +195,7 @@ fn infer_masks_are_onnxruntimes_argmax_in_either_layout() {
             overlay: false,
             batch: 2,
             threads: 1,
-            size: 64,
+            size: Some(64),
             square: false,
         };
         let summary = segtune::infer::infer(&path, &[imgs.display().to_string()], &infer_opts).unwrap();
@@ -249,7 +249,7 @@ fn keras_checkpoint_with_the_seeds_softmax_is_recognized_and_its_recipe_diagnose
     cfg.model = KERAS.into();
     cfg.weights = Some(softmax);
     (cfg.classes, cfg.batch, cfg.crop, cfg.lr) = (4, 2, 64, 1e-5);
-    (cfg.freeze, cfg.bn) = (Freeze::Backbone, BnMode::Train);
+    (cfg.freeze, cfg.bn) = (vec![Freeze::Backbone], BnMode::Train);
     let r = doctor::doctor(&cfg, &DoctorOptions { steps: 20, ..Default::default() }).unwrap();
     let status = |name: &str| r.checks.iter().find(|c| c.name == name).map(|c| c.status).unwrap();
     assert_eq!(status("model.softmax"), Status::Warn, "{r}");

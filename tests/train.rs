@@ -48,7 +48,7 @@ fn frozen_backbone_and_frozen_bn_stay_bit_identical_while_the_decoder_learns() {
     let dir = tempfile::tempdir().unwrap();
     small_set(&dir.path().join("data"), 4, 8, 64);
     let mut cfg = small_config(&dir.path().join("data"));
-    cfg.freeze = Freeze::Backbone;
+    cfg.freeze = vec![Freeze::Backbone];
     cfg.bn = BnMode::Frozen;
     cfg.epochs = 2;
     let summary = train::train(cfg, &dir.path().join("run")).unwrap();
@@ -84,7 +84,7 @@ fn backbone_runtimes_train_alike(name: &str) {
     for runtime in [BackboneRuntime::Burn, BackboneRuntime::Onnxruntime] {
         let mut cfg = small_config(&dir.path().join("data"));
         cfg.model = name.into();
-        cfg.freeze = Freeze::Backbone;
+        cfg.freeze = vec![Freeze::Backbone];
         cfg.bn = BnMode::Frozen;
         cfg.epochs = 2;
         cfg.backbone_runtime = runtime;
@@ -126,7 +126,7 @@ fn the_backbone_runs_in_onnxruntime_only_where_it_can() {
     let dir = tempfile::tempdir().unwrap();
     small_set(&dir.path().join("data"), 4, 4, 64);
     let mut cfg = small_config(&dir.path().join("data"));
-    cfg.freeze = Freeze::Backbone;
+    cfg.freeze = vec![Freeze::Backbone];
     cfg.bn = BnMode::Train;
     cfg.backbone_runtime = BackboneRuntime::Onnxruntime;
     let err = train::train(cfg, &dir.path().join("run")).unwrap_err().to_string();
@@ -145,7 +145,7 @@ fn freezing_parameters_alone_does_not_freeze_batchnorm() {
     let dir = tempfile::tempdir().unwrap();
     small_set(&dir.path().join("data"), 4, 4, 64);
     let mut cfg = small_config(&dir.path().join("data"));
-    cfg.freeze = Freeze::Backbone;
+    cfg.freeze = vec![Freeze::Backbone];
     cfg.bn = BnMode::Train;
     train::train(cfg, &dir.path().join("run")).unwrap();
     let (before, after) = (initial_tensors(), checkpoint_tensors(&dir.path().join("run")));
@@ -222,7 +222,7 @@ fn resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
 #[test]
 fn resumed_run_with_the_backbone_in_onnxruntime_ends_with_the_same_weights() {
     resume_matches(|cfg| {
-        cfg.freeze = Freeze::Backbone;
+        cfg.freeze = vec![Freeze::Backbone];
         cfg.bn = BnMode::Frozen;
         cfg.backbone_runtime = BackboneRuntime::Onnxruntime;
     });
@@ -335,7 +335,7 @@ fn frozen_bn_at_initial_statistics_is_warned_about() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("initial values"), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("parameters trainable (freeze Backbone, bn Frozen)"), "{stdout}");
+    assert!(stdout.contains("parameters trainable (--freeze backbone --bn frozen)"), "{stdout}");
 
     // A checkpoint whose statistics never trained does.
     let untrained = dir.path().join("untrained_bn.onnx");
