@@ -347,3 +347,22 @@ fn write_outputs(
         class_fractions: counts.iter().map(|&c| c as f64 / total).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(v: &[&str]) -> Vec<PathBuf> {
+        v.iter().map(PathBuf::from).collect()
+    }
+
+    #[test]
+    fn output_names_never_collide() {
+        // Unique stems: the stem.
+        assert_eq!(output_names(&paths(&["a/x.jpg", "b/y.png"])), paths(&["x", "y"]));
+        // The same stem in two folders: the paths below their common folder.
+        assert_eq!(output_names(&paths(&["/d/a/x.jpg", "/d/b/x.jpg", "/d/b/y.jpg"])), paths(&["a/x", "b/x", "b/y"]));
+        // The same stem in one folder: the file name.
+        assert_eq!(output_names(&paths(&["/d/x.jpg", "/d/x.png"])), paths(&["x.jpg", "x.png"]));
+    }
+}

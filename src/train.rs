@@ -329,6 +329,8 @@ pub struct TrainSummary {
     pub history: Vec<EpochMetrics>,
     pub trainable: usize,
     pub total: usize,
+    /// Whether the frozen backbone ran in onnxruntime (the decoder and head in burn).
+    pub backbone_in_onnxruntime: bool,
 }
 
 /// The burn paths of a model's backbone parameters ([`crate::backbone`]'s rule, as `build.rs`
@@ -906,6 +908,7 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         None => (None, info.params),
     };
     let head_reads_image = split.is_some_and(|s| s.reads_image);
+    let head_split = split.is_some();
     let bn_flags = |m: H| {
         m.map(&mut Setup {
             path: vec![],
@@ -1048,7 +1051,13 @@ fn run_typed<M: SegModel, H: model::Trainee>(
             break;
         }
     }
-    Ok(TrainSummary { run_dir: run_dir.to_path_buf(), history: state.history, trainable, total })
+    Ok(TrainSummary {
+        run_dir: run_dir.to_path_buf(),
+        history: state.history,
+        trainable,
+        total,
+        backbone_in_onnxruntime: head_split,
+    })
 }
 
 /// A batch's images (in the model's layout) and label maps as tensors.
@@ -1345,6 +1354,23 @@ fn load_checkpoint<M: SegModel>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn freeze_rules_parse_and_old_configs_load() {
+        assert_eq!("backbone".parse::<Freeze>(), Ok(Freeze::Backbone));
+        assert_eq!("m.encoder.*".parse::<Freeze>(), Ok(Freeze::Glob("m.encoder.*".into())));
+        assert!("".parse::<Freeze>().is_err());
+        let mut cfg = TrainConfig::new("data".into());
+        cfg.freeze = vec![Freeze::Backbone, Freeze::Glob("decoder.aspp.*".into())];
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(json["freeze"], serde_json::json!(["backbone", "decoder.aspp.*"]));
+        assert_eq!(serde_json::from_value::<TrainConfig>(json).unwrap().freeze, cfg.freeze);
+        // Run configs written before --freeze repeated hold one string.
+        let mut old = serde_json::to_value(&cfg).unwrap();
+        old["freeze"] = "backbone".into();
+        assert_eq!(serde_json::from_value::<TrainConfig>(old).unwrap().freeze, [Freeze::Backbone]);
+        assert_eq!(freeze_flags(&cfg.freeze), "--freeze backbone --freeze 'decoder.aspp.*'");
+    }
     use crate::model::generated::deeplabv3plus_mobilenetv2::Model;
     use burn::module::Module;
 

@@ -3,25 +3,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn segtune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_segtune")).args(args).output().expect("segtune runs")
-}
+use common::{assert_bad_input, segtune};
+use std::process::Command;
 
 fn text(o: &[u8]) -> String {
     String::from_utf8_lossy(o).into_owned()
-}
-
-/// Asserts a bad-input failure: exit 2, stderr names `file` and says `problem`, no panic.
-fn assert_bad_input(out: &Output, file: &Path, problem: &str) {
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(err.contains(&file.display().to_string()), "stderr must name {}: {err}", file.display());
-    assert!(err.contains(problem), "stderr must say {problem:?}: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "no panic: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
 #[test]

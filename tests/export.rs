@@ -3,8 +3,9 @@
 
 mod common;
 
+use common::{segtune, stderr};
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use segtune::data::{self, SynthOptions};
 use segtune::train::{self, BnMode, TrainConfig};
@@ -38,14 +39,6 @@ fn exported_run(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let model = dir.join(name);
     export::export(&run, &model).unwrap();
     (data, run, model)
-}
-
-fn segtune(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_segtune")).args(args).output().unwrap()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

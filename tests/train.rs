@@ -3,9 +3,10 @@
 
 mod common;
 
+use common::{segtune, stderr};
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use burn::store::burn_pack::Reader;
 use segtune::data::{self, SynthOptions};
@@ -247,14 +248,6 @@ fn resume_matches(setup: impl Fn(&mut TrainConfig)) {
     for (name, bytes) in &a {
         assert!(bytes == &b[name], "{name} differs after resume");
     }
-}
-
-fn segtune(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_segtune")).args(args).output().unwrap()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

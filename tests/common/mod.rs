@@ -2,8 +2,30 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use segtune::onnx::{self, ModelProto};
+
+/// Runs the `segtune` binary with `args`.
+pub fn segtune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_segtune")).args(args).output().expect("segtune runs")
+}
+
+/// A command's stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a bad-input failure: exit 2, stderr one line that names `file` and says `problem`, no
+/// panic.
+pub fn assert_bad_input(out: &Output, file: &Path, problem: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains(&file.display().to_string()), "stderr must name {}: {err}", file.display());
+    assert!(err.contains(problem), "stderr must say {problem:?}: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "no panic: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
 
 /// The reference model shipped in `models/`.
 pub fn reference_path() -> PathBuf {
