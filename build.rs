@@ -594,7 +594,15 @@ fn inline_external_data(path: &Path, model: &mut onnx_ir::ModelProto) {
         );
         let file = dir.join(rel);
         println!("cargo:rerun-if-changed={}", file.display());
-        let data = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let data = std::fs::read(&file).unwrap_or_else(|e| {
+            panic!(
+                "{}: tensor {:?} keeps its data in {location:?}, the side file's name when the model was saved: {}: {e}; \
+                 put that file beside the model under that name",
+                path.display(),
+                t.name,
+                file.display()
+            )
+        });
         let number = |key: &str| external_field(t, key).map(|v| v.parse::<usize>().expect("a byte count"));
         let offset = number("offset").unwrap_or(0);
         let length = number("length").unwrap_or(data.len().saturating_sub(offset));

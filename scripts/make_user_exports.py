@@ -34,6 +34,10 @@ allows, at 96×96 and batch 2. Pinned versions (torch is needed only to regenera
     torch==2.15.0 onnx==1.23.2 onnxruntime==1.31.1 onnxscript (for dynamo=True)
 
 Usage: python scripts/make_user_exports.py   (from the repository root)
+       python scripts/make_user_exports.py --smp DIR   the same forms of smp's real DeepLabV3Plus
+           (mobilenet_v2, random weights, 17 MB each; needs segmentation-models-pytorch==0.6.0),
+           not committed: prefix_m, fixed_hw and static load as --weights of the shipped model,
+           folded and dynamo (+ .onnx.data) are architectures of their own to put in models/
 """
 import os
 
@@ -287,5 +291,29 @@ def main():
     check(other, f"{EXPORTS}/dynamo_other.onnx", anywhere)
 
 
+def smp_forms(out):
+    """smp DeepLabV3Plus(mobilenet_v2) exported as users do, into `out`."""
+    import segmentation_models_pytorch as smp
+
+    global SIZE
+    SIZE = 256
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    net = smp.DeepLabV3Plus(encoder_name="mobilenet_v2", encoder_weights=None, classes=21).eval()
+    torchscript(Wrapper("m", net).eval(), f"{out}/prefix_m.onnx", DYNAMIC, bn_kept=True)
+    torchscript(net, f"{out}/fixed_hw.onnx", BATCH_ONLY, bn_kept=True)
+    torchscript(net, f"{out}/static.onnx", None, bn_kept=True)
+    torchscript(Wrapper("module", net).eval(), f"{out}/folded.onnx", BATCH_ONLY, bn_kept=False)
+    dynamo(Wrapper("model", net).eval(), f"{out}/dynamo.onnx")
+    for name, sizes in [("prefix_m", [(1, 256), (2, 320)]), ("fixed_hw", [(1, 256)]), ("static", [(1, 256)]),
+                        ("folded", [(1, 256)]), ("dynamo", [(1, 256), (2, 320)])]:
+        check(Wrapper("m", net).eval(), f"{out}/{name}.onnx", sizes)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--smp":
+        smp_forms(sys.argv[2])
+    else:
+        main()
