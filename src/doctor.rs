@@ -482,9 +482,10 @@ pub fn doctor(cfg: &TrainConfig, opts: &DoctorOptions) -> Result<DoctorReport> {
     let images_ok = image_checks(&ts, &vs, &mut checks);
     normalization_check(&train_set, &ckpt.normalization, &mut checks);
     model_checks(&cfg, &ckpt, model_classes, &mut checks);
-    bn_config_check(&cfg, &mut checks);
+    let has_bn = ckpt.info.has_batchnorm();
+    bn_config_check(&cfg, has_bn, &mut checks);
 
-    if labels_ok && images_ok && !(cfg.bn == BnMode::Train && cfg.batch < 2) {
+    if labels_ok && images_ok && !(has_bn && cfg.bn == BnMode::Train && cfg.batch < 2) {
         struct Go<'a>(&'a TrainConfig, &'a Checkpoint, usize, &'a Dataset, &'a DoctorOptions);
         impl ModelFn for Go<'_> {
             type Output = Result<Vec<Check>>;
@@ -505,7 +506,15 @@ pub fn doctor(cfg: &TrainConfig, opts: &DoctorOptions) -> Result<DoctorReport> {
     Ok(summarize(&cfg, checks))
 }
 
-fn bn_config_check(cfg: &TrainConfig, checks: &mut Vec<Check>) {
+/// What a model without BatchNorm layers says in place of each BN check.
+const NO_BATCHNORM: &str =
+    "no BatchNorm layers (folded into the convolutions when the model was exported): --bn has no effect";
+
+fn bn_config_check(cfg: &TrainConfig, has_bn: bool, checks: &mut Vec<Check>) {
+    if !has_bn {
+        checks.push(check("bn.batch", Status::Pass, NO_BATCHNORM, "", &[]));
+        return;
+    }
     match (cfg.bn, cfg.batch) {
         (BnMode::Train, 1) => checks.push(check(
             "bn.batch",
@@ -643,8 +652,10 @@ fn training_checks<M: SegModel>(
     ));
 
     // BN statistics at their initial values.
-    let at_init = train::bn_statistics_at_init(&start);
+    let has_bn = ckpt.info.has_batchnorm();
+    let at_init = has_bn && train::bn_statistics_at_init(&start);
     checks.push(match (cfg.bn, at_init) {
+        _ if !has_bn => check("bn.statistics", Status::Pass, NO_BATCHNORM, "", &[]),
         (BnMode::Frozen, true) => check(
             "bn.statistics",
             Status::Fail,
@@ -768,13 +779,17 @@ fn training_checks<M: SegModel>(
     checks.push(check(
         "bn.drift",
         if swinging { Status::Warn } else { Status::Pass },
-        format!(
-            "running variances moved by {:.1}% on average over {} steps (--bn {:?}){}",
-            drift * 100.0,
-            losses.len(),
-            cfg.bn,
-            if at_init && cfg.bn == BnMode::Train { ", converging from their initial values" } else { "" }
-        ),
+        if !has_bn {
+            NO_BATCHNORM.to_string()
+        } else {
+            format!(
+                "running variances moved by {:.1}% on average over {} steps (--bn {:?}){}",
+                drift * 100.0,
+                losses.len(),
+                cfg.bn,
+                if at_init && cfg.bn == BnMode::Train { ", converging from their initial values" } else { "" }
+            )
+        },
         if swinging {
             "trained running statistics swing with every batch: check the checkpoint's BN momentum convention and that the \
              inputs are normalized as the model expects"

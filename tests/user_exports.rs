@@ -490,3 +490,22 @@ fn inputs_with_the_same_file_name_keep_their_own_masks() {
         assert!(out.join(sub).is_file(), "{sub}");
     }
 }
+
+#[test]
+fn doctor_on_a_folded_model_does_not_blame_batchnorm_it_does_not_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    data::synth(&data, &data::SynthOptions { classes: 6, train: 4, val: 2, size: 64, seed: 4, ..Default::default() })
+        .unwrap();
+    let mut cfg = config(&FORMS[8], &data);
+    cfg.bn = BnMode::Train;
+    cfg.batch = 1;
+    let opts = segtune::doctor::DoctorOptions { steps: 3, ..Default::default() };
+    let report = segtune::doctor::doctor(&cfg, &opts).unwrap();
+    for name in ["bn.batch", "bn.statistics", "bn.drift"] {
+        let c = report.checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("{name} ran"));
+        assert_eq!(c.status, segtune::doctor::Status::Pass, "{name}: {}", c.measured);
+        assert!(c.measured.starts_with("no BatchNorm layers"), "{name}: {}", c.measured);
+    }
+    assert!(report.checks.iter().any(|c| c.name == "train.overfit"), "the overfit check runs at batch 1 without BN");
+}
