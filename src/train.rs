@@ -117,17 +117,7 @@ pub enum OptimizerKind {
     Adamw,
 }
 
-/// Where training runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceKind {
-    /// burn's flex CPU backend (always available).
-    Cpu,
-    /// burn's wgpu backend (Vulkan/Metal/DX12), cargo feature `wgpu`.
-    Wgpu,
-    /// burn's CUDA backend, cargo feature `cuda` (its build needs internet).
-    Cuda,
-}
+pub use crate::device::DeviceKind;
 
 /// What computes a frozen backbone's features during training.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -499,22 +489,7 @@ pub fn learning_rate(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
     cfg.lr * (1.0 - progress).powf(cfg.poly_power)
 }
 
-fn training_device(kind: DeviceKind) -> Result<Device> {
-    match kind {
-        DeviceKind::Cpu => Ok(model::cpu_device().autodiff()),
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice).autodiff()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => Ok(Device::cuda(0).autodiff()),
-        #[allow(unreachable_patterns)]
-        other => {
-            let feature = format!("{other:?}").to_lowercase();
-            Err(Error::BadArgument(format!(
-                "--device {feature}: this segtune was built without the `{feature}` feature; rebuild with `cargo build --release --features {feature}`"
-            )))
-        }
-    }
-}
+use crate::device::training_device;
 
 /// Where a run keeps its files.
 pub struct RunDir(pub PathBuf);
