@@ -6,7 +6,8 @@ the encoder at requires_grad=False and in eval mode (its BN frozen), decoder BN 
 (segtune's --bn frozen freezes every BN). Prints the median ms per step over STEPS after 3
 warm-up steps. DEVICE (default cpu) may be cuda: then each step ends with a synchronize.
 On CUDA, PyTorch's default lets cuDNN convolutions use TF32 tensor cores (10-bit mantissa);
-TORCH_TF32=0 makes them full float32, as segtune's kernels compute.
+TORCH_TF32=0 makes them full float32, as segtune's kernels compute. On CUDA the peak GPU memory
+PyTorch allocated goes to stderr as `peak_gpu_mib N`.
 Usage: [TORCH_TF32=0] python bench/train_step_torch.py CONFIG BATCH CROP STEPS THREADS [DEVICE]"""
 import os
 import sys
@@ -51,3 +52,5 @@ for i in range(steps + 3):
         times.append(time.perf_counter() - t)
 times.sort()
 print(f"{1000 * times[len(times) // 2]:.1f}")
+if device.type == "cuda":
+    print(f"peak_gpu_mib {torch.cuda.max_memory_allocated() / 2**20:.0f}", file=sys.stderr)
