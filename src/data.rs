@@ -1,6 +1,7 @@
-//! Datasets: the PASCAL VOC layout and image/mask folder pairs, image and index-mask decoding
-//! with validation, synthetic VOC-layout sets (`segtune synth`), paired transforms, and batches
-//! assembled in parallel ahead of the training step.
+//! Datasets: the PASCAL VOC, Cityscapes and ADE20K layouts and image/mask folder pairs (detected
+//! or chosen), image and index-mask decoding through a label map with validation, class names,
+//! synthetic sets (`segtune synth`), paired transforms, and batches assembled in parallel ahead
+//! of the training step.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -10,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::IGNORE_INDEX;
 use crate::error::{Error, Result};
+use crate::labels::LabelMap;
 use crate::model::{Layout, Normalization};
 
 /// Images larger than this many pixels are refused before decoding (a decompression bomb).
@@ -80,6 +82,35 @@ pub struct Item {
     pub id: String,
     pub image: PathBuf,
     pub mask: PathBuf,
+    /// What the mask's stored values mean as classes (the layout's map, then `--label-map`).
+    pub map: LabelMap,
+}
+
+/// How a dataset's files are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetLayout {
+    /// Found from the folder: Cityscapes (`leftImg8bit/`, `gtFine/`), ADE20K (`images/`,
+    /// `annotations/`), VOC (`ImageSets/Segmentation/SPLIT.txt`), else folder pairs.
+    #[default]
+    Auto,
+    /// PASCAL VOC: `ImageSets/Segmentation/SPLIT.txt`, `JPEGImages/ID.jpg`, `SegmentationClass/ID.png`.
+    Voc,
+    /// `SPLIT/images/*` and `SPLIT/masks/*.png`, matched by file stem.
+    Folders,
+    /// Cityscapes: `leftImg8bit/SPLIT/CITY/*_leftImg8bit.png` with `gtFine/SPLIT/CITY/*_gtFine_labelTrainIds.png`
+    /// (used as they are) or `*_gtFine_labelIds.png` (mapped to the 19 trainIds, 255 elsewhere).
+    Cityscapes,
+    /// ADE20K (ADEChallengeData2016): `images/{training,validation}/*.jpg` with
+    /// `annotations/…/*.png`, 150 classes, reduce_zero_label (0 → 255, k → k − 1).
+    Ade20k,
+}
+
+/// How to read a dataset: its layout, and a label map applied after the layout's own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DataSpec {
+    pub layout: DatasetLayout,
+    pub label_map: LabelMap,
 }
 
 /// A split of a dataset.
@@ -88,45 +119,149 @@ pub struct Dataset {
     pub root: PathBuf,
     pub split: String,
     pub items: Vec<Item>,
+    /// The layout it was read in (never `Auto`).
+    pub layout: DatasetLayout,
 }
 
-impl Dataset {
-    /// Opens `split` of the dataset at `root`: the VOC layout (`ImageSets/Segmentation/SPLIT.txt`,
-    /// `JPEGImages/ID.jpg`, `SegmentationClass/ID.png`) or a folder pair
-    /// (`SPLIT/images/*` and `SPLIT/masks/*.png`, matched by file stem).
-    pub fn open(root: &Path, split: &str) -> Result<Dataset> {
-        if !root.is_dir() {
-            return Err(Error::bad_file(
-                root,
-                "expected a dataset directory (VOC layout or SPLIT/images + SPLIT/masks)",
-            ));
-        }
-        let list = root.join("ImageSets/Segmentation").join(format!("{split}.txt"));
-        let items = if list.is_file() {
-            voc_items(root, &list)?
+impl DatasetLayout {
+    /// The layout of `root` for `split`, as `Auto` finds it; `None` when nothing matches.
+    pub fn detect(root: &Path, split: &str) -> Option<DatasetLayout> {
+        if root.join("leftImg8bit").is_dir() && root.join("gtFine").is_dir() {
+            Some(DatasetLayout::Cityscapes)
+        } else if root.join("images").is_dir() && root.join("annotations").is_dir() {
+            Some(DatasetLayout::Ade20k)
+        } else if root.join("ImageSets/Segmentation").join(format!("{split}.txt")).is_file() {
+            Some(DatasetLayout::Voc)
         } else if root.join(split).join("images").is_dir() {
-            folder_items(&root.join(split))?
+            Some(DatasetLayout::Folders)
         } else {
-            return Err(Error::bad_file(
-                root,
-                format!(
-                    "expected ImageSets/Segmentation/{split}.txt (VOC layout) or {split}/images and {split}/masks, found neither"
-                ),
-            ));
-        };
-        if items.is_empty() {
-            let what = if list.is_file() { list.clone() } else { root.join(split).join("images") };
-            return Err(Error::bad_file(what, format!("split {split:?} is empty: expected at least one image")));
+            None
         }
-        Ok(Dataset { root: root.to_path_buf(), split: split.to_string(), items })
+    }
+
+    /// Its class names, where the layout defines them.
+    pub fn class_names(self) -> Option<Vec<String>> {
+        let names: &[&str] = match self {
+            DatasetLayout::Cityscapes => &crate::labels::CITYSCAPES_CLASSES,
+            DatasetLayout::Ade20k => &crate::labels::ADE20K_CLASSES,
+            _ => return None,
+        };
+        Some(names.iter().map(|s| s.to_string()).collect())
     }
 }
 
 impl Dataset {
-    /// Checks every item before any training starts, in parallel: the mask (values in
-    /// [0, classes) ∪ {255}, one channel), the image (decoded in full, so a truncated file is
-    /// found now rather than hours into a run), and that both have the same size. The first
-    /// failing item in list order is reported.
+    /// Opens `split` of the dataset at `root` in the layout found there (see [`DatasetLayout`]).
+    pub fn open(root: &Path, split: &str) -> Result<Dataset> {
+        Self::open_with(root, split, &DataSpec::default())
+    }
+
+    /// Opens `split` of the dataset at `root` as `spec` says.
+    pub fn open_with(root: &Path, split: &str, spec: &DataSpec) -> Result<Dataset> {
+        if !root.is_dir() {
+            return Err(Error::bad_file(
+                root,
+                "expected a dataset directory (VOC, Cityscapes or ADE20K layout, or SPLIT/images + SPLIT/masks)",
+            ));
+        }
+        let layout = match spec.layout {
+            DatasetLayout::Auto => DatasetLayout::detect(root, split).ok_or_else(|| {
+                Error::bad_file(
+                    root,
+                    format!(
+                        "expected a dataset layout: ImageSets/Segmentation/{split}.txt (VOC), {split}/images and \
+                         {split}/masks, leftImg8bit/ and gtFine/ (Cityscapes) or images/ and annotations/ (ADE20K), \
+                         found none of them"
+                    ),
+                )
+            })?,
+            chosen => chosen,
+        };
+        let (mut items, listed) = match layout {
+            DatasetLayout::Voc => {
+                let list = root.join("ImageSets/Segmentation").join(format!("{split}.txt"));
+                (voc_items(root, &list)?, list)
+            }
+            DatasetLayout::Cityscapes => (cityscapes_items(root, split)?, root.join("leftImg8bit").join(split)),
+            DatasetLayout::Ade20k => {
+                let dir = ade20k_split(root, split);
+                (ade20k_items(root, &dir)?, root.join("images").join(dir))
+            }
+            DatasetLayout::Folders | DatasetLayout::Auto => {
+                (folder_items(&root.join(split))?, root.join(split).join("images"))
+            }
+        };
+        if items.is_empty() {
+            return Err(Error::bad_file(listed, format!("split {split:?} is empty: expected at least one image")));
+        }
+        for item in &mut items {
+            item.map = spec.label_map.after(&item.map);
+        }
+        Ok(Dataset { root: root.to_path_buf(), split: split.to_string(), items, layout })
+    }
+}
+
+/// Class names for a dataset: `file` (one per line) when given; else the layout's (Cityscapes,
+/// ADE20K); else `ROOT/classes.txt`; else the VOC names for 21 classes; else `background`,
+/// `class_1`, ... A file with another count than `classes` is an error; a `classes.txt` with
+/// another count is passed over.
+pub fn class_names(root: &Path, layout: DatasetLayout, classes: usize, file: Option<&Path>) -> Result<Vec<String>> {
+    let read = |p: &Path| -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(p).ok()?;
+        Some(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+    };
+    if let Some(f) = file {
+        let names = read(f).ok_or_else(|| Error::bad_file(f, "expected a text file of class names, one per line"))?;
+        if names.len() != classes {
+            return Err(Error::bad_file(
+                f,
+                format!("expected {classes} class names, one per line, found {}", names.len()),
+            ));
+        }
+        return Ok(names);
+    }
+    if let Some(names) = layout.class_names().filter(|n| n.len() == classes) {
+        return Ok(names);
+    }
+    if let Some(names) = read(&root.join("classes.txt")).filter(|n| n.len() == classes) {
+        return Ok(names);
+    }
+    if classes == VOC_CLASSES.len() {
+        return Ok(VOC_CLASSES.iter().map(|s| s.to_string()).collect());
+    }
+    Ok((0..classes).map(|i| if i == 0 { "background".to_string() } else { format!("class_{i}") }).collect())
+}
+
+/// The 21 PASCAL VOC class names.
+pub const VOC_CLASSES: [&str; 21] = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+];
+
+impl Dataset {
+    /// Checks every item before any training starts, in parallel: the mask (values, after the
+    /// item's label map, in [0, classes) ∪ {255}, one channel), the image (decoded in full, so a
+    /// truncated file is found now rather than hours into a run), and that both have the same
+    /// size. The first failing item in list order is reported.
     pub fn validate(&self, classes: usize) -> Result<()> {
         let results: Vec<Result<()>> = self.items.par_iter().map(|item| load_item(item, classes).map(|_| ())).collect();
         results.into_iter().collect()
@@ -146,28 +281,106 @@ fn voc_items(root: &Path, list: &Path) -> Result<Vec<Item>> {
                 return Err(Error::bad_file(list, format!("lists {id:?}, but {} does not exist", p.display())));
             }
         }
-        items.push(Item { id: id.to_string(), image, mask });
+        items.push(Item { id: id.to_string(), image, mask, map: LabelMap::IDENTITY });
     }
     Ok(items)
 }
 
-fn folder_items(dir: &Path) -> Result<Vec<Item>> {
-    let images = dir.join("images");
-    let masks = dir.join("masks");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&images)
-        .map_err(|e| Error::io(&images, e))?
+/// The files of `dir` (not recursing), sorted.
+fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
         .collect();
     files.sort();
+    Ok(files)
+}
+
+fn file_stem(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn folder_items(dir: &Path) -> Result<Vec<Item>> {
+    let masks = dir.join("masks");
     let mut items = Vec::new();
-    for image in files {
-        let id = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    for image in sorted_files(&dir.join("images"))? {
+        let id = file_stem(&image);
         let mask = masks.join(format!("{id}.png"));
         if !mask.is_file() {
             return Err(Error::bad_file(&image, format!("expected its mask {}, found none", mask.display())));
         }
-        items.push(Item { id, image, mask });
+        items.push(Item { id, image, mask, map: LabelMap::IDENTITY });
+    }
+    Ok(items)
+}
+
+/// Cityscapes: every `leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png` with its
+/// `gtFine/SPLIT/CITY/NAME_gtFine_labelTrainIds.png` where present (used as it is), else its
+/// `NAME_gtFine_labelIds.png` (labelIds mapped to trainIds).
+fn cityscapes_items(root: &Path, split: &str) -> Result<Vec<Item>> {
+    let images = root.join("leftImg8bit").join(split);
+    if !images.is_dir() {
+        return Err(Error::bad_file(root, format!("expected leftImg8bit/{split}/CITY/ (Cityscapes), found none")));
+    }
+    let mut cities: Vec<PathBuf> = std::fs::read_dir(&images)
+        .map_err(|e| Error::io(&images, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    cities.sort();
+    let mut items = Vec::new();
+    for city in cities {
+        let gt = root.join("gtFine").join(split).join(city.file_name().expect("a directory has a name"));
+        for image in sorted_files(&city)? {
+            let Some(name) =
+                image.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix("_leftImg8bit.png"))
+            else {
+                continue;
+            };
+            let train_ids = gt.join(format!("{name}_gtFine_labelTrainIds.png"));
+            let label_ids = gt.join(format!("{name}_gtFine_labelIds.png"));
+            let (mask, map) = if train_ids.is_file() {
+                (train_ids, LabelMap::IDENTITY)
+            } else if label_ids.is_file() {
+                (label_ids, LabelMap::cityscapes())
+            } else {
+                return Err(Error::bad_file(
+                    &image,
+                    format!("expected its mask {} (or _gtFine_labelTrainIds.png), found none", label_ids.display()),
+                ));
+            };
+            items.push(Item { id: name.to_string(), image, mask, map });
+        }
+    }
+    Ok(items)
+}
+
+/// ADE20K's folder for a split: `training` for `train`, `validation` for `val`, else the name.
+fn ade20k_split(root: &Path, split: &str) -> String {
+    let dir = match split {
+        "train" => "training",
+        "val" => "validation",
+        other => other,
+    };
+    if root.join("images").join(dir).is_dir() { dir.to_string() } else { split.to_string() }
+}
+
+/// ADE20K: every `images/DIR/NAME.jpg` with `annotations/DIR/NAME.png`, reduce_zero_label.
+fn ade20k_items(root: &Path, dir: &str) -> Result<Vec<Item>> {
+    let images = root.join("images").join(dir);
+    if !images.is_dir() {
+        return Err(Error::bad_file(root, format!("expected images/{dir}/ (ADE20K), found none")));
+    }
+    let annotations = root.join("annotations").join(dir);
+    let mut items = Vec::new();
+    for image in sorted_files(&images)? {
+        let id = file_stem(&image);
+        let mask = annotations.join(format!("{id}.png"));
+        if !mask.is_file() {
+            return Err(Error::bad_file(&image, format!("expected its annotation {}, found none", mask.display())));
+        }
+        items.push(Item { id, image, mask, map: LabelMap::reduce_zero_label() });
     }
     Ok(items)
 }
@@ -277,12 +490,23 @@ pub fn decode_mask_raw(bytes: &[u8], path: &Path) -> Result<RawMask> {
 /// (255 = ignore). Refuses colour masks, multi-channel masks and values outside
 /// [0, classes) ∪ {255}, naming the value.
 pub fn load_mask(path: &Path, classes: usize) -> Result<GrayImage> {
+    load_mask_mapped(path, classes, &LabelMap::IDENTITY)
+}
+
+/// [`load_mask`] with each stored value read through `map` first.
+pub fn load_mask_mapped(path: &Path, classes: usize, map: &LabelMap) -> Result<GrayImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_mask(&bytes, path, classes)
+    decode_mask_mapped(&bytes, path, classes, map)
 }
 
 /// [`load_mask`] on bytes in memory; `path` names them in errors.
 pub fn decode_mask(bytes: &[u8], path: &Path, classes: usize) -> Result<GrayImage> {
+    decode_mask_mapped(bytes, path, classes, &LabelMap::IDENTITY)
+}
+
+/// [`decode_mask`] with each stored value read through `map` first (a 16-bit value above 255
+/// is refused as out of range, as it is without a map).
+pub fn decode_mask_mapped(bytes: &[u8], path: &Path, classes: usize, map: &LabelMap) -> Result<GrayImage> {
     let raw = decode_mask_raw(bytes, path)?;
     match raw.channels {
         1 => {}
@@ -301,15 +525,19 @@ pub fn decode_mask(bytes: &[u8], path: &Path, classes: usize) -> Result<GrayImag
         }
     }
     let cols = raw.width as usize;
+    let mapped = |v: u16| if v <= 255 { map.get(v as u8) as u16 } else { v };
     let mut out = Vec::with_capacity(raw.values.len());
-    for (i, &v) in raw.values.iter().enumerate() {
+    for (i, &stored) in raw.values.iter().enumerate() {
+        let v = mapped(stored);
         if v != IGNORE_INDEX as u16 && v as usize >= classes {
-            let count = raw.values.iter().filter(|&&u| u == v).count();
+            let count = raw.values.iter().filter(|&&u| u == stored).count();
+            let through =
+                if stored != v { format!(" (stored {stored}, through the label map)") } else { String::new() };
             return Err(Error::bad_file(
                 path,
                 format!(
-                    "mask value {v} at pixel ({}, {}) ({count} pixels) is outside [0, {classes}) and not {IGNORE_INDEX}; \
-                     check --classes or the labels",
+                    "mask value {v}{through} at pixel ({}, {}) ({count} pixels) is outside [0, {classes}) and not \
+                     {IGNORE_INDEX}; check --classes, --label-map or the labels",
                     i % cols,
                     i / cols
                 ),
@@ -323,7 +551,7 @@ pub fn decode_mask(bytes: &[u8], path: &Path, classes: usize) -> Result<GrayImag
 /// An image with its mask, checked to be the same size.
 pub fn load_item(item: &Item, classes: usize) -> Result<(RgbImage, GrayImage)> {
     let image = load_image(&item.image)?;
-    let mask = load_mask(&item.mask, classes)?;
+    let mask = load_mask_mapped(&item.mask, classes, &item.map)?;
     if image.dimensions() != mask.dimensions() {
         return Err(Error::bad_file(
             &item.mask,

@@ -163,6 +163,8 @@ fn classify(raw: &data::RawMask) -> MaskKind {
 struct ScannedItem {
     mask_name: String,
     raw: data::RawMask,
+    /// What its stored values mean (the layout's map, then `--label-map`).
+    map: crate::labels::LabelMap,
     dims: (u32, u32),
     kind: String,
 }
@@ -176,14 +178,14 @@ fn scan_item(item: &Item) -> std::result::Result<ScannedItem, String> {
         .into_decoder()
         .map_err(|e| format!("{}: {e}", item.image.display()))?;
     let kind = format!("{:?}", decoder.color_type()).to_lowercase();
-    Ok(ScannedItem { mask_name: item.mask.display().to_string(), raw, dims: decoder.dimensions(), kind })
+    Ok(ScannedItem { mask_name: item.mask.display().to_string(), raw, map: item.map, dims: decoder.dimensions(), kind })
 }
 
 fn scan_split(ds: &Dataset, classes: usize) -> SplitScan {
     let per_item: Vec<std::result::Result<ScannedItem, String>> = ds.items.par_iter().map(scan_item).collect();
     let mut s = SplitScan::default();
     for r in per_item {
-        let ScannedItem { mask_name: name, raw, dims, kind } = match r {
+        let ScannedItem { mask_name: name, raw, map, dims, kind } = match r {
             Ok(v) => v,
             Err(e) => {
                 s.unreadable.push(e);
@@ -199,7 +201,7 @@ fn scan_split(ds: &Dataset, classes: usize) -> SplitScan {
         }
         match classify(&raw) {
             MaskKind::Index(values) => {
-                for v in values {
+                for v in values.into_iter().map(|v| if v <= 255 { map.get(v as u8) as u16 } else { v }) {
                     *s.histogram.entry(v).or_insert(0) += 1;
                     s.pixels += 1;
                     if v != IGNORE_INDEX as u16 && v as usize >= classes && s.out_of_range.len() < 1000 {
@@ -299,6 +301,7 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
             &[],
         ));
     }
+    let encoding = encoding_checks(cfg, train, val, checks);
     let bad: Vec<&(String, u16)> = train.out_of_range.iter().chain(&val.out_of_range).collect();
     if bad.is_empty() {
         checks.push(check(
@@ -323,10 +326,15 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
                 files.len(),
                 first_names(&files.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 3)
             ),
-            fix: format!("relabel those pixels, or if they are real classes train with {flag}"),
-            flags: vec![flag],
+            fix: if encoding {
+                "the label encoding above explains them".into()
+            } else {
+                format!("relabel those pixels (--label-map SRC:DST), or if they are real classes train with {flag}")
+            },
+            flags: if encoding { vec![] } else { vec![flag] },
         });
     }
+    balance_check(cfg, train, val, checks);
     let ignored =
         |s: &SplitScan| *s.histogram.get(&(IGNORE_INDEX as u16)).unwrap_or(&0) as f64 / s.pixels.max(1) as f64;
     let (ti, vi) = (ignored(train), ignored(val));
@@ -361,6 +369,108 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
         ));
     }
     usable
+}
+
+/// The encodings users bring that read as valid-looking labels: binary masks saved as 0/255
+/// (255 is "ignore", so the foreground is never learned), Cityscapes labelIds where trainIds
+/// are expected, ADE20K's 0 = "other" with the classes off by one. Each FAILs naming the
+/// `--label-map` that fixes it; returns whether one did (the out-of-range values are then
+/// explained).
+fn encoding_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) -> bool {
+    let values: BTreeSet<u16> = train.histogram.keys().chain(val.histogram.keys()).copied().collect();
+    let labelled: BTreeSet<u16> = values.iter().copied().filter(|&v| v != IGNORE_INDEX as u16).collect();
+    let k = cfg.classes as u16;
+    let ignored = *train.histogram.get(&(IGNORE_INDEX as u16)).unwrap_or(&0) as f64 / train.pixels.max(1) as f64;
+    let fail = |name: &str, measured: String, fix: String, flag: &str| Check {
+        name: name.into(),
+        status: Status::Fail,
+        measured,
+        fix,
+        flags: vec![flag.to_string()],
+    };
+    let found = if k >= 2 && labelled.iter().all(|&v| v == 0) && ignored > 0.01 {
+        Some(fail(
+            "labels.binary",
+            format!(
+                "every mask holds only 0 and {IGNORE_INDEX} ({:.1}% of train pixels are {IGNORE_INDEX}) with --classes {k}: \
+                 {IGNORE_INDEX} is the ignore label, so class{} {} never appear{} and the model learns background everywhere",
+                100.0 * ignored,
+                if k > 2 { "es" } else { "" },
+                (1..k).map(|c| c.to_string()).collect::<Vec<_>>().join(", "),
+                if k > 2 { "" } else { "s" }
+            ),
+            "binary masks saved as 0/255 mean 255 = foreground: read it as class 1 with --label-map 255:1".into(),
+            "--label-map 255:1",
+        ))
+    } else if k == 19 && labelled.last().is_some_and(|&m| (19..=33).contains(&m)) && labelled.iter().all(|&v| v <= 33) {
+        Some(fail(
+            "labels.encoding",
+            format!(
+                "values up to {} with --classes 19: these are Cityscapes labelIds (0–33), not its 19 trainIds",
+                labelled.last().copied().unwrap_or(0)
+            ),
+            "map labelIds to trainIds (255 elsewhere) with --label-map cityscapes (--layout cityscapes does it for \
+             gtFine's *_labelIds.png)"
+                .into(),
+            "--label-map cityscapes",
+        ))
+    } else if k >= 2 && labelled.contains(&0) && labelled.last() == Some(&k) && labelled.iter().all(|&v| v <= k) {
+        Some(fail(
+            "labels.zero_label",
+            format!(
+                "values 0–{k} with --classes {k}: one value too many, as in ADE20K, whose 0 is \"other\" and k the k-th \
+                 class (class k − 1 once 0 is dropped)"
+            ),
+            "drop 0 and shift the rest down: --label-map reduce_zero_label (0 → 255, k → k − 1; --layout ade20k does \
+             it for ADEChallengeData2016)"
+                .into(),
+            "--label-map reduce_zero_label",
+        ))
+    } else {
+        None
+    };
+    let any = found.is_some();
+    checks.extend(found);
+    any
+}
+
+/// WARNs when one class holds at least 99 % of a split's labelled pixels, with class weights
+/// (median-frequency balancing over the train split) as the flag.
+fn balance_check(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) {
+    let share = |s: &SplitScan| -> Option<(u16, f64)> {
+        let labelled: Vec<(u16, u64)> =
+            s.histogram.iter().filter(|(v, _)| (**v as usize) < cfg.classes).map(|(v, c)| (*v, *c)).collect();
+        let total: u64 = labelled.iter().map(|l| l.1).sum();
+        labelled.iter().max_by_key(|l| l.1).map(|&(v, c)| (v, c as f64 / total.max(1) as f64))
+    };
+    let worst = [("train", share(train)), ("val", share(val))]
+        .into_iter()
+        .filter_map(|(split, s)| s.map(|(v, f)| (split, v, f)))
+        .max_by(|a, b| a.2.total_cmp(&b.2));
+    let Some((split, class, frac)) = worst.filter(|w| w.2 >= 0.99) else {
+        checks.push(check("labels.balance", Status::Pass, "no class holds 99% of a split's labelled pixels", "", &[]));
+        return;
+    };
+    let freq: Vec<f64> = (0..cfg.classes)
+        .map(|c| *train.histogram.get(&(c as u16)).unwrap_or(&0) as f64 / train.pixels.max(1) as f64)
+        .collect();
+    let mut present: Vec<f64> = freq.iter().copied().filter(|&f| f > 0.0).collect();
+    present.sort_by(f64::total_cmp);
+    let median = present.get(present.len() / 2).copied().unwrap_or(1.0);
+    let weights: Vec<String> =
+        freq.iter().map(|&f| if f > 0.0 { format!("{:.3}", (median / f).min(100.0)) } else { "1".into() }).collect();
+    let flag = format!("--class-weights {}", weights.join(","));
+    checks.push(Check {
+        name: "labels.balance".into(),
+        status: Status::Warn,
+        measured: format!("class {class} holds {:.2}% of the {split} split's labelled pixels", 100.0 * frac),
+        fix: format!(
+            "a model predicting class {class} everywhere scores {:.1}% pixel accuracy: weight the rare classes up \
+             (median-frequency balancing over train: {flag}), and judge by mIoU",
+            100.0 * frac
+        ),
+        flags: vec![flag],
+    });
 }
 
 fn image_checks(train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) -> bool {
@@ -474,8 +584,8 @@ pub fn doctor(cfg: &TrainConfig, opts: &DoctorOptions) -> Result<DoctorReport> {
     if cfg.classes == 0 {
         cfg.classes = model_classes;
     }
-    let train_set = Dataset::open(&cfg.data, &cfg.train_split)?;
-    let val_set = Dataset::open(&cfg.data, &cfg.val_split)?;
+    let train_set = cfg.open_split(&cfg.train_split)?;
+    let val_set = cfg.open_split(&cfg.val_split)?;
     let mut checks = vec![];
     let (ts, vs) = (scan_split(&train_set, cfg.classes), scan_split(&val_set, cfg.classes));
     let labels_ok = label_checks(&cfg, &ts, &vs, &mut checks);
@@ -611,6 +721,29 @@ fn overfit<M: SegModel>(
     (losses, model, zero)
 }
 
+/// The mean cross-entropy of each class's pixels in `masks` (255 and labels outside the classes
+/// left out), by class, for the classes present.
+fn per_class_loss(logits: Tensor<4>, masks: &[u8], classes: usize) -> BTreeMap<usize, f64> {
+    let [n, c, h, w] = logits.dims();
+    let x = logits.into_data().convert::<f32>().try_to_vec::<f32>().expect("float logits");
+    let mut sums: BTreeMap<usize, (f64, u64)> = BTreeMap::new();
+    for b in 0..n {
+        for p in 0..h * w {
+            let label = masks[b * h * w + p] as usize;
+            if label >= classes.min(c) {
+                continue;
+            }
+            let value = |k: usize| x[(b * c + k) * h * w + p] as f64;
+            let max = (0..c).map(value).fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + (0..c).map(|k| (value(k) - max).exp()).sum::<f64>().ln();
+            let e = sums.entry(label).or_insert((0.0, 0));
+            e.0 += lse - value(label);
+            e.1 += 1;
+        }
+    }
+    sums.into_iter().map(|(k, (s, count))| (k, s / count as f64)).collect()
+}
+
 fn fall(losses: &[f64]) -> f64 {
     match (losses.first(), losses.last()) {
         (Some(&a), Some(&b)) if a.is_finite() && b.is_finite() && a > 0.0 => 1.0 - b / a,
@@ -697,21 +830,46 @@ fn training_checks<M: SegModel>(
         &[],
     ));
 
-    // Overfit one batch with the user's recipe.
+    // Overfit one batch with the user's recipe, judged on the classes present in it: the loss
+    // of each class (its pixels' mean cross-entropy), averaged over the classes, must fall too,
+    // so a batch whose loss falls only because one class is left (binary 0/255 masks) fails.
     let before = bn_stats(&start);
     let (losses, trained, zero) = overfit(cfg, start.clone(), &batch, &device, cfg.lr, opts.steps);
+    let x = train::batch_tensors(&batch, &device).0;
+    let start_classes = per_class_loss(start.logits(x.clone()), &batch.masks, cfg.classes);
+    let classes_fall = |m: &M| {
+        let after = per_class_loss(m.logits(x.clone()), &batch.masks, cfg.classes);
+        let mean = |l: &BTreeMap<usize, f64>| l.values().sum::<f64>() / l.len().max(1) as f64;
+        1.0 - mean(&after) / mean(&start_classes).max(1e-12)
+    };
     let f = fall(&losses);
+    let fc = classes_fall(&trained);
+    let present: Vec<usize> = start_classes.keys().copied().collect();
     let measured = format!(
-        "{} steps at --lr {:e} on {} images of {}²: loss {:.4} -> {:.4} ({:.0}% lower)",
+        "{} steps at --lr {:e} on {} images of {}²: loss {:.4} -> {:.4} ({:.0}% lower); the mean of the {} present \
+         classes' own losses {:.0}% lower",
         losses.len(),
         cfg.lr,
         batch.n,
         batch.h,
         losses.first().copied().unwrap_or(f64::NAN),
         losses.last().copied().unwrap_or(f64::NAN),
-        f * 100.0
+        f * 100.0,
+        present.len(),
+        fc * 100.0
     );
-    if f >= 0.5 {
+    if present.len() < 2 {
+        checks.push(check(
+            "train.overfit",
+            Status::Fail,
+            format!(
+                "{measured}; but the batch's labelled pixels hold class {present:?} only: predicting it everywhere drives \
+                 the loss down, which shows nothing about learning"
+            ),
+            "the labels give the model one class to learn: see the labels.* checks (0/255 masks need --label-map 255:1)",
+            &[],
+        ));
+    } else if f >= 0.5 && fc >= 0.5 {
         checks.push(check("train.overfit", Status::Pass, measured, "", &[]));
     } else {
         let mut sweep = vec![];
@@ -719,8 +877,8 @@ fn training_checks<M: SegModel>(
             if (lr - cfg.lr).abs() / cfg.lr < 1e-6 {
                 continue;
             }
-            let (l, _, _) = overfit(cfg, start.clone(), &batch, &device, lr, opts.steps);
-            sweep.push((lr, fall(&l)));
+            let (l, m, _) = overfit(cfg, start.clone(), &batch, &device, lr, opts.steps);
+            sweep.push((lr, fall(&l).min(classes_fall(&m))));
         }
         let tried = sweep.iter().map(|(lr, f)| format!("{lr:e}: {:.0}%", f * 100.0)).collect::<Vec<_>>().join(", ");
         // The smallest rate that fits the batch: larger ones fit it faster but train less stably.
@@ -860,8 +1018,11 @@ fn label_entropy(masks: &[u8], classes: usize) -> f64 {
 /// Orders causes (FAIL before WARN, then by how fundamental the check is) and builds the
 /// suggested command.
 fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
-    const PRIORITY: [&str; 12] = [
+    const PRIORITY: [&str; 16] = [
         "labels.format",
+        "labels.binary",
+        "labels.encoding",
+        "labels.zero_label",
         "labels.range",
         "images.format",
         "bn.batch",
@@ -872,6 +1033,7 @@ fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
         "model.trainable",
         "loss.initial",
         "images.normalization",
+        "labels.balance",
         "labels.coverage",
     ];
     let rank = |c: &Check| (c.status, PRIORITY.iter().position(|p| *p == c.name).unwrap_or(PRIORITY.len()));
@@ -894,11 +1056,21 @@ fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
         }
     }
     let suggested_command = (!flags.is_empty()).then(|| {
-        let mut cmd = format!("segtune train --model {} --data {} --out RUN_DIR", cfg.model, cfg.data.display());
-        if let Some(w) = &cfg.weights {
-            cmd += &format!(" --weights {}", w.display());
-        }
         let has = |k: &str| flags.iter().any(|f| f.starts_with(k));
+        let path = |p: &Path| train::shell_word(&p.display().to_string());
+        let mut cmd = format!("segtune train --model {} --data {} --out RUN_DIR", cfg.model, path(&cfg.data));
+        if let Some(w) = &cfg.weights {
+            cmd += &format!(" --weights {}", path(w));
+        }
+        if cfg.layout != data::DatasetLayout::Auto {
+            cmd += &format!(" --layout {}", format!("{:?}", cfg.layout).to_lowercase());
+        }
+        if !cfg.label_map.is_identity() && !has("--label-map") {
+            cmd += &format!(" --label-map {}", train::shell_word(&cfg.label_map.to_string()));
+        }
+        if let Some(f) = &cfg.class_names {
+            cmd += &format!(" --class-names {}", path(f));
+        }
         cmd += &format!(" --classes {}", cfg.classes);
         if !has("--batch") {
             cmd += &format!(" --batch {}", cfg.batch);

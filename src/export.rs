@@ -15,46 +15,6 @@ use crate::onnx::{self, IdentityResolver, ModelProto, TensorProto};
 use crate::runtime::OrtModel;
 use crate::train::{self, RunDir};
 
-/// The 21 PASCAL VOC class names, used when a run has 21 classes and no `classes.txt`.
-pub const VOC_CLASSES: [&str; 21] = [
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-];
-
-/// Class names of a dataset: `DIR/classes.txt` (one per line) if present, the VOC names for 21
-/// classes, else `class_0`, `class_1`, ...
-pub fn class_names(data: &Path, classes: usize) -> Vec<String> {
-    if let Ok(text) = std::fs::read_to_string(data.join("classes.txt")) {
-        let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-        if names.len() == classes {
-            return names;
-        }
-    }
-    if classes == VOC_CLASSES.len() {
-        return VOC_CLASSES.iter().map(|s| s.to_string()).collect();
-    }
-    (0..classes).map(|i| if i == 0 { "background".to_string() } else { format!("class_{i}") }).collect()
-}
-
 /// What `segtune export` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportReport {
@@ -128,7 +88,13 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let best = history.iter().map(|m| m.val_miou).reduce(f64::max);
-    let names = class_names(&cfg.data, cfg.classes);
+    let layout = match cfg.layout {
+        crate::data::DatasetLayout::Auto => {
+            crate::data::DatasetLayout::detect(&cfg.data, &cfg.train_split).unwrap_or_default()
+        }
+        chosen => chosen,
+    };
+    let names = crate::data::class_names(&cfg.data, layout, cfg.classes, cfg.class_names.as_deref())?;
     let n = &source.normalization;
     let summary = serde_json::json!({
         "run": run_dir.display().to_string(),
@@ -154,6 +120,8 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         ("segtune.std", n.std.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")),
         ("segtune.layout", if n.layout == Layout::Nhwc { "NHWC" } else { "NCHW" }.to_string()),
         ("segtune.ignore_index", crate::IGNORE_INDEX.to_string()),
+        ("segtune.label_map", cfg.label_map.to_string()),
+        ("segtune.dataset_layout", format!("{layout:?}").to_lowercase()),
         ("segtune.size_multiple", n.size_multiple.to_string()),
         ("segtune.input_rule", format!("height and width multiples of {}", n.size_multiple)),
         ("segtune.training", summary.to_string()),

@@ -16,6 +16,7 @@ pub mod graph;
 pub mod imaging;
 pub mod infer;
 pub mod inspect;
+pub mod labels;
 pub mod loss;
 pub mod metrics;
 pub mod model;

@@ -332,6 +332,19 @@ mod tests {
             assert!(worst <= 1e-5 * gmax, "{weights:?}: gradient differs by {worst} (largest {gmax})");
             assert!(g1.iter().any(|v| *v != 0.0));
         }
+        // Every pixel ignored: both forms give 0 (not 0 / 0) and no gradient.
+        let ignored = Tensor::<3, Int>::full([n, h, w], IGNORE_INDEX as i64, &device);
+        for graph in [false, true] {
+            let x = logits.clone().require_grad();
+            let loss = if graph {
+                cross_entropy_graph(x.clone(), ignored.clone(), None)
+            } else {
+                cross_entropy_fused(x.clone(), ignored.clone(), None)
+            };
+            assert_eq!(loss.clone().into_scalar::<f32>(), 0.0, "graph form: {graph}");
+            let g = x.grad(&loss.backward()).map(|g| g.abs().max().into_scalar::<f32>()).unwrap_or(0.0);
+            assert_eq!(g, 0.0, "graph form: {graph}");
+        }
     }
 
     #[test]

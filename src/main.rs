@@ -98,11 +98,13 @@ enum Command {
     Validate {
         /// The ONNX model (e.g. from `segtune export`).
         file: PathBuf,
-        /// Dataset directory: VOC layout or SPLIT/images + SPLIT/masks.
+        /// Dataset directory: VOC, Cityscapes or ADE20K layout, or SPLIT/images + SPLIT/masks.
         #[arg(long)]
         data: PathBuf,
         #[arg(long, default_value = "val")]
         split: String,
+        #[command(flatten)]
+        dataset: Box<DataFlags>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -199,12 +201,30 @@ struct TrainArgs {
     flags: TrainFlags,
 }
 
+/// How a dataset is read: `train`, `doctor` and `validate` share these.
+#[derive(clap::Args)]
+struct DataFlags {
+    /// Dataset layout: auto (found from its folders), voc, folders, cityscapes (labelIds mapped to
+    /// the 19 trainIds), ade20k (150 classes, reduce_zero_label).
+    #[arg(long, value_enum, default_value_t = data::DatasetLayout::Auto)]
+    layout: data::DatasetLayout,
+    /// What stored mask values mean, applied as masks are read, after the layout's own map:
+    /// SRC:DST pairs with ranges (`255:1`, `0-6:255,7:0`), or cityscapes / reduce_zero_label.
+    #[arg(long, default_value = "identity", value_name = "SRC:DST,...")]
+    label_map: segtune::labels::LabelMap,
+    /// A file of class names, one per line [default: the layout's, DATA/classes.txt, VOC's for 21].
+    #[arg(long, value_name = "FILE")]
+    class_names: Option<PathBuf>,
+}
+
 /// The training flags `train` and `doctor` share; every default is documented on [`TrainConfig`].
 #[derive(clap::Args)]
 struct TrainFlags {
-    /// Dataset directory: VOC layout or SPLIT/images + SPLIT/masks (required).
+    /// Dataset directory: VOC, Cityscapes or ADE20K layout, or SPLIT/images + SPLIT/masks (required).
     #[arg(long)]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    dataset: DataFlags,
     /// Compiled-in model [default: the one --weights matches, else deeplabv3plus_mobilenetv2].
     #[arg(long)]
     model: Option<String>,
@@ -264,6 +284,9 @@ impl TrainFlags {
     fn config(self) -> Result<TrainConfig, segtune::Error> {
         let data = self.data.ok_or_else(|| segtune::Error::BadArgument("--data DIR is required".into()))?;
         let mut c = TrainConfig::new(data);
+        c.layout = self.dataset.layout;
+        c.label_map = self.dataset.label_map;
+        c.class_names = self.dataset.class_names;
         c.model = match (self.model, &self.weights) {
             (Some(m), _) => m,
             (None, Some(w)) => Checkpoint::open(None, Some(w))?.info.name.to_string(),
@@ -326,8 +349,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export { run_dir, out } => {
             emit!("{}", segtune::export::export(&run_dir, &out)?);
         }
-        Command::Validate { file, data, split, json, parity, threads } => {
-            let report = validate::validate_onnx(&file, &data, &split, parity.as_deref(), threads)?;
+        Command::Validate { file, data, split, dataset, json, parity, threads } => {
+            let spec = data::DataSpec { layout: dataset.layout, label_map: dataset.label_map };
+            let names = dataset.class_names.as_deref();
+            let report = validate::validate_onnx_with(&file, &data, &split, &spec, names, parity.as_deref(), threads)?;
             emit!("{report}");
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report).context("serializing the report")?;

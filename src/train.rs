@@ -143,6 +143,15 @@ pub struct TrainConfig {
     pub weights: Option<PathBuf>,
     /// Dataset directory: VOC layout, or `SPLIT/images` + `SPLIT/masks`.
     pub data: PathBuf,
+    /// How the dataset is laid out (default `auto`: found from its folders).
+    #[serde(default)]
+    pub layout: data::DatasetLayout,
+    /// What stored mask values mean, applied after the layout's own map (default: as stored).
+    #[serde(default)]
+    pub label_map: crate::labels::LabelMap,
+    /// A file of class names, one per line (default: the layout's, `classes.txt`, VOC's for 21).
+    #[serde(default)]
+    pub class_names: Option<PathBuf>,
     /// Training split name (default `train`).
     pub train_split: String,
     /// Validation split name (default `val`).
@@ -202,6 +211,9 @@ impl TrainConfig {
             model: model::DEFAULT_MODEL.to_string(),
             weights: None,
             data,
+            layout: data::DatasetLayout::Auto,
+            label_map: crate::labels::LabelMap::IDENTITY,
+            class_names: None,
             train_split: "train".into(),
             val_split: "val".into(),
             classes: 0,
@@ -226,6 +238,16 @@ impl TrainConfig {
             flip: true,
             stop_after: None,
         }
+    }
+
+    /// How to read its dataset.
+    pub fn data_spec(&self) -> data::DataSpec {
+        data::DataSpec { layout: self.layout, label_map: self.label_map }
+    }
+
+    /// `split` of its dataset.
+    pub fn open_split(&self, split: &str) -> Result<Dataset> {
+        Dataset::open_with(&self.data, split, &self.data_spec())
     }
 
     fn check(&self, ckpt: &Checkpoint) -> Result<()> {
@@ -540,7 +562,7 @@ pub fn load_config(run_dir: &Path) -> Result<TrainConfig> {
 pub fn evaluate_start(cfg: &TrainConfig) -> Result<Scores> {
     let mut cfg = cfg.clone();
     let (ckpt, model_classes) = open_checkpoint(&mut cfg)?;
-    let val = Dataset::open(&cfg.data, &cfg.val_split)?;
+    let val = cfg.open_split(&cfg.val_split)?;
     val.validate(cfg.classes)?;
     struct Go<'a>(&'a TrainConfig, &'a Checkpoint, usize, &'a Dataset);
     impl ModelFn for Go<'_> {
@@ -820,8 +842,8 @@ fn run_typed<M: SegModel, H: model::Trainee>(
     split: Option<model::Split>,
 ) -> Result<TrainSummary> {
     let rd = RunDir(run_dir.to_path_buf());
-    let train_set = Dataset::open(&cfg.data, &cfg.train_split)?;
-    let val_set = Dataset::open(&cfg.data, &cfg.val_split)?;
+    let train_set = cfg.open_split(&cfg.train_split)?;
+    let val_set = cfg.open_split(&cfg.val_split)?;
     let norm = ckpt.normalization;
     let device = training_device(cfg.device)?;
     device.seed(cfg.seed);

@@ -329,11 +329,28 @@ pub fn validate_onnx(
     parity_run: Option<&std::path::Path>,
     threads: usize,
 ) -> Result<ValidationReport> {
+    validate_onnx_with(file, data, split, &crate::data::DataSpec::default(), None, parity_run, threads)
+}
+
+/// [`validate_onnx`] with the dataset read as `spec` says (layout, label map) and class names
+/// from `class_names` (else the model's metadata, else the dataset's).
+pub fn validate_onnx_with(
+    file: &std::path::Path,
+    data: &std::path::Path,
+    split: &str,
+    spec: &crate::data::DataSpec,
+    class_names: Option<&std::path::Path>,
+    parity_run: Option<&std::path::Path>,
+    threads: usize,
+) -> Result<ValidationReport> {
     let started = Instant::now();
-    let crate::runtime::OpenedModel { session: mut ort, norm, classes, class_names, input: shape } =
+    let crate::runtime::OpenedModel { session: mut ort, norm, classes, class_names: recorded, input: shape } =
         crate::runtime::OpenedModel::open(file, threads, true)?;
-    let names = class_names.unwrap_or_else(|| crate::export::class_names(data, classes));
-    let ds = crate::data::Dataset::open(data, split)?;
+    let ds = crate::data::Dataset::open_with(data, split, spec)?;
+    let names = match (class_names, recorded) {
+        (None, Some(names)) => names,
+        (file, _) => crate::data::class_names(data, ds.layout, classes, file)?,
+    };
     ds.validate(classes).map_err(|e| match e {
         Error::BadFile { path, problem } => Error::BadFile {
             path,

@@ -234,7 +234,7 @@ fn every_subcommand_refuses_bad_input_cleanly() {
         Case {
             name: "train empty data dir",
             args: train(&empty_dir, &s(&new_run("g"))),
-            expect: vec![s(&empty_dir), "found neither".into()],
+            expect: vec![s(&empty_dir), "expected a dataset layout".into(), "found none of them".into()],
             absent: vec![new_run("g")],
         },
         Case {
@@ -288,7 +288,7 @@ fn every_subcommand_refuses_bad_input_cleanly() {
         Case {
             name: "validate empty dir",
             args: validate(&empty_dir),
-            expect: vec![s(&empty_dir), "found neither".into()],
+            expect: vec![s(&empty_dir), "expected a dataset layout".into(), "found none of them".into()],
             absent: vec![],
         },
         Case {
@@ -318,7 +318,7 @@ fn every_subcommand_refuses_bad_input_cleanly() {
         Case {
             name: "doctor empty dir",
             args: doctor(&empty_dir),
-            expect: vec![s(&empty_dir), "found neither".into()],
+            expect: vec![s(&empty_dir), "expected a dataset layout".into(), "found none of them".into()],
             absent: vec![],
         },
         Case {

@@ -77,3 +77,43 @@ fn ignored_pixels_do_not_count() {
         assert!((a - b).abs() < 1e-6, "{spec}: {a} vs {b}");
     }
 }
+
+/// A batch whose every pixel is 255: each loss is exactly 0 (not NaN from 0 / 0) and hands the
+/// logits no gradient.
+#[test]
+fn an_all_ignored_batch_has_a_zero_loss_and_no_gradient() {
+    let device = cpu_device().autodiff();
+    let logits =
+        Tensor::<4>::random([2, 5, 8, 8], burn::tensor::Distribution::Normal(0.0, 3.0), &device).require_grad();
+    let target = Tensor::<3, Int>::full([2, 8, 8], 255, &device);
+    for spec in ["ce", "dice", "focal", "ce+0.5*dice"] {
+        let loss = loss::compute(&spec.parse().unwrap(), logits.clone(), target.clone(), None);
+        let v = value(loss.clone());
+        assert!(v == 0.0, "{spec}: {v}");
+        let grad = logits.grad(&loss.backward()).map(|g| g.abs().max().into_scalar::<f32>()).unwrap_or(0.0);
+        assert_eq!(grad, 0.0, "{spec}: a gradient from ignored pixels");
+    }
+    // With class weights too.
+    let loss = loss::compute(&"ce".parse().unwrap(), logits.clone(), target, Some(&[1.0, 2.0, 1.0, 1.0, 0.5]));
+    assert_eq!(value(loss), 0.0);
+}
+
+/// The mean is over the pixels that are not ignored (MMSeg's avg_non_ignore, PyTorch's
+/// ignore_index): an image of 255s added to the batch changes no loss.
+#[test]
+fn the_mean_is_over_the_pixels_not_ignored() {
+    let c = case();
+    let [n, k, h, w] = c.logits.dims();
+    let device = cpu_device();
+    let noise = Tensor::<4>::random([1, k, h, w], burn::tensor::Distribution::Normal(0.0, 3.0), &device);
+    let logits = Tensor::cat(vec![c.logits.clone(), noise], 0);
+    let target = Tensor::cat(vec![c.target.clone(), Tensor::<3, Int>::full([1, h, w], 255, &device)], 0);
+    assert_eq!(logits.dims()[0], n + 1);
+    for spec in ["ce", "dice", "focal"] {
+        let spec: LossSpec = spec.parse().unwrap();
+        let a = value(loss::compute(&spec, c.logits.clone(), c.target.clone(), None));
+        let b = value(loss::compute(&spec, logits.clone(), target.clone(), None));
+        assert!((a - b).abs() < 1e-6, "{spec}: {a} without the ignored image, {b} with it");
+    }
+    assert_close(value(loss::compute(&"ce".parse().unwrap(), logits, target, None)), "ce", &c.v);
+}
