@@ -113,6 +113,32 @@ pub struct DataSpec {
     pub label_map: LabelMap,
 }
 
+/// How a dataset is read, as flags (`train`, `doctor`, `validate`) and as a run's config.json
+/// keeps them.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, clap::Args)]
+pub struct DataArgs {
+    /// Dataset layout: auto (found from its folders), voc, folders, cityscapes (labelIds mapped to
+    /// the 19 trainIds), ade20k (150 classes, reduce_zero_label).
+    #[arg(long, value_enum, default_value_t = DatasetLayout::Auto)]
+    #[serde(default)]
+    pub layout: DatasetLayout,
+    /// What stored mask values mean, applied as masks are read, after the layout's own map:
+    /// SRC:DST pairs with ranges (`255:1`, `0-6:255,7:0`), or cityscapes / reduce_zero_label.
+    #[arg(long, default_value = "identity", value_name = "SRC:DST,...")]
+    #[serde(default)]
+    pub label_map: LabelMap,
+    /// A file of class names, one per line [default: the layout's, DATA/classes.txt, VOC's for 21].
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub class_names: Option<PathBuf>,
+}
+
+impl DataArgs {
+    pub fn spec(&self) -> DataSpec {
+        DataSpec { layout: self.layout, label_map: self.label_map }
+    }
+}
+
 /// A split of a dataset.
 #[derive(Debug, Clone)]
 pub struct Dataset {

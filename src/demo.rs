@@ -31,7 +31,7 @@ pub fn recipe(data: PathBuf, epochs: usize) -> TrainConfig {
     cfg.epochs = epochs;
     cfg.batch = 8;
     cfg.crop = 128;
-    cfg.lr = 0.02;
+    cfg.lr = Some(0.02);
     cfg.freeze = vec![Freeze::Backbone];
     cfg.bn = BnMode::Frozen;
     cfg
@@ -65,7 +65,7 @@ pub fn demo(out: &Path, epochs: usize) -> Result<DemoReport> {
         train::freeze_flags(&cfg.freeze).trim_start_matches("--freeze "),
         format!("{:?}", cfg.bn).to_lowercase(),
         cfg.classes,
-        cfg.lr,
+        cfg.base_lr(),
         run_dir.display(),
         before.miou
     );

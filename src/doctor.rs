@@ -578,6 +578,9 @@ fn model_checks(cfg: &TrainConfig, ckpt: &Checkpoint, model_classes: usize, chec
 
 /// `segtune doctor`.
 pub fn doctor(cfg: &TrainConfig, opts: &DoctorOptions) -> Result<DoctorReport> {
+    if cfg.data.as_os_str().is_empty() {
+        return Err(crate::Error::BadArgument("--data DIR is required".into()));
+    }
     let mut cfg = cfg.clone();
     let ckpt = Checkpoint::open(Some(&cfg.model), cfg.weights.as_deref())?;
     let model_classes = ckpt.classes()?;
@@ -698,7 +701,7 @@ fn overfit<M: SegModel>(
     steps: usize,
 ) -> (Vec<f64>, M, Vec<String>) {
     let mut cfg = cfg.clone();
-    cfg.lr = lr;
+    cfg.lr = Some(lr);
     let mut optim = train::make_optimizer(&cfg);
     let mut model = model;
     let (mut losses, mut zero) = (vec![], vec![]);
@@ -834,7 +837,7 @@ fn training_checks<M: SegModel>(
     // of each class (its pixels' mean cross-entropy), averaged over the classes, must fall too,
     // so a batch whose loss falls only because one class is left (binary 0/255 masks) fails.
     let before = bn_stats(&start);
-    let (losses, trained, zero) = overfit(cfg, start.clone(), &batch, &device, cfg.lr, opts.steps);
+    let (losses, trained, zero) = overfit(cfg, start.clone(), &batch, &device, cfg.base_lr(), opts.steps);
     let x = train::batch_tensors(&batch, &device).0;
     let start_classes = per_class_loss(start.logits(x.clone()), &batch.masks, cfg.classes);
     let classes_fall = |m: &M| {
@@ -849,7 +852,7 @@ fn training_checks<M: SegModel>(
         "{} steps at --lr {:e} on {} images of {}²: loss {:.4} -> {:.4} ({:.0}% lower); the mean of the {} present \
          classes' own losses {:.0}% lower",
         losses.len(),
-        cfg.lr,
+        cfg.base_lr(),
         batch.n,
         batch.h,
         losses.first().copied().unwrap_or(f64::NAN),
@@ -874,7 +877,7 @@ fn training_checks<M: SegModel>(
     } else {
         let mut sweep = vec![];
         for lr in [1e-4, 1e-3, 1e-2, 3e-2, 1e-1] {
-            if (lr - cfg.lr).abs() / cfg.lr < 1e-6 {
+            if (lr - cfg.base_lr()).abs() / cfg.base_lr() < 1e-6 {
                 continue;
             }
             let (l, m, _) = overfit(cfg, start.clone(), &batch, &device, lr, opts.steps);
@@ -892,7 +895,7 @@ fn training_checks<M: SegModel>(
                     measured: format!("{measured}; learning-rate sweep (loss drop): {tried}"),
                     fix: format!(
                         "the recipe cannot fit even one batch at --lr {:e}; {lr:e} does: train with {flag}",
-                        cfg.lr
+                        cfg.base_lr()
                     ),
                     flags: vec![flag],
                 });
@@ -1062,13 +1065,13 @@ fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
         if let Some(w) = &cfg.weights {
             cmd += &format!(" --weights {}", path(w));
         }
-        if cfg.layout != data::DatasetLayout::Auto {
-            cmd += &format!(" --layout {}", format!("{:?}", cfg.layout).to_lowercase());
+        if cfg.dataset.layout != data::DatasetLayout::Auto {
+            cmd += &format!(" --layout {}", format!("{:?}", cfg.dataset.layout).to_lowercase());
         }
-        if !cfg.label_map.is_identity() && !has("--label-map") {
-            cmd += &format!(" --label-map {}", train::shell_word(&cfg.label_map.to_string()));
+        if !cfg.dataset.label_map.is_identity() && !has("--label-map") {
+            cmd += &format!(" --label-map {}", train::shell_word(&cfg.dataset.label_map.to_string()));
         }
-        if let Some(f) = &cfg.class_names {
+        if let Some(f) = &cfg.dataset.class_names {
             cmd += &format!(" --class-names {}", path(f));
         }
         cmd += &format!(" --classes {}", cfg.classes);
@@ -1076,7 +1079,7 @@ fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
             cmd += &format!(" --batch {}", cfg.batch);
         }
         if !has("--lr") {
-            cmd += &format!(" --lr {:e}", cfg.lr);
+            cmd += &format!(" --lr {:e}", cfg.base_lr());
         }
         if !has("--bn") {
             cmd += &format!(" --bn {}", format!("{:?}", cfg.bn).to_lowercase());

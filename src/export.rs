@@ -88,13 +88,13 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let best = history.iter().map(|m| m.val_miou).reduce(f64::max);
-    let layout = match cfg.layout {
+    let layout = match cfg.dataset.layout {
         crate::data::DatasetLayout::Auto => {
             crate::data::DatasetLayout::detect(&cfg.data, &cfg.train_split).unwrap_or_default()
         }
         chosen => chosen,
     };
-    let names = crate::data::class_names(&cfg.data, layout, cfg.classes, cfg.class_names.as_deref())?;
+    let names = crate::data::class_names(&cfg.data, layout, cfg.classes, cfg.dataset.class_names.as_deref())?;
     let n = &source.normalization;
     let summary = serde_json::json!({
         "run": run_dir.display().to_string(),
@@ -104,7 +104,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         "final_train_loss": history.last().map(|m| m.train_loss),
         "loss": cfg.loss.to_string(),
         "optimizer": cfg.optimizer,
-        "lr": cfg.lr,
+        "lr": cfg.base_lr(),
         "batch": cfg.batch,
         "crop": cfg.crop,
         "freeze": cfg.freeze,
@@ -120,7 +120,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         ("segtune.std", n.std.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")),
         ("segtune.layout", if n.layout == Layout::Nhwc { "NHWC" } else { "NCHW" }.to_string()),
         ("segtune.ignore_index", crate::IGNORE_INDEX.to_string()),
-        ("segtune.label_map", cfg.label_map.to_string()),
+        ("segtune.label_map", cfg.dataset.label_map.to_string()),
         ("segtune.dataset_layout", format!("{layout:?}").to_lowercase()),
         ("segtune.size_multiple", n.size_multiple.to_string()),
         ("segtune.input_rule", format!("height and width multiples of {}", n.size_multiple)),

@@ -5,6 +5,7 @@
 //! against onnxruntime). `main.rs` only parses the command line and dispatches here.
 
 pub mod backbone;
+pub mod config;
 pub mod data;
 pub mod demo;
 pub mod device;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use segtune::model::{self, Checkpoint};
-use segtune::train::{self, BackboneRuntime, BnMode, DeviceKind, Freeze, OptimizerKind, TrainConfig};
+use segtune::train::{self, TrainConfig};
 use segtune::{data, validate};
 
 /// mimalloc keeps freed blocks for reuse: glibc's malloc hands a tensor-sized buffer back to the
@@ -104,7 +104,7 @@ enum Command {
         #[arg(long, default_value = "val")]
         split: String,
         #[command(flatten)]
-        dataset: Box<DataFlags>,
+        dataset: Box<data::DataArgs>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -147,7 +147,7 @@ enum Command {
     /// batch (with a learning-rate sweep), BatchNorm; the most likely cause first.
     Doctor {
         #[command(flatten)]
-        flags: Box<TrainFlags>,
+        config: Box<TrainConfig>,
         /// Also write the report as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -198,126 +198,24 @@ struct TrainArgs {
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
     #[command(flatten)]
-    flags: TrainFlags,
+    config: TrainConfig,
 }
 
-/// How a dataset is read: `train`, `doctor` and `validate` share these.
-#[derive(clap::Args)]
-struct DataFlags {
-    /// Dataset layout: auto (found from its folders), voc, folders, cityscapes (labelIds mapped to
-    /// the 19 trainIds), ade20k (150 classes, reduce_zero_label).
-    #[arg(long, value_enum, default_value_t = data::DatasetLayout::Auto)]
-    layout: data::DatasetLayout,
-    /// What stored mask values mean, applied as masks are read, after the layout's own map:
-    /// SRC:DST pairs with ranges (`255:1`, `0-6:255,7:0`), or cityscapes / reduce_zero_label.
-    #[arg(long, default_value = "identity", value_name = "SRC:DST,...")]
-    label_map: segtune::labels::LabelMap,
-    /// A file of class names, one per line [default: the layout's, DATA/classes.txt, VOC's for 21].
-    #[arg(long, value_name = "FILE")]
-    class_names: Option<PathBuf>,
-}
-
-/// The training flags `train` and `doctor` share; every default is documented on [`TrainConfig`].
-#[derive(clap::Args)]
-struct TrainFlags {
-    /// Dataset directory: VOC, Cityscapes or ADE20K layout, or SPLIT/images + SPLIT/masks (required).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    #[command(flatten)]
-    dataset: DataFlags,
-    /// Compiled-in model [default: the one --weights matches, else deeplabv3plus_mobilenetv2].
-    #[arg(long)]
-    model: Option<String>,
-    /// ONNX checkpoint to start from (same architecture as --model).
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// Classes including background (default: the model's); a different count gets a new classifier.
-    #[arg(long)]
-    classes: Option<usize>,
-    #[arg(long, default_value_t = 30)]
-    epochs: usize,
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Training crop side in pixels (a multiple of 16).
-    #[arg(long, default_value_t = 512)]
-    crop: usize,
-    /// Base learning rate (default 0.01 for sgd, 1e-4 for adamw).
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
-    optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 1e-4)]
-    weight_decay: f64,
-    /// Steps of linear learning-rate warmup before the poly(0.9) schedule.
-    #[arg(long, default_value_t = 0)]
-    warmup: usize,
-    /// Clip the gradient L2 norm.
-    #[arg(long)]
-    grad_clip: Option<f32>,
-    /// Loss: ce, dice, focal, or a weighted sum such as ce+0.5*dice.
-    #[arg(long, default_value = "ce")]
-    loss: segtune::loss::LossSpec,
-    /// Cross-entropy class weights, comma-separated, one per class.
-    #[arg(long, value_delimiter = ',')]
-    class_weights: Option<Vec<f32>>,
-    /// What freezes: none, backbone (found by name under any prefix, else by structure: see
-    /// `segtune inspect`), or a glob on the checkpoint's initializer names (`'m.encoder.*'`).
-    /// Repeatable: the union freezes.
-    #[arg(long, default_value = "none", value_name = "none|backbone|GLOB")]
-    freeze: Vec<Freeze>,
-    #[arg(long, value_enum, default_value_t = BnMode::Frozen)]
-    bn: BnMode,
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    device: DeviceKind,
-    /// What runs a frozen backbone: auto = onnxruntime when the backbone and BatchNorm are frozen,
-    /// the device is the CPU and onnxruntime loads; else burn.
-    #[arg(long, value_enum, default_value_t = BackboneRuntime::Auto)]
-    backbone_runtime: BackboneRuntime,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Stop after this many epochs as if interrupted (for testing resume).
-    #[arg(long, hide = true)]
-    stop_after: Option<usize>,
-}
-
-impl TrainFlags {
-    fn config(self) -> Result<TrainConfig, segtune::Error> {
-        let data = self.data.ok_or_else(|| segtune::Error::BadArgument("--data DIR is required".into()))?;
-        let mut c = TrainConfig::new(data);
-        c.layout = self.dataset.layout;
-        c.label_map = self.dataset.label_map;
-        c.class_names = self.dataset.class_names;
-        c.model = match (self.model, &self.weights) {
-            (Some(m), _) => m,
-            (None, Some(w)) => Checkpoint::open(None, Some(w))?.info.name.to_string(),
-            (None, None) => model::DEFAULT_MODEL.to_string(),
-        };
-        c.weights = self.weights;
-        c.classes = self.classes.unwrap_or(0);
-        c.epochs = self.epochs;
-        c.batch = self.batch;
-        c.crop = self.crop;
-        c.lr = self.lr.unwrap_or(match self.optimizer {
-            OptimizerKind::Sgd => 0.01,
-            OptimizerKind::Adamw => 1e-4,
-        });
-        c.optimizer = self.optimizer;
-        c.weight_decay = self.weight_decay;
-        c.warmup_steps = self.warmup;
-        c.grad_clip = self.grad_clip;
-        c.loss = self.loss;
-        c.class_weights = self.class_weights;
-        c.freeze = self.freeze;
-        c.bn = self.bn;
-        c.device = self.device;
-        c.backbone_runtime = self.backbone_runtime;
-        c.seed = self.seed;
-        c.stop_after = self.stop_after;
-        Ok(c)
+/// `--model` left to its default with `--weights` given: the compiled-in model the weights
+/// match, found (as `segtune import` finds it) rather than assumed.
+fn model_from_weights(cfg: &mut TrainConfig, model_given: bool) -> Result<(), segtune::Error> {
+    if let (false, Some(w)) = (model_given, &cfg.weights) {
+        cfg.model = Checkpoint::open(None, Some(w))?.info.name.to_string();
     }
+    Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Whether the subcommand's `--model` was given rather than defaulted.
+fn model_given(matches: &clap::ArgMatches) -> bool {
+    matches.subcommand().and_then(|(_, sub)| sub.value_source("model")) == Some(clap::parser::ValueSource::CommandLine)
+}
+
+fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo { out, epochs } => {
             segtune::demo::demo(&out, epochs)?;
@@ -338,7 +236,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(dir), _) => train::resume(dir)?,
                 (None, Some(out)) => {
                     let out = out.clone();
-                    train::train(args.flags.config()?, &out)?
+                    let mut cfg = args.config;
+                    model_from_weights(&mut cfg, model_given)?;
+                    train::train(cfg, &out)?
                 }
                 (None, None) => unreachable!("clap requires --out or --resume"),
             };
@@ -350,7 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit!("{}", segtune::export::export(&run_dir, &out)?);
         }
         Command::Validate { file, data, split, dataset, json, parity, threads } => {
-            let spec = data::DataSpec { layout: dataset.layout, label_map: dataset.label_map };
+            let spec = dataset.spec();
             let names = dataset.class_names.as_deref();
             let report = validate::validate_onnx_with(&file, &data, &split, &spec, names, parity.as_deref(), threads)?;
             emit!("{report}");
@@ -383,8 +283,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Doctor { flags, json, steps } => {
-            let cfg = flags.config()?;
+        Command::Doctor { config, json, steps } => {
+            let mut cfg = *config;
+            model_from_weights(&mut cfg, model_given)?;
             let opts = segtune::doctor::DoctorOptions { steps, ..Default::default() };
             let report = segtune::doctor::doctor(&cfg, &opts)?;
             emit!("{}", report.to_string().trim_end());
@@ -424,7 +325,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, model_given(&matches)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

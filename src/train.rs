@@ -21,281 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{self, Augment, Batch, Dataset, Loader, LoaderSpec, Rng};
 use crate::error::{Error, Result};
-use crate::loss::{self, LossSpec};
+use crate::loss;
 use crate::metrics::{ConfusionMatrix, Scores};
 use crate::model::{self, Checkpoint, ModelFn, ModelInfo, SegModel};
 
-/// One `--freeze` rule (repeatable; the union is frozen).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Freeze {
-    /// Nothing is frozen.
-    None,
-    /// The backbone, as `build.rs` found it: parameters named with an `encoder`/`backbone`
-    /// component under any prefix, else the sub-graph upstream of the ASPP ([`crate::backbone`]).
-    Backbone,
-    /// The parameters whose ONNX initializer name (in the checkpoint trained from) matches this
-    /// glob (`*`, `?`), e.g. `m.encoder.*`, `decoder.aspp.*`.
-    Glob(String),
-}
-
-impl std::str::FromStr for Freeze {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "" => Err("expected none, backbone or a glob on initializer names, found an empty value".into()),
-            "none" => Ok(Freeze::None),
-            "backbone" => Ok(Freeze::Backbone),
-            glob => Ok(Freeze::Glob(glob.to_string())),
-        }
-    }
-}
-
-impl std::fmt::Display for Freeze {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Freeze::None => f.write_str("none"),
-            Freeze::Backbone => f.write_str("backbone"),
-            Freeze::Glob(g) => f.write_str(g),
-        }
-    }
-}
-
-impl Serialize for Freeze {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Freeze {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// `freeze` as a list, also from the single string older run configs hold.
-fn freeze_list<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<Freeze>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(Freeze),
-        Many(Vec<Freeze>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(f) => vec![f],
-        OneOrMany::Many(v) => v,
-    })
-}
-
-/// The `--freeze` rules as one flag value each, for messages and suggested commands.
-pub fn freeze_flags(rules: &[Freeze]) -> String {
-    rules.iter().map(|r| format!("--freeze {}", shell_word(&r.to_string()))).collect::<Vec<_>>().join(" ")
-}
-
-/// `word` quoted for a POSIX shell where it needs it.
-pub fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if plain { word.to_string() } else { format!("'{}'", word.replace('\'', r"'\''")) }
-}
-
-/// What BatchNorm layers do during training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BnMode {
-    /// Running statistics are used and never updated (DeepLab's recipe for small batches).
-    Frozen,
-    /// Batch statistics are used and the running statistics updated (needs batch ≥ 2).
-    Train,
-}
-
-/// The optimizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// SGD with momentum 0.9 (dampening 0, as PyTorch), weight decay: DeepLab's recipe.
-    Sgd,
-    /// AdamW (decoupled weight decay).
-    Adamw,
-}
-
-pub use crate::device::DeviceKind;
-
-/// What computes a frozen backbone's features during training.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BackboneRuntime {
-    /// onnxruntime where it can serve (`--freeze backbone --bn frozen`, CPU device, a model that
-    /// `build.rs` split, onnxruntime loads), else burn.
-    #[default]
-    Auto,
-    /// burn runs the whole model.
-    Burn,
-    /// onnxruntime runs the frozen backbone, burn the decoder and head; an error where it cannot.
-    Onnxruntime,
-}
-
-/// Everything that defines a run; saved as `RUN_DIR/config.json` before training starts and read
-/// back by `--resume`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Compiled-in model (default `deeplabv3plus_mobilenetv2`).
-    pub model: String,
-    /// ONNX checkpoint to start from (default: the compiled-in model's own weights).
-    pub weights: Option<PathBuf>,
-    /// Dataset directory: VOC layout, or `SPLIT/images` + `SPLIT/masks`.
-    pub data: PathBuf,
-    /// How the dataset is laid out (default `auto`: found from its folders).
-    #[serde(default)]
-    pub layout: data::DatasetLayout,
-    /// What stored mask values mean, applied after the layout's own map (default: as stored).
-    #[serde(default)]
-    pub label_map: crate::labels::LabelMap,
-    /// A file of class names, one per line (default: the layout's, `classes.txt`, VOC's for 21).
-    #[serde(default)]
-    pub class_names: Option<PathBuf>,
-    /// Training split name (default `train`).
-    pub train_split: String,
-    /// Validation split name (default `val`).
-    pub val_split: String,
-    /// Classes including background (default: the model's). A different count replaces the
-    /// classifier with a freshly initialised one.
-    pub classes: usize,
-    /// Passes over the training split (default 30).
-    pub epochs: usize,
-    /// Images per step (default 8).
-    pub batch: usize,
-    /// Training crop side in pixels, a multiple of 16 (default 512).
-    pub crop: usize,
-    /// Base learning rate (default 0.01 for SGD, 1e-4 for AdamW).
-    pub lr: f64,
-    /// Optimizer (default `sgd`).
-    pub optimizer: OptimizerKind,
-    /// SGD momentum (default 0.9).
-    pub momentum: f64,
-    /// Weight decay (default 1e-4; AdamW: decoupled).
-    pub weight_decay: f64,
-    /// Exponent of the poly schedule `lr · (1 − step/total)^power` (default 0.9).
-    pub poly_power: f64,
-    /// Steps of linear warmup from lr/warmup to lr (default 0).
-    pub warmup_steps: usize,
-    /// Clip the gradient L2 norm to this value (default none).
-    pub grad_clip: Option<f32>,
-    /// Loss, e.g. `ce`, `ce+0.5*dice` (default `ce`).
-    pub loss: LossSpec,
-    /// Per-class weights for cross-entropy (default none).
-    pub class_weights: Option<Vec<f32>>,
-    /// Which parameters freeze (default `none`); several rules freeze their union.
-    #[serde(deserialize_with = "freeze_list")]
-    pub freeze: Vec<Freeze>,
-    /// BatchNorm behaviour (default `frozen`).
-    pub bn: BnMode,
-    /// Where to train (default `cpu`).
-    pub device: DeviceKind,
-    /// What runs a frozen backbone (default `auto`). Either gives the same numbers to float
-    /// rounding; onnxruntime is faster on the CPU.
-    #[serde(default)]
-    pub backbone_runtime: BackboneRuntime,
-    /// Seed of everything random: shuffles, augmentation, a new classifier (default 0).
-    pub seed: u64,
-    /// Random scale range of the augmentation (default 0.5–2.0).
-    pub scale: (f32, f32),
-    /// Random horizontal flip (default true).
-    pub flip: bool,
-    /// Stop after this many epochs, as an interruption would (tests; default none).
-    pub stop_after: Option<usize>,
-}
-
-impl TrainConfig {
-    /// Defaults for everything but the data directory.
-    pub fn new(data: PathBuf) -> Self {
-        TrainConfig {
-            model: model::DEFAULT_MODEL.to_string(),
-            weights: None,
-            data,
-            layout: data::DatasetLayout::Auto,
-            label_map: crate::labels::LabelMap::IDENTITY,
-            class_names: None,
-            train_split: "train".into(),
-            val_split: "val".into(),
-            classes: 0,
-            epochs: 30,
-            batch: 8,
-            crop: 512,
-            lr: 0.01,
-            optimizer: OptimizerKind::Sgd,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            poly_power: 0.9,
-            warmup_steps: 0,
-            grad_clip: None,
-            loss: LossSpec::default(),
-            class_weights: None,
-            freeze: vec![Freeze::None],
-            bn: BnMode::Frozen,
-            device: DeviceKind::Cpu,
-            backbone_runtime: BackboneRuntime::Auto,
-            seed: 0,
-            scale: (0.5, 2.0),
-            flip: true,
-            stop_after: None,
-        }
-    }
-
-    /// How to read its dataset.
-    pub fn data_spec(&self) -> data::DataSpec {
-        data::DataSpec { layout: self.layout, label_map: self.label_map }
-    }
-
-    /// `split` of its dataset.
-    pub fn open_split(&self, split: &str) -> Result<Dataset> {
-        Dataset::open_with(&self.data, split, &self.data_spec())
-    }
-
-    fn check(&self, ckpt: &Checkpoint) -> Result<()> {
-        let m = ckpt.normalization.size_multiple;
-        if self.crop == 0 || !self.crop.is_multiple_of(m) {
-            return Err(Error::BadArgument(format!("--crop {}: expected a positive multiple of {m}", self.crop)));
-        }
-        if self.batch == 0 || self.epochs == 0 {
-            return Err(Error::BadArgument("--batch and --epochs must be at least 1".into()));
-        }
-        if self.bn == BnMode::Train && self.batch < 2 && ckpt.info.has_batchnorm() {
-            return Err(Error::BadArgument(format!(
-                "--bn train with --batch {}: BatchNorm needs more than one value per channel to compute batch statistics \
-                 (the ASPP image-pooling branch has one per image); use --batch 2 or more, or --bn frozen",
-                self.batch
-            )));
-        }
-        if let Some(shape) = ckpt.input {
-            let fixed = |what: String| Error::bad_file(ckpt.origin(), format!("its graph runs at {what}"));
-            if let Some((h, w)) = shape.size
-                && (self.crop, self.crop) != (h, w)
-            {
-                let fix = if h == w { format!("use --crop {h}") } else { "training crops are square".into() };
-                return Err(fixed(format!(
-                    "{h}×{w} only (a size fixed inside it, such as its ASPP pooling's upsampling); {fix}"
-                )));
-            }
-            if let Some(b) = shape.batch
-                && self.batch != b
-            {
-                return Err(fixed(format!("batches of {b} only (a batch size fixed inside it); use --batch {b}")));
-            }
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::BadArgument(format!("--lr {}: expected a positive number", self.lr)));
-        }
-        if let Some(w) = &self.class_weights
-            && w.len() != self.classes
-        {
-            return Err(Error::BadArgument(format!(
-                "--class-weights: expected {} values, found {}",
-                self.classes,
-                w.len()
-            )));
-        }
-        Ok(())
-    }
-}
+pub use crate::config::{
+    BackboneRuntime, BnMode, DeviceKind, Freeze, OptimizerKind, TrainConfig, freeze_flags, shell_word,
+};
 
 /// One epoch's results, as written to `metrics.json` / `metrics.csv`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -505,10 +237,10 @@ pub(crate) fn make_optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
 /// Learning rate at optimizer step `step` (0-based) of `total`: linear warmup, then poly.
 pub fn learning_rate(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
     if step < cfg.warmup_steps {
-        return cfg.lr * (step + 1) as f64 / cfg.warmup_steps as f64;
+        return cfg.base_lr() * (step + 1) as f64 / cfg.warmup_steps as f64;
     }
     let progress = (step as f64 / total.max(1) as f64).min(1.0);
-    cfg.lr * (1.0 - progress).powf(cfg.poly_power)
+    cfg.base_lr() * (1.0 - progress).powf(cfg.poly_power)
 }
 
 use crate::device::training_device;
@@ -935,7 +667,7 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         ));
     }
     let total_steps = steps_per_epoch * cfg.epochs;
-    let aug = Augment { crop: cfg.crop, scale: cfg.scale, flip: cfg.flip };
+    let aug = Augment { crop: cfg.crop, scale: (cfg.scale.0, cfg.scale.1), flip: cfg.flip };
     let tty = std::io::stderr().is_terminal();
 
     for epoch in state.epoch + 1..=cfg.epochs {
@@ -958,7 +690,7 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         );
         let (mut loss_sum, mut seen, mut wait) = (0f64, 0usize, 0f64);
         let mut step_ms = Vec::with_capacity(steps_per_epoch);
-        let mut lr = cfg.lr;
+        let mut lr = cfg.base_lr();
         let mut t_wait = Instant::now();
         let mut batches = Batches::start(loader, backbone.take());
         for (i, item) in batches.by_ref().enumerate() {
@@ -1351,23 +1083,6 @@ fn load_checkpoint<M: SegModel>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn freeze_rules_parse_and_old_configs_load() {
-        assert_eq!("backbone".parse::<Freeze>(), Ok(Freeze::Backbone));
-        assert_eq!("m.encoder.*".parse::<Freeze>(), Ok(Freeze::Glob("m.encoder.*".into())));
-        assert!("".parse::<Freeze>().is_err());
-        let mut cfg = TrainConfig::new("data".into());
-        cfg.freeze = vec![Freeze::Backbone, Freeze::Glob("decoder.aspp.*".into())];
-        let json = serde_json::to_value(&cfg).unwrap();
-        assert_eq!(json["freeze"], serde_json::json!(["backbone", "decoder.aspp.*"]));
-        assert_eq!(serde_json::from_value::<TrainConfig>(json).unwrap().freeze, cfg.freeze);
-        // Run configs written before --freeze repeated hold one string.
-        let mut old = serde_json::to_value(&cfg).unwrap();
-        old["freeze"] = "backbone".into();
-        assert_eq!(serde_json::from_value::<TrainConfig>(old).unwrap().freeze, [Freeze::Backbone]);
-        assert_eq!(freeze_flags(&cfg.freeze), "--freeze backbone --freeze 'decoder.aspp.*'");
-    }
     use crate::model::generated::deeplabv3plus_mobilenetv2::Model;
     use burn::module::Module;
 

@@ -127,7 +127,7 @@ fn binary(dir: &Path) -> PathBuf {
 fn config(data: &Path, classes: usize) -> TrainConfig {
     let mut cfg = TrainConfig::new(data.to_path_buf());
     cfg.model = "tiny_deeplabv3plus".into();
-    (cfg.classes, cfg.epochs, cfg.batch, cfg.crop, cfg.lr) = (classes, 1, 4, 64, 0.01);
+    (cfg.classes, cfg.epochs, cfg.batch, cfg.crop, cfg.lr) = (classes, 1, 4, 64, Some(0.01));
     (cfg.freeze, cfg.bn) = (vec![Freeze::Backbone], BnMode::Frozen);
     cfg
 }
@@ -171,7 +171,7 @@ fn cityscapes_label_ids_become_train_ids_and_train_ids_files_win() {
     // train, export (label map and layout in the metadata), validate with the layout's names.
     let run = dir.path().join("run");
     let mut cfg = config(&root, 19);
-    cfg.label_map = "13:13".parse().unwrap();
+    cfg.dataset.label_map = "13:13".parse().unwrap();
     let summary = train::train(cfg.clone(), &run).unwrap();
     assert_eq!(summary.history.len(), 1);
     let saved: serde_json::Value =
@@ -214,7 +214,7 @@ fn doctor_names_the_map_for_cityscapes_label_ids_outside_their_layout() {
     assert!(cmd.contains("--label-map cityscapes") && !cmd.contains("--classes 34"), "{cmd}");
     // With the map it names, the labels pass.
     let mut fixed = cfg.clone();
-    fixed.label_map = LabelMap::cityscapes();
+    fixed.dataset.label_map = LabelMap::cityscapes();
     let r = doctor(&fixed);
     assert_eq!(status(&r, "labels.range"), Status::Pass, "{}", check_text(&r, "labels.range"));
     assert!(r.checks.iter().all(|c| c.name != "labels.encoding"));
@@ -240,7 +240,7 @@ fn ade20k_reduces_the_zero_label_and_doctor_catches_it_elsewhere() {
 
     // Read as plain folder pairs (--layout folders), the same annotations are off by one.
     let mut cfg = config(&root, 4);
-    cfg.layout = DatasetLayout::Folders;
+    cfg.dataset.layout = DatasetLayout::Folders;
     let pairs = dir.path().join("ade_pairs");
     for (split, folder) in [("train", "training"), ("val", "validation")] {
         for sub in ["images", "annotations"] {
@@ -256,7 +256,7 @@ fn ade20k_reduces_the_zero_label_and_doctor_catches_it_elsewhere() {
     let r = doctor(&cfg);
     assert_eq!(status(&r, "labels.zero_label"), Status::Fail, "{}", check_text(&r, "labels.zero_label"));
     assert!(r.suggested_command.clone().unwrap().contains("--label-map reduce_zero_label"));
-    cfg.label_map = LabelMap::reduce_zero_label();
+    cfg.dataset.label_map = LabelMap::reduce_zero_label();
     let r = doctor(&cfg);
     assert!(r.checks.iter().all(|c| c.name != "labels.zero_label"));
     assert_eq!(status(&r, "labels.range"), Status::Pass);
@@ -277,7 +277,7 @@ fn binary_masks_saved_as_0_and_255_fail_until_255_is_mapped_to_class_1() {
     assert!(cmd.contains("--label-map 255:1"), "{cmd}");
 
     let mut fixed = cfg.clone();
-    fixed.label_map = "255:1".parse().unwrap();
+    fixed.dataset.label_map = "255:1".parse().unwrap();
     let r = doctor_steps(&fixed, 25);
     for name in ["labels.range", "labels.coverage", "train.overfit"] {
         assert_eq!(status(&r, name), Status::Pass, "{name}: {}", check_text(&r, name));

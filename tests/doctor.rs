@@ -172,7 +172,7 @@ fn a_model_ending_in_softmax_is_warned_about() {
 fn a_tiny_learning_rate_fails_and_the_sweep_finds_one_that_works() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&set(dir.path()));
-    cfg.lr = 1e-5;
+    cfg.lr = Some(1e-5);
     let r = run(&cfg);
     let (s, text) = status(&r, "train.overfit");
     assert_eq!(s, Status::Fail, "{r}");
@@ -180,7 +180,7 @@ fn a_tiny_learning_rate_fails_and_the_sweep_finds_one_that_works() {
     let cmd = r.suggested_command.clone().unwrap();
     assert!(cmd.contains("--lr 1e-3") || cmd.contains("--lr 1e-2"), "{cmd}");
     // The workable rate passes.
-    cfg.lr = 1e-2;
+    cfg.lr = Some(1e-2);
     assert_eq!(status(&run(&cfg), "train.overfit").0, Status::Pass);
 }
 

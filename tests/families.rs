@@ -248,7 +248,7 @@ fn keras_checkpoint_with_the_seeds_softmax_is_recognized_and_its_recipe_diagnose
     let mut cfg = TrainConfig::new(data);
     cfg.model = KERAS.into();
     cfg.weights = Some(softmax);
-    (cfg.classes, cfg.batch, cfg.crop, cfg.lr) = (4, 2, 64, 1e-5);
+    (cfg.classes, cfg.batch, cfg.crop, cfg.lr) = (4, 2, 64, Some(1e-5));
     (cfg.freeze, cfg.bn) = (vec![Freeze::Backbone], BnMode::Train);
     let r = doctor::doctor(&cfg, &DoctorOptions { steps: 20, ..Default::default() }).unwrap();
     let status = |name: &str| r.checks.iter().find(|c| c.name == name).map(|c| c.status).unwrap();

@@ -24,7 +24,7 @@ fn one_step(kind: DeviceKind, dir: &Path, name: &str) -> (f64, HashMap<String, V
             .unwrap();
     }
     let mut cfg = TrainConfig::new(data);
-    (cfg.classes, cfg.epochs, cfg.batch, cfg.crop, cfg.lr) = (6, 1, 2, 64, 0.01);
+    (cfg.classes, cfg.epochs, cfg.batch, cfg.crop, cfg.lr) = (6, 1, 2, 64, Some(0.01));
     (cfg.freeze, cfg.bn, cfg.device) = (vec![Freeze::None], BnMode::Train, kind);
     let run = dir.join(name);
     let summary = train::train(cfg, &run).unwrap();

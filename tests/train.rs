@@ -23,7 +23,7 @@ fn small_config(data: &Path) -> TrainConfig {
     c.epochs = 1;
     c.batch = 2;
     c.crop = 64;
-    c.lr = 0.01;
+    c.lr = Some(0.01);
     c
 }
 
@@ -190,7 +190,7 @@ fn loss_falls_on_a_small_set() {
     cfg.bn = BnMode::Train;
     cfg.batch = 4;
     cfg.epochs = 5;
-    cfg.lr = 0.02;
+    cfg.lr = Some(0.02);
     let s = train::train(cfg, &dir.path().join("run")).unwrap();
     let (first, last) = (s.history[0].train_loss, s.history.last().unwrap().train_loss);
     assert!(last <= 0.7 * first, "train loss {first:.4} -> {last:.4}: expected a fall of at least 30%");
@@ -359,7 +359,7 @@ fn adamw_with_warmup_and_gradient_clipping_trains() {
     small_set(&dir.path().join("data"), 4, 8, 64);
     let mut cfg = small_config(&dir.path().join("data"));
     cfg.optimizer = train::OptimizerKind::Adamw;
-    cfg.lr = 1e-3;
+    cfg.lr = Some(1e-3);
     cfg.weight_decay = 1e-2;
     cfg.warmup_steps = 2;
     cfg.grad_clip = Some(1.0);

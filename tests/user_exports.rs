@@ -181,7 +181,7 @@ fn config(form: &Form, data: &Path) -> TrainConfig {
     let mut cfg = TrainConfig::new(data.to_path_buf());
     cfg.model = form.model.to_string();
     cfg.weights = form.weights.map(fixture);
-    (cfg.classes, cfg.epochs, cfg.batch, cfg.crop, cfg.lr) = (6, 1, 4, 64, 0.01);
+    (cfg.classes, cfg.epochs, cfg.batch, cfg.crop, cfg.lr) = (6, 1, 4, 64, Some(0.01));
     cfg.freeze = vec![form.freeze.parse().unwrap()];
     cfg.bn = BnMode::Frozen;
     cfg
