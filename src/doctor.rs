@@ -15,12 +15,12 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::IGNORE_INDEX;
+use crate::config::{self, BnMode, TrainConfig};
 use crate::data::{self, Augment, Dataset, Item, Loader, LoaderSpec};
 use crate::error::Result;
 use crate::loss::{self, LossSpec};
 use crate::model::{self, Checkpoint, ModelFn, SegModel};
 use crate::onnx;
-use crate::train::{self, BnMode, TrainConfig};
 
 /// A check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -511,7 +511,7 @@ fn image_checks(train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) -> 
     true
 }
 
-fn normalization_check(ds: &Dataset, norm: &model::Normalization, checks: &mut Vec<Check>) {
+fn normalization_check(ds: &Dataset, norm: &crate::layout::Normalization, checks: &mut Vec<Check>) {
     let sample: Vec<&Item> = ds.items.iter().take(16).collect();
     let stats: Vec<(f64, f64, f64)> = sample
         .par_iter()
@@ -652,7 +652,7 @@ fn bn_config_check(cfg: &TrainConfig, has_bn: bool, checks: &mut Vec<Check>) {
 fn fixed_batch(
     cfg: &TrainConfig,
     ds: &Dataset,
-    norm: &model::Normalization,
+    norm: &crate::layout::Normalization,
     opts: &DoctorOptions,
 ) -> Result<data::Batch> {
     let n = cfg.batch.clamp(1, opts.max_batch).min(ds.items.len());
@@ -702,11 +702,11 @@ fn overfit<M: SegModel>(
 ) -> (Vec<f64>, M, Vec<String>) {
     let mut cfg = cfg.clone();
     cfg.lr = Some(lr);
-    let mut optim = train::make_optimizer(&cfg);
+    let mut optim = crate::setup::make_optimizer(&cfg);
     let mut model = model;
     let (mut losses, mut zero) = (vec![], vec![]);
     for step in 0..steps {
-        let (x, y) = train::batch_tensors(batch, device);
+        let (x, y) = crate::tensors::batch_tensors(batch, device);
         let loss = loss::compute(&cfg.loss, model.logits(x), y, cfg.class_weights.as_deref());
         let value = loss.clone().into_scalar::<f32>() as f64;
         losses.push(value);
@@ -775,21 +775,21 @@ fn training_checks<M: SegModel>(
     let device = model::cpu_device().autodiff();
     device.seed(cfg.seed);
     let batch = fixed_batch(cfg, ds, &ckpt.normalization, opts)?;
-    let start: M = train::build_model(cfg, ckpt, model_classes, &device)?;
+    let start: M = crate::setup::build_model(cfg, ckpt, model_classes, &device)?;
 
     // Trainable parameters.
-    let count = train::parameter_counts(&start);
+    let count = crate::setup::parameter_counts(&start);
     checks.push(check(
         "model.trainable",
         if count.0 == 0 { Status::Fail } else { Status::Pass },
-        format!("{} of {} parameters trainable ({})", count.0, count.1, train::freeze_flags(&cfg.freeze)),
+        format!("{} of {} parameters trainable ({})", count.0, count.1, config::freeze_flags(&cfg.freeze)),
         if count.0 == 0 { "nothing can learn: unfreeze something" } else { "" },
         &[],
     ));
 
     // BN statistics at their initial values.
     let has_bn = ckpt.info.has_batchnorm();
-    let at_init = has_bn && train::bn_statistics_at_init(&start);
+    let at_init = has_bn && crate::setup::bn_statistics_at_init(&start);
     checks.push(match (cfg.bn, at_init) {
         _ if !has_bn => check("bn.statistics", Status::Pass, NO_BATCHNORM, "", &[]),
         (BnMode::Frozen, true) => check(
@@ -806,7 +806,7 @@ fn training_checks<M: SegModel>(
 
     // Initial loss against ln(C).
     let ce = LossSpec::default();
-    let (x, y) = train::batch_tensors(&batch, &device);
+    let (x, y) = crate::tensors::batch_tensors(&batch, &device);
     let initial = loss::compute(&ce, start.logits(x), y, None).into_scalar::<f32>() as f64;
     let ln_c = (cfg.classes as f64).ln();
     let ratio = initial / ln_c;
@@ -838,7 +838,7 @@ fn training_checks<M: SegModel>(
     // so a batch whose loss falls only because one class is left (binary 0/255 masks) fails.
     let before = bn_stats(&start);
     let (losses, trained, zero) = overfit(cfg, start.clone(), &batch, &device, cfg.base_lr(), opts.steps);
-    let x = train::batch_tensors(&batch, &device).0;
+    let x = crate::tensors::batch_tensors(&batch, &device).0;
     let start_classes = per_class_loss(start.logits(x.clone()), &batch.masks, cfg.classes);
     let classes_fall = |m: &M| {
         let after = per_class_loss(m.logits(x.clone()), &batch.masks, cfg.classes);
@@ -961,11 +961,11 @@ fn training_checks<M: SegModel>(
     ));
 
     // Train-mode versus eval-mode loss on the same batch after those steps.
-    let (x, y) = train::batch_tensors(&batch, &device);
+    let (x, y) = crate::tensors::batch_tensors(&batch, &device);
     let train_loss = loss::compute(&ce, trained.logits(x), y, None).into_scalar::<f32>() as f64;
     let eval_model = trained.valid();
     let cpu = model::cpu_device();
-    let (x, y) = train::batch_tensors(&batch, &cpu);
+    let (x, y) = crate::tensors::batch_tensors(&batch, &cpu);
     let eval_loss = loss::compute(&ce, eval_model.logits(x), y, None).into_scalar::<f32>() as f64;
     let gap = eval_loss / train_loss.max(1e-6);
     // A ratio alone misleads once the batch is overfit (0.03 against 0.6 is 20x, yet eval mode
@@ -1060,7 +1060,7 @@ fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
     }
     let suggested_command = (!flags.is_empty()).then(|| {
         let has = |k: &str| flags.iter().any(|f| f.starts_with(k));
-        let path = |p: &Path| train::shell_word(&p.display().to_string());
+        let path = |p: &Path| config::shell_word(&p.display().to_string());
         let mut cmd = format!("segtune train --model {} --data {} --out RUN_DIR", cfg.model, path(&cfg.data));
         if let Some(w) = &cfg.weights {
             cmd += &format!(" --weights {}", path(w));
@@ -1069,7 +1069,7 @@ fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
             cmd += &format!(" --layout {}", format!("{:?}", cfg.dataset.layout).to_lowercase());
         }
         if !cfg.dataset.label_map.is_identity() && !has("--label-map") {
-            cmd += &format!(" --label-map {}", train::shell_word(&cfg.dataset.label_map.to_string()));
+            cmd += &format!(" --label-map {}", config::shell_word(&cfg.dataset.label_map.to_string()));
         }
         if let Some(f) = &cfg.dataset.class_names {
             cmd += &format!(" --class-names {}", path(f));
@@ -1086,10 +1086,10 @@ fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
         }
         // The rest of the user's recipe, unchanged by the fixes.
         cmd += &format!(" --crop {} --epochs {}", cfg.crop, cfg.epochs);
-        if !has("--freeze") && cfg.freeze.iter().any(|f| *f != train::Freeze::None) {
-            cmd += &format!(" {}", train::freeze_flags(&cfg.freeze));
+        if !has("--freeze") && cfg.freeze.iter().any(|f| *f != config::Freeze::None) {
+            cmd += &format!(" {}", config::freeze_flags(&cfg.freeze));
         }
-        if cfg.optimizer == train::OptimizerKind::Adamw {
+        if cfg.optimizer == config::OptimizerKind::Adamw {
             cmd += " --optimizer adamw";
         }
         if cfg.loss != crate::loss::LossSpec::default() && !has("--loss") {

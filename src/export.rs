@@ -3,7 +3,6 @@
 //! apart, resizing the classifier for a new class count, adding segtune's metadata, and proving
 //! the file with onnxruntime before it is written (atomically).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::store::burn_pack::Reader;
@@ -11,9 +10,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, Layout};
-use crate::onnx::{self, IdentityResolver, ModelProto, TensorProto};
+use crate::onnx::{self};
+use crate::rundir::{EpochMetrics, RunDir};
 use crate::runtime::OrtModel;
-use crate::train::{self, RunDir};
 
 /// What `segtune export` did.
 #[derive(Debug, Clone, Serialize)]
@@ -49,22 +48,9 @@ impl std::fmt::Display for ExportReport {
     }
 }
 
-fn f32_bytes(t: &TensorProto, dir: Option<&Path>) -> Result<Vec<u8>, String> {
-    Ok(onnx::tensor_f32(t, dir)?.iter().flat_map(|v| v.to_le_bytes()).collect())
-}
-
-fn set_data(t: &mut TensorProto, dims: &[usize], bytes: Vec<u8>) {
-    t.dims = dims.iter().map(|&d| d as i64).collect();
-    t.data_type = Some(onnx::DATA_TYPE_FLOAT);
-    t.float_data.clear();
-    t.raw_data = Some(bytes);
-    t.data_location = None;
-    t.external_data.clear();
-}
-
 /// `segtune export RUN_DIR --out FILE.onnx`.
 pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
-    let cfg = train::load_config(run_dir)?;
+    let cfg = crate::rundir::load_config(run_dir)?;
     let ckpt_dir = RunDir(run_dir.to_path_buf())
         .latest_checkpoint()
         .ok_or_else(|| Error::bad_file(run_dir, "expected a run with at least one checkpoint, found none"))?;
@@ -79,11 +65,12 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
     let pack_path = ckpt_dir.join("model.bpk");
     let pack = Reader::from_file(&pack_path)
         .map_err(|e| Error::bad_file(&pack_path, format!("expected a burnpack: {e:?}")))?;
-    let trained = tensors_by_name(pack.into_tensors().map_err(|e| Error::bad_file(&pack_path, format!("{e:?}")))?);
+    let trained =
+        crate::graph::tensors_by_name(pack.into_tensors().map_err(|e| Error::bad_file(&pack_path, format!("{e:?}")))?);
 
-    let (mut proto, written, unshared) = weights_into_graph(&source, &trained, cfg.classes, &pack_path)?;
+    let (mut proto, written, unshared) = crate::graph::weights_into_graph(&source, &trained, cfg.classes, &pack_path)?;
 
-    let history: Vec<train::EpochMetrics> = std::fs::read_to_string(run_dir.join("metrics.json"))
+    let history: Vec<EpochMetrics> = std::fs::read_to_string(run_dir.join("metrics.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
@@ -168,139 +155,18 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
     })
 }
 
-/// Tensors (a burnpack's, or a module's `collect`) by burn path: shape and little-endian f32 bytes,
-/// as [`weights_into_graph`] takes them.
-pub fn tensors_by_name(tensors: Vec<burn::store::burn_pack::Tensor>) -> HashMap<String, (Vec<usize>, Vec<u8>)> {
-    tensors
-        .into_iter()
-        .map(|t| {
-            let bytes = t.to_bytes().map(|b| b.to_vec()).unwrap_or_default();
-            (t.name.clone(), (t.shape.to_vec(), bytes))
-        })
-        .collect()
-}
-
-/// The graph of `source` with `trained`'s tensors (burn path → shape and little-endian f32 bytes)
-/// written into its initializers: each parameter's slot found through the checkpoint's node map
-/// and `Identity` aliases (an alias whose trained value now differs from the tensor it shared gets
-/// an initializer of its own), the classifier and the output's class dimension resized to
-/// `classes`. `weights` names where the tensors came from, for errors. Returns the graph, the
-/// tensors written and those un-shared.
-pub fn weights_into_graph(
-    source: &Checkpoint,
-    trained: &HashMap<String, (Vec<usize>, Vec<u8>)>,
-    classes: usize,
-    weights: &Path,
-) -> Result<(ModelProto, usize, usize)> {
-    let mut proto: ModelProto = source.proto.clone();
-    let class_axis = source.normalization.layout.class_axis();
-    let source_classes = onnx::output_classes(onnx::graph(&proto), class_axis);
-    let classifier = source.info.classifier();
-    let (mut written, mut unshared) = (0, 0);
-    {
-        let g = proto.graph.as_mut().expect("decoded models have a graph");
-        // Per parameter: its node in this graph, the input slot, and the initializer it reads
-        // (after following Identity nodes).
-        let sources: Vec<(usize, usize, String)> = {
-            let resolver = IdentityResolver::new(g);
-            source
-                .info
-                .params
-                .iter()
-                .map(|e| {
-                    let node = source.node_index(e.node);
-                    let value = &g.node[node].input[e.input];
-                    (node, e.input, resolver.resolve(value).to_string())
-                })
-                .collect()
-        };
-        let index: HashMap<String, usize> =
-            g.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), i)).collect();
-        // Pass 1: parameters that read their initializer directly; pass 2: Identity aliases,
-        // which keep sharing only while their trained value equals the shared one.
-        for pass in 0..2 {
-            for (e, (node, input, init)) in source.info.params.iter().zip(&sources) {
-                let value = g.node[*node].input[*input].clone();
-                let direct = &value == init;
-                if direct != (pass == 0) {
-                    continue;
-                }
-                let Some((dims, bytes)) = trained.get(e.burn) else {
-                    return Err(Error::bad_file(
-                        weights,
-                        format!(
-                            "expected tensor {} of {}, found none: the run does not match the ONNX",
-                            e.burn, source.info.name
-                        ),
-                    ));
-                };
-                let slot = index[init.as_str()];
-                let old_dims: Vec<usize> = g.initializer[slot].dims.iter().map(|&d| d as usize).collect();
-                let class_head = classifier.contains(&e.burn);
-                if *dims != old_dims && !(class_head && dims[1..] == old_dims[1..]) {
-                    return Err(Error::bad_file(
-                        weights,
-                        format!(
-                            "tensor {} has shape {dims:?}, the ONNX initializer {init:?} {old_dims:?}: the run does not match the ONNX",
-                            e.burn
-                        ),
-                    ));
-                }
-                if direct {
-                    set_data(&mut g.initializer[slot], dims, bytes.clone());
-                } else {
-                    let shared =
-                        f32_bytes(&g.initializer[slot], None).map_err(|m| Error::bad_file(source.origin(), m))?;
-                    if &shared == bytes && old_dims == *dims {
-                        written += 1;
-                        continue;
-                    }
-                    let name = format!("{value}.segtune");
-                    let mut t = TensorProto { name: Some(name.clone()), ..Default::default() };
-                    set_data(&mut t, dims, bytes.clone());
-                    g.initializer.push(t);
-                    g.node[*node].input[*input] = name;
-                    unshared += 1;
-                }
-                written += 1;
-            }
-        }
-        if classes != source_classes.unwrap_or(classes) {
-            for o in &mut g.output {
-                set_class_dim(o, classes, class_axis);
-            }
-            for v in &mut g.value_info {
-                if v.name() == g.output.first().map(|o| o.name().to_string()).unwrap_or_default() {
-                    set_class_dim(v, classes, class_axis);
-                }
-            }
-        }
-    }
-    Ok((proto, written, unshared))
-}
-
-fn set_class_dim(v: &mut onnx::ValueInfoProto, classes: usize, axis: usize) {
-    use onnx::proto::{tensor_shape_proto::dimension::Value as D, type_proto::Value as T};
-    if let Some(T::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
-        && let Some(dim) = t.shape.as_mut().and_then(|s| s.dim.get_mut(axis))
-        && matches!(dim.value, Some(D::DimValue(_)))
-    {
-        dim.value = Some(D::DimValue(classes as i64));
-    }
-}
-
 /// Loads the bytes in onnxruntime and runs one small input: the export is not written unless
 /// this works and the output has `classes` channels.
 fn verify(
     bytes: &[u8],
     out: &Path,
     classes: usize,
-    norm: &crate::model::Normalization,
+    norm: &crate::layout::Normalization,
     shape: crate::runtime::InputShape,
 ) -> Result<()> {
     let mut session = OrtModel::from_bytes(bytes, &out.display().to_string(), 1)?;
     let s = shape.size.map_or(norm.size_multiple * 4, |(h, _)| h);
-    let input = crate::validate::seeded_input(shape.batch.unwrap_or(1), s, norm, 0);
+    let input = crate::tensors::seeded_input(shape.batch.unwrap_or(1), s, norm, 0);
     let logits = session.run_logits(input.view(), norm.layout)?;
     let channels = logits.shape()[1];
     if channels != classes || logits.iter().any(|v| !v.is_finite()) {

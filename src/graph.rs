@@ -1,11 +1,17 @@
-//! Editing ONNX graphs before onnxruntime runs them or segtune writes them: external data read
-//! in and written back out beside a file, and a fixed input size made symbolic.
+//! Editing ONNX graphs before onnxruntime runs them or segtune writes them: a model's weights
+//! and BatchNorm statistics written into its graph (Identity aliases un-shared, the classifier
+//! and the class dimension resized), the backbone cut out as a graph of its own, external data
+//! read in and written back out beside a file, and a fixed input size made symbolic.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::model::Layout;
-use crate::onnx::{self, ModelProto, ValueInfoProto, proto};
+use crate::error::{Error, Result as SegResult};
+use burn::store::ModuleSnapshot;
+use burn::store::burn_pack::Tensor as PackTensor;
+
+use crate::model::{Checkpoint, Layout, ModelInfo, SegModel, Split};
+use crate::onnx::{self, IdentityResolver, ModelProto, TensorProto, ValueInfoProto, proto};
 
 /// Reads every external-data initializer of `model` into its `raw_data` (from `dir`, the
 /// model's directory; locations outside it are refused). Returns whether there were any.
@@ -132,6 +138,210 @@ pub fn with_symbolic_input(model: &ModelProto, layout: Layout, batch: bool, size
     }
     g.value_info.clear();
     model
+}
+
+fn f32_bytes(t: &TensorProto, dir: Option<&Path>) -> Result<Vec<u8>, String> {
+    Ok(onnx::tensor_f32(t, dir)?.iter().flat_map(|v| v.to_le_bytes()).collect())
+}
+
+fn set_data(t: &mut TensorProto, dims: &[usize], bytes: Vec<u8>) {
+    t.dims = dims.iter().map(|&d| d as i64).collect();
+    t.data_type = Some(onnx::DATA_TYPE_FLOAT);
+    t.float_data.clear();
+    t.raw_data = Some(bytes);
+    t.data_location = None;
+    t.external_data.clear();
+}
+
+/// Tensors (a burnpack's, or a module's `collect`) by burn path: shape and little-endian f32 bytes,
+/// as [`weights_into_graph`] takes them.
+pub fn tensors_by_name(tensors: Vec<burn::store::burn_pack::Tensor>) -> HashMap<String, (Vec<usize>, Vec<u8>)> {
+    tensors
+        .into_iter()
+        .map(|t| {
+            let bytes = t.to_bytes().map(|b| b.to_vec()).unwrap_or_default();
+            (t.name.clone(), (t.shape.to_vec(), bytes))
+        })
+        .collect()
+}
+
+/// The graph of `source` with `trained`'s tensors (burn path → shape and little-endian f32 bytes)
+/// written into its initializers: each parameter's slot found through the checkpoint's node map
+/// and `Identity` aliases (an alias whose trained value now differs from the tensor it shared gets
+/// an initializer of its own), the classifier and the output's class dimension resized to
+/// `classes`. `weights` names where the tensors came from, for errors. Returns the graph, the
+/// tensors written and those un-shared.
+pub fn weights_into_graph(
+    source: &Checkpoint,
+    trained: &HashMap<String, (Vec<usize>, Vec<u8>)>,
+    classes: usize,
+    weights: &Path,
+) -> SegResult<(ModelProto, usize, usize)> {
+    let mut proto: ModelProto = source.proto.clone();
+    let class_axis = source.normalization.layout.class_axis();
+    let source_classes = onnx::output_classes(onnx::graph(&proto), class_axis);
+    let classifier = source.info.classifier();
+    let (mut written, mut unshared) = (0, 0);
+    {
+        let g = proto.graph.as_mut().expect("decoded models have a graph");
+        // Per parameter: its node in this graph, the input slot, and the initializer it reads
+        // (after following Identity nodes).
+        let sources: Vec<(usize, usize, String)> = {
+            let resolver = IdentityResolver::new(g);
+            source
+                .info
+                .params
+                .iter()
+                .map(|e| {
+                    let node = source.node_index(e.node);
+                    let value = &g.node[node].input[e.input];
+                    (node, e.input, resolver.resolve(value).to_string())
+                })
+                .collect()
+        };
+        let index: HashMap<String, usize> =
+            g.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), i)).collect();
+        // Pass 1: parameters that read their initializer directly; pass 2: Identity aliases,
+        // which keep sharing only while their trained value equals the shared one.
+        for pass in 0..2 {
+            for (e, (node, input, init)) in source.info.params.iter().zip(&sources) {
+                let value = g.node[*node].input[*input].clone();
+                let direct = &value == init;
+                if direct != (pass == 0) {
+                    continue;
+                }
+                let Some((dims, bytes)) = trained.get(e.burn) else {
+                    return Err(Error::bad_file(
+                        weights,
+                        format!(
+                            "expected tensor {} of {}, found none: the run does not match the ONNX",
+                            e.burn, source.info.name
+                        ),
+                    ));
+                };
+                let slot = index[init.as_str()];
+                let old_dims: Vec<usize> = g.initializer[slot].dims.iter().map(|&d| d as usize).collect();
+                let class_head = classifier.contains(&e.burn);
+                if *dims != old_dims && !(class_head && dims[1..] == old_dims[1..]) {
+                    return Err(Error::bad_file(
+                        weights,
+                        format!(
+                            "tensor {} has shape {dims:?}, the ONNX initializer {init:?} {old_dims:?}: the run does not match the ONNX",
+                            e.burn
+                        ),
+                    ));
+                }
+                if direct {
+                    set_data(&mut g.initializer[slot], dims, bytes.clone());
+                } else {
+                    let shared =
+                        f32_bytes(&g.initializer[slot], None).map_err(|m| Error::bad_file(source.origin(), m))?;
+                    if &shared == bytes && old_dims == *dims {
+                        written += 1;
+                        continue;
+                    }
+                    let name = format!("{value}.segtune");
+                    let mut t = TensorProto { name: Some(name.clone()), ..Default::default() };
+                    set_data(&mut t, dims, bytes.clone());
+                    g.initializer.push(t);
+                    g.node[*node].input[*input] = name;
+                    unshared += 1;
+                }
+                written += 1;
+            }
+        }
+        if classes != source_classes.unwrap_or(classes) {
+            for o in &mut g.output {
+                set_class_dim(o, classes, class_axis);
+            }
+            for v in &mut g.value_info {
+                if v.name() == g.output.first().map(|o| o.name().to_string()).unwrap_or_default() {
+                    set_class_dim(v, classes, class_axis);
+                }
+            }
+        }
+    }
+    Ok((proto, written, unshared))
+}
+
+fn set_class_dim(v: &mut onnx::ValueInfoProto, classes: usize, axis: usize) {
+    use onnx::proto::{tensor_shape_proto::dimension::Value as D, type_proto::Value as T};
+    if let Some(T::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        && let Some(dim) = t.shape.as_mut().and_then(|s| s.dim.get_mut(axis))
+        && matches!(dim.value, Some(D::DimValue(_)))
+    {
+        dim.value = Some(D::DimValue(classes as i64));
+    }
+}
+
+/// The backbone of `info`'s graph as an ONNX model of its own: the nodes that compute
+/// `split.boundary`, which become its outputs, with the weights and BN statistics of `model`
+/// (each backbone slot gets an initializer of its own, so tensors an `Identity` shared in the
+/// reference graph but that differ in `model` stay apart).
+pub fn backbone_onnx<M: SegModel>(model: &M, info: &ModelInfo, split: &Split) -> SegResult<Vec<u8>> {
+    use onnx::proto::{TypeProto, type_proto};
+    use prost::Message;
+    let mut proto = info.reference()?;
+    let g = proto.graph.as_mut().expect("decoded models have a graph");
+    // The nodes the boundary values need.
+    let producer: HashMap<&str, usize> =
+        g.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
+    let mut keep = vec![false; g.node.len()];
+    let mut stack: Vec<usize> = split.boundary.iter().filter_map(|b| producer.get(b).copied()).collect();
+    if stack.len() != split.boundary.len() {
+        return Err(Error::CheckFailed(format!(
+            "{}: a backbone output of {:?} has no node",
+            info.name, split.boundary
+        )));
+    }
+    while let Some(i) = stack.pop() {
+        if !std::mem::replace(&mut keep[i], true) {
+            stack.extend(g.node[i].input.iter().filter_map(|v| producer.get(v.as_str()).copied()));
+        }
+    }
+    // Their weights and statistics from `model`.
+    let tensors: HashMap<String, PackTensor> =
+        model.collect(None, None, false).into_iter().map(|t| (t.name.clone(), t)).collect();
+    for (i, e) in info.params.iter().enumerate().filter(|(_, e)| keep[e.node]) {
+        let Some(t) = tensors.get(e.burn) else {
+            return Err(Error::CheckFailed(format!("{}: the model has no tensor {}", info.name, e.burn)));
+        };
+        let name = format!("segtune.backbone.{i}");
+        let dims = t.shape.iter().map(|&d| d as i64).collect();
+        let raw = t.to_bytes().expect("in-memory tensors always have bytes").to_vec();
+        g.initializer.push(TensorProto {
+            name: Some(name.clone()),
+            dims,
+            data_type: Some(onnx::DATA_TYPE_FLOAT),
+            raw_data: Some(raw),
+            ..Default::default()
+        });
+        g.node[e.node].input[e.input] = name;
+    }
+    let nodes = std::mem::take(&mut g.node);
+    g.node = nodes.into_iter().zip(keep).filter(|(_, k)| *k).map(|(n, _)| n).collect();
+    let used: std::collections::HashSet<&str> =
+        g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let initializers = std::mem::take(&mut g.initializer);
+    g.initializer = initializers.into_iter().filter(|t| used.contains(t.name())).collect();
+    g.value_info.clear();
+    let float = TypeProto {
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+            elem_type: Some(onnx::DATA_TYPE_FLOAT),
+            shape: None,
+        })),
+        ..Default::default()
+    };
+    g.output = split
+        .boundary
+        .iter()
+        .map(|b| onnx::ValueInfoProto { name: Some(b.to_string()), r#type: Some(float.clone()), ..Default::default() })
+        .collect();
+    // The image at any batch and size (a fixed-size export declares one; its backbone computes
+    // nothing from it).
+    let layout =
+        crate::layout::Normalization::from_metadata(&onnx::metadata(&proto)).map_or(Layout::Nchw, |n| n.layout);
+    Ok(crate::graph::with_symbolic_input(&proto, layout, true, true).encode_to_vec())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use ndarray::s;
 use rayon::prelude::*;
 
 use crate::data::mean_pixel;
-use crate::model::{Layout, Normalization};
+use crate::layout::{Layout, Normalization};
 
 /// Scales `image` to fit a `box_w × box_h` box, keeping its aspect ratio, and pads it with the
 /// mean: to the whole box when `pad_to_box`, else each side to the model's size multiple.

@@ -18,7 +18,7 @@ use crate::data::{self, load_image, voc_palette};
 use crate::error::{Error, Result};
 use crate::glob::glob_match;
 use crate::imaging::{letterbox, normalize_into, upsample_argmax};
-use crate::model::Layout;
+use crate::layout::Layout;
 use crate::runtime::{OpenedModel, OrtOutput};
 
 /// File extensions taken from folders and globs.

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::backbone;
 use crate::error::Result;
-use crate::model::{Checkpoint, Normalization};
+use crate::layout::Normalization;
+use crate::model::Checkpoint;
 use crate::onnx::{self, GraphProto, IdentityResolver, Inspection, ModelProto};
 
 /// The backbone [`backbone::find`] and [`backbone::cut`] find in a graph.

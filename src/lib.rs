@@ -1,8 +1,22 @@
 //! segtune: fine-tune and deploy DeepLabv3+ semantic-segmentation models through ONNX.
 //!
-//! Pipeline stages, one module each: [`model`] (build-time import, parameter map, checkpoints),
-//! [`onnx`] (protobuf reading and inspection), [`runtime`] (onnxruntime), [`validate`] (parity
-//! against onnxruntime). `main.rs` only parses the command line and dispatches here.
+//! The commands, side by side, each on the layers below and none on another (demo runs the
+//! others in order, as a user would): [`train`], [`export`], [`validate`] (also `parity`),
+//! [`infer`], [`inspect`], [`doctor`], [`demo`]. `main.rs` only parses and dispatches.
+//!
+//! The layers:
+//! - [`config`]: a run's configuration, the train/doctor flags in one with their defaults;
+//! - [`rundir`]: a run's directory (config.json, checkpoints, metrics, the trained model);
+//! - [`setup`]: the model a run trains (freezing, a new classifier, BatchNorm, optimizer, schedule);
+//! - [`model`]: the compiled-in models, parameter map, architecture matching, checkpoints, BatchNorm;
+//! - [`backbone`]: which part of a graph is the backbone and where it is cut (shared with build.rs);
+//! - [`onnx`]: ONNX files, tensor data, graph facts; [`graph`]: ONNX graph editing;
+//! - [`runtime`]: onnxruntime (the library, sessions, the sizes a graph runs at, opened models);
+//! - [`device`]: the burn device and what a GPU needs;
+//! - [`data`]: dataset layouts, masks, synth, transforms, the loader; [`labels`]: label maps and
+//!   class lists; [`layout`]: tensor layout and normalization; [`imaging`]: letterbox, resize,
+//!   upsampled argmax; [`tensors`]: tensor and array helpers; [`rng`]: the seeded RNG;
+//! - [`loss`], [`metrics`], [`plots`], [`glob`], [`error`].
 
 pub mod backbone;
 pub mod config;
@@ -18,11 +32,17 @@ pub mod imaging;
 pub mod infer;
 pub mod inspect;
 pub mod labels;
+pub mod layout;
 pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod onnx;
+pub mod plots;
+pub mod rng;
+pub mod rundir;
 pub mod runtime;
+pub mod setup;
+pub mod tensors;
 pub mod train;
 pub mod validate;
 

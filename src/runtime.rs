@@ -11,7 +11,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
 use crate::error::{Error, Result};
-use crate::model::{Layout, Normalization};
+use crate::layout::{Layout, Normalization};
 use crate::onnx::ModelProto;
 
 /// The onnxruntime release segtune provisions (ort's `api-30` works with 1.30 and later).

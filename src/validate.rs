@@ -3,13 +3,14 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor, TensorData};
-use ndarray::{Array4, ArrayView4};
+use ndarray::Array4;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::{Checkpoint, Layout, Normalization, SegModel};
+use crate::layout::{Layout, Normalization};
+use crate::model::{Checkpoint, SegModel};
 use crate::runtime::OrtModel;
+pub use crate::tensors::{compare_logits, seeded_input, to_array, to_tensor};
 
 /// What `segtune parity` measures.
 #[derive(Debug, Clone, Serialize)]
@@ -52,65 +53,6 @@ pub fn check_size(size: usize, norm: &Normalization) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// A deterministic batch of images in [0, 1], normalized for the model: `[N, 3, S, S]` (NCHW) or
-/// `[N, S, S, 3]` (NHWC). splitmix64 keeps it identical on every platform.
-pub fn seeded_input(batch: usize, size: usize, norm: &Normalization, seed: u64) -> Array4<f32> {
-    let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    };
-    let nchw = Array4::from_shape_fn((batch, 3, size, size), |(_, c, _, _)| (next() - norm.mean[c]) / norm.std[c]);
-    match norm.layout {
-        Layout::Nchw => nchw,
-        Layout::Nhwc => nchw.permuted_axes([0, 2, 3, 1]).as_standard_layout().to_owned(),
-    }
-}
-
-/// Converts an ndarray batch to a burn tensor on `device`.
-pub fn to_tensor(a: ArrayView4<'_, f32>, device: &Device) -> Tensor<4> {
-    let shape = a.shape().to_vec();
-    let data: Vec<f32> = a.iter().copied().collect();
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
-
-/// Converts a burn tensor to an ndarray batch.
-pub fn to_array(t: Tensor<4>) -> Array4<f32> {
-    let dims = t.dims();
-    let data = t.into_data().try_into_vec::<f32>().expect("float tensor");
-    Array4::from_shape_vec((dims[0], dims[1], dims[2], dims[3]), data).expect("dims match data")
-}
-
-/// Max |Δ|, mean |Δ| and argmax agreement (over axis 1) of two logit batches of equal shape.
-pub fn compare_logits(a: &Array4<f32>, b: &Array4<f32>) -> (f32, f32, f64) {
-    assert_eq!(a.shape(), b.shape(), "logit shapes differ");
-    let (mut max, mut sum) = (0f32, 0f64);
-    for (x, y) in a.iter().zip(b.iter()) {
-        let d = (x - y).abs();
-        max = if d.is_nan() { f32::INFINITY } else { max.max(d) };
-        sum += d as f64;
-    }
-    let (n, c, h, w) = a.dim();
-    let argmax = |t: &Array4<f32>, i: usize, y: usize, x: usize| {
-        (0..c)
-            .fold((0, f32::NEG_INFINITY), |best, k| if t[[i, k, y, x]] > best.1 { (k, t[[i, k, y, x]]) } else { best })
-            .0
-    };
-    let mut agree = 0usize;
-    for i in 0..n {
-        for y in 0..h {
-            for x in 0..w {
-                agree += (argmax(a, i, y, x) == argmax(b, i, y, x)) as usize;
-            }
-        }
-    }
-    let pixels = (n * h * w).max(1);
-    (max, (sum / a.len().max(1) as f64) as f32, agree as f64 / pixels as f64)
 }
 
 /// Settings of `segtune parity`.
@@ -397,7 +339,7 @@ pub fn validate_onnx_with(
                 let batch = batch?;
                 let input = Array4::from_shape_vec(batch_shape(&batch), batch.images.clone()).expect("batch shape");
                 let logits = ort.run_logits(input.view(), batch.layout)?;
-                let pred = argmax_nchw(&logits);
+                let pred = crate::tensors::argmax_classes(logits.view());
                 score(input, logits, &batch.masks, pred)?;
             }
         }
@@ -459,38 +401,17 @@ pub fn batch_shape(batch: &crate::data::Batch) -> (usize, usize, usize, usize) {
     }
 }
 
-/// Class index per pixel of `[N, C, H, W]` logits, in `[N, H, W]` order.
-pub fn argmax_nchw(logits: &Array4<f32>) -> Vec<u8> {
-    let (n, c, h, w) = logits.dim();
-    let mut out = Vec::with_capacity(n * h * w);
-    for i in 0..n {
-        for y in 0..h {
-            for x in 0..w {
-                let mut best = (0usize, f32::NEG_INFINITY);
-                for k in 0..c {
-                    let v = logits[[i, k, y, x]];
-                    if v > best.1 {
-                        best = (k, v);
-                    }
-                }
-                out.push(best.0 as u8);
-            }
-        }
-    }
-    out
-}
-
 /// The run's burn model (CPU) on the same inputs as onnxruntime: max |Δ| ≤ 1e-4 and argmax
 /// agreement ≥ 99.99 % pass.
 fn export_parity(run: &std::path::Path, pairs: &[(Array4<f32>, Array4<f32>)]) -> Result<ExportParity> {
-    let cfg = crate::train::load_config(run)?;
+    let cfg = crate::rundir::load_config(run)?;
     let info = crate::model::find(&cfg.model)?;
     struct Go<'a>(&'a std::path::Path, &'a [(Array4<f32>, Array4<f32>)]);
     impl crate::model::ModelFn for Go<'_> {
         type Output = Result<(f32, f64)>;
         fn call<M: SegModel>(self) -> Self::Output {
             let device = crate::model::cpu_device();
-            let model: M = crate::train::load_trained(self.0, &device)?;
+            let model: M = crate::rundir::load_trained(self.0, &device)?;
             let (mut max, mut agree, mut total) = (0f32, 0f64, 0f64);
             for (input, ort) in self.1 {
                 let burn = to_array(model.logits(to_tensor(input.view(), &device)));

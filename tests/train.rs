@@ -370,10 +370,10 @@ fn adamw_with_warmup_and_gradient_clipping_trains() {
     let (first, last) = (s.history[0].train_loss, s.history[2].train_loss);
     assert!(last < first, "AdamW: train loss {first:.4} -> {last:.4}");
     // Warmup then poly: step 0 at lr/2, step 1 at lr, then decaying to 0 at the end.
-    assert!((train::learning_rate(&cfg, 0, 6) - 5e-4).abs() < 1e-12);
-    assert!((train::learning_rate(&cfg, 1, 6) - 1e-3).abs() < 1e-12);
-    assert!((train::learning_rate(&cfg, 3, 6) - 1e-3 * 0.5f64.powf(0.9)).abs() < 1e-12);
-    assert!(train::learning_rate(&cfg, 6, 6).abs() < 1e-12);
+    assert!((segtune::setup::learning_rate(&cfg, 0, 6) - 5e-4).abs() < 1e-12);
+    assert!((segtune::setup::learning_rate(&cfg, 1, 6) - 1e-3).abs() < 1e-12);
+    assert!((segtune::setup::learning_rate(&cfg, 3, 6) - 1e-3 * 0.5f64.powf(0.9)).abs() < 1e-12);
+    assert!(segtune::setup::learning_rate(&cfg, 6, 6).abs() < 1e-12);
 }
 
 #[test]

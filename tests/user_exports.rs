@@ -463,9 +463,9 @@ fn a_freeze_glob_that_matches_nothing_is_refused_before_anything_is_written() {
     // Two rules freeze their union: the backbone and the ASPP.
     let mut cfg = config(&FORMS[1], &data);
     let ckpt = Checkpoint::open(Some(CANONICAL), cfg.weights.as_deref()).unwrap();
-    let backbone = train::frozen_paths(&cfg, &ckpt).unwrap();
+    let backbone = segtune::setup::frozen_paths(&cfg, &ckpt).unwrap();
     cfg.freeze.push(Freeze::Glob("m.decoder.aspp.*".into()));
-    let both = train::frozen_paths(&cfg, &ckpt).unwrap();
+    let both = segtune::setup::frozen_paths(&cfg, &ckpt).unwrap();
     assert!(both.is_superset(&backbone) && both.len() > backbone.len());
 }
 

@@ -250,7 +250,8 @@ impl segtune::model::SplitFn for HeadCheck {
     type Output = Vec<[usize; 4]>;
     fn call<M: segtune::model::SegModel, H: segtune::model::Trainee>(self) -> Vec<[usize; 4]> {
         use burn::tensor::{Tensor, TensorData};
-        use segtune::model::{Checkpoint, backbone_onnx, cpu_device, transfer};
+        use segtune::graph::backbone_onnx;
+        use segtune::model::{Checkpoint, cpu_device, transfer};
         use segtune::validate::{compare_logits, seeded_input, to_array, to_tensor};
 
         let info = self.0;
