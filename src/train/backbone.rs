@@ -51,7 +51,7 @@ pub(super) struct OrtBackbone {
 }
 
 /// A frozen backbone's outputs for one batch, as onnxruntime gives them: `(shape, values)` each.
-type BackboneOutputs = Vec<(Vec<usize>, Vec<f32>)>;
+pub(super) type BackboneOutputs = Vec<(Vec<usize>, Vec<f32>)>;
 
 impl OrtBackbone {
     pub(super) fn new<M: SegModel>(model: &M, info: &ModelInfo, split: &model::Split) -> Result<Self> {
