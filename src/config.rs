@@ -270,6 +270,58 @@ impl TrainConfig {
         TrainConfig { data, ..Default::default() }
     }
 
+    /// The recipe as `segtune train` flags: `--model`, `--data`, `--classes`, `--batch`, `--lr`,
+    /// `--bn`, `--crop`, `--epochs` always, every other flag where it differs from its default,
+    /// paths and globs quoted for a POSIX shell. Each is `(flag, "flag value")`.
+    pub fn flags(&self) -> Vec<(&'static str, String)> {
+        let d = TrainConfig::default();
+        let path = |p: &std::path::Path| shell_word(&p.display().to_string());
+        let lower = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+        let mut f: Vec<(&'static str, String)> = vec![
+            ("--model", self.model.clone()),
+            ("--data", path(&self.data)),
+            ("--classes", self.classes.to_string()),
+            ("--batch", self.batch.to_string()),
+            ("--lr", format!("{:e}", self.base_lr())),
+            ("--bn", lower(&self.bn)),
+            ("--crop", self.crop.to_string()),
+            ("--epochs", self.epochs.to_string()),
+        ];
+        let mut differs = |flag: &'static str, changed: bool, value: String| {
+            if changed {
+                f.push((flag, value));
+            }
+        };
+        differs("--weights", self.weights.is_some(), self.weights.as_deref().map(path).unwrap_or_default());
+        differs("--layout", self.dataset.layout != d.dataset.layout, lower(&self.dataset.layout));
+        differs("--label-map", !self.dataset.label_map.is_identity(), shell_word(&self.dataset.label_map.to_string()));
+        let names = self.dataset.class_names.as_deref().map(path).unwrap_or_default();
+        differs("--class-names", self.dataset.class_names.is_some(), names);
+        differs("--train-split", self.train_split != d.train_split, shell_word(&self.train_split));
+        differs("--val-split", self.val_split != d.val_split, shell_word(&self.val_split));
+        differs("--optimizer", self.optimizer != d.optimizer, lower(&self.optimizer));
+        differs("--momentum", self.momentum != d.momentum, self.momentum.to_string());
+        differs("--weight-decay", self.weight_decay != d.weight_decay, self.weight_decay.to_string());
+        differs("--poly-power", self.poly_power != d.poly_power, self.poly_power.to_string());
+        differs("--warmup", self.warmup_steps != d.warmup_steps, self.warmup_steps.to_string());
+        differs("--grad-clip", self.grad_clip.is_some(), self.grad_clip.map(|g| g.to_string()).unwrap_or_default());
+        differs("--loss", self.loss != d.loss, shell_word(&self.loss.to_string()));
+        let weights =
+            self.class_weights.as_ref().map(|w| w.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","));
+        differs("--class-weights", weights.is_some(), weights.clone().unwrap_or_default());
+        differs("--device", self.device != d.device, lower(&self.device));
+        differs("--backbone-runtime", self.backbone_runtime != d.backbone_runtime, lower(&self.backbone_runtime));
+        differs("--seed", self.seed != d.seed, self.seed.to_string());
+        differs("--scale", self.scale != d.scale, self.scale.to_string());
+        if !self.flip {
+            f.push(("--no-flip", String::new()));
+        }
+        for rule in self.freeze.iter().filter(|r| **r != Freeze::None) {
+            f.push(("--freeze", shell_word(&rule.to_string())));
+        }
+        f
+    }
+
     /// The base learning rate: `lr`, else the optimizer's default.
     pub fn base_lr(&self) -> f64 {
         self.lr.unwrap_or(self.optimizer.default_lr())

@@ -41,10 +41,112 @@ impl fmt::Display for Status {
     }
 }
 
+/// Each check the doctor runs: typed, so a misspelt name cannot drop a check out of the ranking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckId {
+    LabelsHistogram,
+    LabelsFormat,
+    LabelsBinary,
+    LabelsEncoding,
+    LabelsZeroLabel,
+    LabelsRange,
+    LabelsIgnore,
+    LabelsCoverage,
+    LabelsBalance,
+    ImagesFormat,
+    ImagesNormalization,
+    ModelSoftmax,
+    ModelClasses,
+    ModelTrainable,
+    BnBatch,
+    BnStatistics,
+    LossInitial,
+    TrainOverfit,
+    TrainGradients,
+    BnDrift,
+    BnTrainEvalGap,
+}
+
+impl CheckId {
+    /// The dotted name the report prints (`labels.range`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckId::LabelsHistogram => "labels.histogram",
+            CheckId::LabelsFormat => "labels.format",
+            CheckId::LabelsBinary => "labels.binary",
+            CheckId::LabelsEncoding => "labels.encoding",
+            CheckId::LabelsZeroLabel => "labels.zero_label",
+            CheckId::LabelsRange => "labels.range",
+            CheckId::LabelsIgnore => "labels.ignore",
+            CheckId::LabelsCoverage => "labels.coverage",
+            CheckId::LabelsBalance => "labels.balance",
+            CheckId::ImagesFormat => "images.format",
+            CheckId::ImagesNormalization => "images.normalization",
+            CheckId::ModelSoftmax => "model.softmax",
+            CheckId::ModelClasses => "model.classes",
+            CheckId::ModelTrainable => "model.trainable",
+            CheckId::BnBatch => "bn.batch",
+            CheckId::BnStatistics => "bn.statistics",
+            CheckId::LossInitial => "loss.initial",
+            CheckId::TrainOverfit => "train.overfit",
+            CheckId::TrainGradients => "train.gradients",
+            CheckId::BnDrift => "bn.drift",
+            CheckId::BnTrainEvalGap => "bn.train_eval_gap",
+        }
+    }
+
+    /// Where a check that did not pass ranks among the causes, most likely first: a label
+    /// encoding or image problem makes every later measurement meaningless, then BatchNorm and
+    /// the model, then what training shows, then the data's balance.
+    fn rank(self) -> usize {
+        match self {
+            CheckId::LabelsFormat => 0,
+            CheckId::LabelsBinary => 1,
+            CheckId::LabelsEncoding => 2,
+            CheckId::LabelsZeroLabel => 3,
+            CheckId::LabelsRange => 4,
+            CheckId::ImagesFormat => 5,
+            CheckId::BnBatch => 6,
+            CheckId::BnStatistics => 7,
+            CheckId::ModelSoftmax => 8,
+            CheckId::TrainOverfit => 9,
+            CheckId::BnTrainEvalGap => 10,
+            CheckId::ModelTrainable => 11,
+            CheckId::LossInitial => 12,
+            CheckId::ImagesNormalization => 13,
+            CheckId::LabelsBalance => 14,
+            CheckId::LabelsCoverage => 15,
+            CheckId::LabelsHistogram => 16,
+            CheckId::LabelsIgnore => 16,
+            CheckId::ModelClasses => 16,
+            CheckId::TrainGradients => 16,
+            CheckId::BnDrift => 16,
+        }
+    }
+}
+
+impl fmt::Display for CheckId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for CheckId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl PartialEq<&str> for CheckId {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
-    pub name: String,
+    pub name: CheckId,
     pub status: Status,
     /// What was measured.
     pub measured: String,
@@ -55,9 +157,9 @@ pub struct Check {
     pub flags: Vec<String>,
 }
 
-fn check(name: &str, status: Status, measured: impl Into<String>, fix: impl Into<String>, flags: &[&str]) -> Check {
+fn check(name: CheckId, status: Status, measured: impl Into<String>, fix: impl Into<String>, flags: &[&str]) -> Check {
     Check {
-        name: name.to_string(),
+        name,
         status,
         measured: measured.into(),
         fix: fix.into(),
@@ -83,9 +185,9 @@ impl DoctorReport {
 
 impl fmt::Display for DoctorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
+        let width = self.checks.iter().map(|c| c.name.name().len()).max().unwrap_or(10);
         for c in &self.checks {
-            writeln!(f, "{}  {:<width$}  {}", c.status, c.name, c.measured)?;
+            writeln!(f, "{}  {:<width$}  {}", c.status, c.name.name(), c.measured)?;
             if !c.fix.is_empty() {
                 writeln!(f, "      {:<width$}  fix: {}", "", c.fix)?;
             }
@@ -240,7 +342,7 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
             .join(", ")
     };
     checks.push(check(
-        "labels.histogram",
+        CheckId::LabelsHistogram,
         Status::Pass,
         format!("train [{}]; val [{}]", hist(train), hist(val)),
         "",
@@ -274,7 +376,7 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
             })
             .collect();
         checks.push(check(
-            "labels.format",
+            CheckId::LabelsFormat,
             Status::Fail,
             format!("{} masks store RGB colours instead of class indices: {}", colour.len(), first_names(&colour, 3)),
             format!(
@@ -286,7 +388,7 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
     } else if !one_hot.is_empty() {
         usable = false;
         checks.push(check(
-            "labels.format",
+            CheckId::LabelsFormat,
             Status::Fail,
             format!("{} masks are one-hot or multi-channel (one channel per class): {}", one_hot.len(), first_names(&one_hot, 3)),
             "store one channel holding the class index of each pixel (the argmax over the one-hot channels), 255 where ignored",
@@ -294,7 +396,7 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
         ));
     } else {
         checks.push(check(
-            "labels.format",
+            CheckId::LabelsFormat,
             Status::Pass,
             format!("{} single-channel index masks", train.masks + val.masks),
             "",
@@ -305,7 +407,7 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
     let bad: Vec<&(String, u16)> = train.out_of_range.iter().chain(&val.out_of_range).collect();
     if bad.is_empty() {
         checks.push(check(
-            "labels.range",
+            CheckId::LabelsRange,
             Status::Pass,
             format!("all values in [0, {}) or {IGNORE_INDEX}", cfg.classes),
             "",
@@ -318,7 +420,7 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
         let max = values.iter().max().copied().unwrap_or(0);
         let flag = format!("--classes {}", max + 1);
         checks.push(Check {
-            name: "labels.range".into(),
+            name: CheckId::LabelsRange,
             status: Status::Fail,
             measured: format!(
                 "values {values:?} outside [0, {}) and not {IGNORE_INDEX}, in {} files: {}",
@@ -339,7 +441,7 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
         |s: &SplitScan| *s.histogram.get(&(IGNORE_INDEX as u16)).unwrap_or(&0) as f64 / s.pixels.max(1) as f64;
     let (ti, vi) = (ignored(train), ignored(val));
     checks.push(check(
-        "labels.ignore",
+        CheckId::LabelsIgnore,
         if ti.max(vi) > 0.5 { Status::Warn } else { Status::Pass },
         format!("{:.1}% of train and {:.1}% of val pixels are {IGNORE_INDEX} (ignored)", ti * 100.0, vi * 100.0),
         if ti.max(vi) > 0.5 { "most pixels are ignored: check that 255 marks only boundaries / void" } else { "" },
@@ -353,7 +455,7 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
     let missing_val: Vec<usize> = (0..cfg.classes).filter(|c| !vp.contains(c)).collect();
     if usable && (!missing_train.is_empty() || !missing_val.is_empty()) {
         checks.push(check(
-            "labels.coverage",
+            CheckId::LabelsCoverage,
             Status::Warn,
             format!("classes missing from train: {missing_train:?}; from val: {missing_val:?}"),
             "a class never seen in train cannot be learned, one absent from val is left out of mIoU; check --classes and the split",
@@ -361,7 +463,7 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
         ));
     } else if usable {
         checks.push(check(
-            "labels.coverage",
+            CheckId::LabelsCoverage,
             Status::Pass,
             format!("all {} classes occur in train and val", cfg.classes),
             "",
@@ -381,8 +483,8 @@ fn encoding_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks
     let labelled: BTreeSet<u16> = values.iter().copied().filter(|&v| v != IGNORE_INDEX as u16).collect();
     let k = cfg.classes as u16;
     let ignored = *train.histogram.get(&(IGNORE_INDEX as u16)).unwrap_or(&0) as f64 / train.pixels.max(1) as f64;
-    let fail = |name: &str, measured: String, fix: String, flag: &str| Check {
-        name: name.into(),
+    let fail = |name: CheckId, measured: String, fix: String, flag: &str| Check {
+        name,
         status: Status::Fail,
         measured,
         fix,
@@ -390,7 +492,7 @@ fn encoding_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks
     };
     let found = if k >= 2 && labelled.iter().all(|&v| v == 0) && ignored > 0.01 {
         Some(fail(
-            "labels.binary",
+            CheckId::LabelsBinary,
             format!(
                 "every mask holds only 0 and {IGNORE_INDEX} ({:.1}% of train pixels are {IGNORE_INDEX}) with --classes {k}: \
                  {IGNORE_INDEX} is the ignore label, so class{} {} never appear{} and the model learns background everywhere",
@@ -404,7 +506,7 @@ fn encoding_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks
         ))
     } else if k == 19 && labelled.last().is_some_and(|&m| (19..=33).contains(&m)) && labelled.iter().all(|&v| v <= 33) {
         Some(fail(
-            "labels.encoding",
+            CheckId::LabelsEncoding,
             format!(
                 "values up to {} with --classes 19: these are Cityscapes labelIds (0–33), not its 19 trainIds",
                 labelled.last().copied().unwrap_or(0)
@@ -416,7 +518,7 @@ fn encoding_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks
         ))
     } else if k >= 2 && labelled.contains(&0) && labelled.last() == Some(&k) && labelled.iter().all(|&v| v <= k) {
         Some(fail(
-            "labels.zero_label",
+            CheckId::LabelsZeroLabel,
             format!(
                 "values 0–{k} with --classes {k}: one value too many, as in ADE20K, whose 0 is \"other\" and k the k-th \
                  class (class k − 1 once 0 is dropped)"
@@ -448,7 +550,13 @@ fn balance_check(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: 
         .filter_map(|(split, s)| s.map(|(v, f)| (split, v, f)))
         .max_by(|a, b| a.2.total_cmp(&b.2));
     let Some((split, class, frac)) = worst.filter(|w| w.2 >= 0.99) else {
-        checks.push(check("labels.balance", Status::Pass, "no class holds 99% of a split's labelled pixels", "", &[]));
+        checks.push(check(
+            CheckId::LabelsBalance,
+            Status::Pass,
+            "no class holds 99% of a split's labelled pixels",
+            "",
+            &[],
+        ));
         return;
     };
     let freq: Vec<f64> = (0..cfg.classes)
@@ -461,7 +569,7 @@ fn balance_check(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: 
         freq.iter().map(|&f| if f > 0.0 { format!("{:.3}", (median / f).min(100.0)) } else { "1".into() }).collect();
     let flag = format!("--class-weights {}", weights.join(","));
     checks.push(Check {
-        name: "labels.balance".into(),
+        name: CheckId::LabelsBalance,
         status: Status::Warn,
         measured: format!("class {class} holds {:.2}% of the {split} split's labelled pixels", 100.0 * frac),
         fix: format!(
@@ -487,7 +595,7 @@ fn image_checks(train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) -> 
     let kinds_text = kinds.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
     if !unreadable.is_empty() || !mismatch.is_empty() {
         checks.push(check(
-            "images.format",
+            CheckId::ImagesFormat,
             Status::Fail,
             format!(
                 "{} unreadable ({}), {} image/mask size mismatches ({}); {kinds_text}",
@@ -502,7 +610,7 @@ fn image_checks(train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) -> 
         return false;
     }
     checks.push(check(
-        "images.format",
+        CheckId::ImagesFormat,
         Status::Pass,
         format!("{kinds_text}; {sizes}; every mask matches its image"),
         "",
@@ -538,7 +646,7 @@ fn normalization_check(ds: &Dataset, norm: &crate::layout::Normalization, checks
     let expected = format!("model expects (x/255 - {:?}) / {:?}", norm.mean, norm.std);
     let ok = mean.abs() < 1.0 && (0.25..3.0).contains(&std);
     checks.push(check(
-        "images.normalization",
+        CheckId::ImagesNormalization,
         if ok { Status::Pass } else { Status::Warn },
         format!("normalized pixels of {} images: mean {mean:.3}, std {std:.3}; {expected}", stats.len()),
         if ok {
@@ -556,14 +664,14 @@ fn model_checks(cfg: &TrainConfig, ckpt: &Checkpoint, model_classes: usize, chec
     let g = onnx::graph(&ckpt.proto);
     match onnx::trailing_softmax(g, onnx::opset(&ckpt.proto)) {
         Some(s) => checks.push(check(
-            "model.softmax",
+            CheckId::ModelSoftmax,
             Status::Warn,
             format!("{} ends in {} node {:?} (axis {}): its output {:?} holds probabilities", ckpt.origin(), s.op_type, s.node, s.axis, s.output),
             "segtune trains on the logits before the softmax (its compiled model has none); a loss that expects logits \
              (cross-entropy, Dice from logits) on this file's output applies softmax twice and barely learns: drop the softmax",
             &[],
         )),
-        None => checks.push(check("model.softmax", Status::Pass, "no softmax on the output: the model gives logits", "", &[])),
+        None => checks.push(check(CheckId::ModelSoftmax, Status::Pass, "no softmax on the output: the model gives logits", "", &[])),
     }
     let head = if cfg.classes == model_classes {
         format!("{model_classes} outputs = {} dataset classes", cfg.classes)
@@ -573,7 +681,7 @@ fn model_checks(cfg: &TrainConfig, ckpt: &Checkpoint, model_classes: usize, chec
             cfg.classes, cfg.classes
         )
     };
-    checks.push(check("model.classes", Status::Pass, head, "", &[]));
+    checks.push(check(CheckId::ModelClasses, Status::Pass, head, "", &[]));
 }
 
 /// `segtune doctor`.
@@ -609,7 +717,7 @@ pub fn doctor(cfg: &TrainConfig, opts: &DoctorOptions) -> Result<DoctorReport> {
         checks.extend(model::with_model(ckpt.info, Go(&cfg, &ckpt, model_classes, &train_set, opts))?);
     } else {
         checks.push(check(
-            "train.overfit",
+            CheckId::TrainOverfit,
             Status::Warn,
             "not run: the labels, images or BatchNorm settings above must be fixed first",
             "fix the FAIL lines above, then run the doctor again",
@@ -625,26 +733,26 @@ const NO_BATCHNORM: &str =
 
 fn bn_config_check(cfg: &TrainConfig, has_bn: bool, checks: &mut Vec<Check>) {
     if !has_bn {
-        checks.push(check("bn.batch", Status::Pass, NO_BATCHNORM, "", &[]));
+        checks.push(check(CheckId::BnBatch, Status::Pass, NO_BATCHNORM, "", &[]));
         return;
     }
     match (cfg.bn, cfg.batch) {
         (BnMode::Train, 1) => checks.push(check(
-            "bn.batch",
+            CheckId::BnBatch,
             Status::Fail,
             "--bn train with --batch 1: BatchNorm needs more than one value per channel (the ASPP image-pooling branch has one per image)",
             "use --batch 8 (at least 2), or --bn frozen with trained statistics",
             &["--batch 8"],
         )),
         (BnMode::Train, 2) => checks.push(check(
-            "bn.batch",
+            CheckId::BnBatch,
             Status::Warn,
             "--bn train with --batch 2: batch statistics of 2 images are noisy and the running statistics follow them",
             "use --batch 8 or more with --bn train, or --bn frozen with trained statistics (DeepLab's small-batch recipe)",
             &["--batch 8"],
         )),
-        (BnMode::Train, b) => checks.push(check("bn.batch", Status::Pass, format!("--bn train with --batch {b}"), "", &[])),
-        (BnMode::Frozen, b) => checks.push(check("bn.batch", Status::Pass, format!("--bn frozen with --batch {b}: running statistics are used"), "", &[])),
+        (BnMode::Train, b) => checks.push(check(CheckId::BnBatch, Status::Pass, format!("--bn train with --batch {b}"), "", &[])),
+        (BnMode::Frozen, b) => checks.push(check(CheckId::BnBatch, Status::Pass, format!("--bn frozen with --batch {b}: running statistics are used"), "", &[])),
     }
 }
 
@@ -771,238 +879,301 @@ fn training_checks<M: SegModel>(
     ds: &Dataset,
     opts: &DoctorOptions,
 ) -> Result<Vec<Check>> {
-    let mut checks = vec![];
     let device = model::cpu_device().autodiff();
     device.seed(cfg.seed);
     let batch = fixed_batch(cfg, ds, &ckpt.normalization, opts)?;
     let start: M = crate::setup::build_model(cfg, ckpt, model_classes, &device)?;
-
-    // Trainable parameters.
-    let count = crate::setup::parameter_counts(&start);
-    checks.push(check(
-        "model.trainable",
-        if count.0 == 0 { Status::Fail } else { Status::Pass },
-        format!("{} of {} parameters trainable ({})", count.0, count.1, config::freeze_flags(&cfg.freeze)),
-        if count.0 == 0 { "nothing can learn: unfreeze something" } else { "" },
-        &[],
-    ));
-
-    // BN statistics at their initial values.
     let has_bn = ckpt.info.has_batchnorm();
     let at_init = has_bn && crate::setup::bn_statistics_at_init(&start);
-    checks.push(match (cfg.bn, at_init) {
-        _ if !has_bn => check("bn.statistics", Status::Pass, NO_BATCHNORM, "", &[]),
-        (BnMode::Frozen, true) => check(
-            "bn.statistics",
-            Status::Fail,
-            "--bn frozen, and every BN running mean is 0 and every variance 1 (never trained): frozen BN then normalizes nothing. \
-             A PyTorch peer frozen at such statistics stays at val mIoU 0.14 (all background)",
-            "train BN (--bn train with --batch 8) or start from a checkpoint whose BN statistics were trained (--weights)",
-            &["--bn train", "--batch 8"],
-        ),
-        (BnMode::Train, true) => check("bn.statistics", Status::Pass, "statistics at their initial values; --bn train will learn them", "", &[]),
-        (_, false) => check("bn.statistics", Status::Pass, "BN running statistics were trained (not at mean 0 / variance 1)", "", &[]),
-    });
+    let t = Trial { cfg, batch, device, start, has_bn, at_init, steps: opts.steps };
+    let mut checks = vec![t.trainable(), t.bn_statistics(), t.initial_loss(model_classes)];
+    let (losses, trained, zero) = overfit(cfg, t.start.clone(), &t.batch, &t.device, cfg.base_lr(), t.steps);
+    checks.push(t.overfit(&losses, &trained));
+    checks.push(gradients_check(&zero));
+    checks.push(t.drift(&trained, losses.len()));
+    checks.push(t.train_eval_gap(&trained, losses.len()));
+    Ok(checks)
+}
 
-    // Initial loss against ln(C).
-    let ce = LossSpec::default();
-    let (x, y) = crate::tensors::batch_tensors(&batch, &device);
-    let initial = loss::compute(&ce, start.logits(x), y, None).into_scalar::<f32>() as f64;
-    let ln_c = (cfg.classes as f64).ln();
-    let ratio = initial / ln_c;
-    let fresh = cfg.classes != model_classes;
-    let status =
-        if !initial.is_finite() || (fresh && !(0.5..=2.0).contains(&ratio)) { Status::Warn } else { Status::Pass };
-    checks.push(check(
-        "loss.initial",
-        status,
-        format!(
-            "cross-entropy {initial:.4} at initialization, ln({}) = {ln_c:.4}, ratio {ratio:.2}{}",
-            cfg.classes,
-            if fresh { " (fresh head)" } else { "" }
-        ),
-        if status == Status::Pass {
-            String::new()
-        } else if ratio > 2.0 {
-            "far above ln(C): the head starts confidently wrong — logits are large (inputs not normalized as the model \
-             expects, BN statistics that do not fit the data, or a bad initialization)"
-                .into()
-        } else {
-            "far below ln(C) for a fresh head: check that the labels are not nearly all one class".into()
-        },
-        &[],
-    ));
+/// What the training checks share: the recipe, the fixed batch, the model it starts from, and
+/// what its BatchNorm layers are.
+struct Trial<'a, M> {
+    cfg: &'a TrainConfig,
+    batch: data::Batch,
+    device: Device,
+    start: M,
+    has_bn: bool,
+    /// Every BN statistic still at mean 0 / variance 1.
+    at_init: bool,
+    steps: usize,
+}
 
-    // Overfit one batch with the user's recipe, judged on the classes present in it: the loss
-    // of each class (its pixels' mean cross-entropy), averaged over the classes, must fall too,
-    // so a batch whose loss falls only because one class is left (binary 0/255 masks) fails.
-    let before = bn_stats(&start);
-    let (losses, trained, zero) = overfit(cfg, start.clone(), &batch, &device, cfg.base_lr(), opts.steps);
-    let x = crate::tensors::batch_tensors(&batch, &device).0;
-    let start_classes = per_class_loss(start.logits(x.clone()), &batch.masks, cfg.classes);
-    let classes_fall = |m: &M| {
-        let after = per_class_loss(m.logits(x.clone()), &batch.masks, cfg.classes);
-        let mean = |l: &BTreeMap<usize, f64>| l.values().sum::<f64>() / l.len().max(1) as f64;
-        1.0 - mean(&after) / mean(&start_classes).max(1e-12)
-    };
-    let f = fall(&losses);
-    let fc = classes_fall(&trained);
-    let present: Vec<usize> = start_classes.keys().copied().collect();
-    let measured = format!(
-        "{} steps at --lr {:e} on {} images of {}²: loss {:.4} -> {:.4} ({:.0}% lower); the mean of the {} present \
-         classes' own losses {:.0}% lower",
-        losses.len(),
-        cfg.base_lr(),
-        batch.n,
-        batch.h,
-        losses.first().copied().unwrap_or(f64::NAN),
-        losses.last().copied().unwrap_or(f64::NAN),
-        f * 100.0,
-        present.len(),
-        fc * 100.0
-    );
-    if present.len() < 2 {
-        checks.push(check(
-            "train.overfit",
-            Status::Fail,
-            format!(
-                "{measured}; but the batch's labelled pixels hold class {present:?} only: predicting it everywhere drives \
-                 the loss down, which shows nothing about learning"
-            ),
-            "the labels give the model one class to learn: see the labels.* checks (0/255 masks need --label-map 255:1)",
-            &[],
-        ));
-    } else if f >= 0.5 && fc >= 0.5 {
-        checks.push(check("train.overfit", Status::Pass, measured, "", &[]));
-    } else {
-        let mut sweep = vec![];
-        for lr in [1e-4, 1e-3, 1e-2, 3e-2, 1e-1] {
-            if (lr - cfg.base_lr()).abs() / cfg.base_lr() < 1e-6 {
-                continue;
-            }
-            let (l, m, _) = overfit(cfg, start.clone(), &batch, &device, lr, opts.steps);
-            sweep.push((lr, fall(&l).min(classes_fall(&m))));
-        }
-        let tried = sweep.iter().map(|(lr, f)| format!("{lr:e}: {:.0}%", f * 100.0)).collect::<Vec<_>>().join(", ");
-        // The smallest rate that fits the batch: larger ones fit it faster but train less stably.
-        let best = sweep.iter().filter(|(_, f)| *f >= 0.5).map(|b| b.0).reduce(f64::min);
-        match best {
-            Some(lr) => {
-                let flag = format!("--lr {lr:e}");
-                checks.push(Check {
-                    name: "train.overfit".into(),
-                    status: Status::Fail,
-                    measured: format!("{measured}; learning-rate sweep (loss drop): {tried}"),
-                    fix: format!(
-                        "the recipe cannot fit even one batch at --lr {:e}; {lr:e} does: train with {flag}",
-                        cfg.base_lr()
-                    ),
-                    flags: vec![flag],
-                });
-            }
-            None => checks.push(check(
-                "train.overfit",
-                Status::Fail,
-                format!("{measured}; no learning rate in the sweep fits it either ({tried})"),
-                "the problem is not the learning rate: check the labels, the loss (--loss ce), and what is frozen",
-                &[],
-            )),
-        }
-    }
-    checks.push(if zero.is_empty() {
-        check("train.gradients", Status::Pass, "every trainable parameter receives a non-zero gradient", "", &[])
-    } else {
+impl<M: SegModel> Trial<'_, M> {
+    fn trainable(&self) -> Check {
+        let count = crate::setup::parameter_counts(&self.start);
         check(
-            "train.gradients",
-            Status::Warn,
-            format!("{} trainable parameters have an exactly zero gradient: {}", zero.len(), first_names(&zero, 4)),
-            "layers whose gradient is exactly zero do not learn: dead ReLUs, a detached branch, or inputs that are always zero",
+            CheckId::ModelTrainable,
+            if count.0 == 0 { Status::Fail } else { Status::Pass },
+            format!("{} of {} parameters trainable ({})", count.0, count.1, config::freeze_flags(&self.cfg.freeze)),
+            if count.0 == 0 { "nothing can learn: unfreeze something" } else { "" },
             &[],
         )
-    });
-
-    // Running-statistic drift over the overfit steps.
-    let after = bn_stats(&trained);
-    let (mut drift, mut n) = (0f64, 0usize);
-    for (name, b) in &before {
-        if !name.ends_with("running_var") {
-            continue;
-        }
-        let a = &after[name];
-        drift += b.iter().zip(a).map(|(x, y)| ((y - x).abs() / x.abs().max(1e-6)) as f64).sum::<f64>()
-            / b.len().max(1) as f64;
-        n += 1;
     }
-    let drift = drift / n.max(1) as f64;
-    // From initial statistics any drift is expected (they converge to the data's); trained ones
-    // that swing by more than their own size point at a wrong momentum or mismatched inputs.
-    let swinging = !at_init && drift > 1.0;
-    checks.push(check(
-        "bn.drift",
-        if swinging { Status::Warn } else { Status::Pass },
-        if !has_bn {
-            NO_BATCHNORM.to_string()
-        } else {
-            format!(
-                "running variances moved by {:.1}% on average over {} steps (--bn {:?}){}",
-                drift * 100.0,
-                losses.len(),
-                cfg.bn,
-                if at_init && cfg.bn == BnMode::Train { ", converging from their initial values" } else { "" }
-            )
-        },
-        if swinging {
-            "trained running statistics swing with every batch: check the checkpoint's BN momentum convention and that the \
-             inputs are normalized as the model expects"
-        } else {
-            ""
-        },
-        &[],
-    ));
 
-    // Train-mode versus eval-mode loss on the same batch after those steps.
-    let (x, y) = crate::tensors::batch_tensors(&batch, &device);
-    let train_loss = loss::compute(&ce, trained.logits(x), y, None).into_scalar::<f32>() as f64;
-    let eval_model = trained.valid();
-    let cpu = model::cpu_device();
-    let (x, y) = crate::tensors::batch_tensors(&batch, &cpu);
-    let eval_loss = loss::compute(&ce, eval_model.logits(x), y, None).into_scalar::<f32>() as f64;
-    let gap = eval_loss / train_loss.max(1e-6);
-    // A ratio alone misleads once the batch is overfit (0.03 against 0.6 is 20x, yet eval mode
-    // kept most of the progress). The seed's signature is an eval loss no better than knowing
-    // only the class frequencies: the entropy of the batch's label distribution (255 excluded).
-    let prior = label_entropy(&batch.masks, cfg.classes);
-    // With --bn train from initial statistics the running averages are still converging after a
-    // few steps; the gap then says nothing about the recipe.
-    let converging = at_init && cfg.bn == BnMode::Train;
-    let status = if converging {
-        Status::Pass
-    } else if gap > 10.0 && eval_loss >= prior {
-        Status::Fail
-    } else if gap > 3.0 && eval_loss >= 0.5 * prior {
-        Status::Warn
-    } else {
-        Status::Pass
-    };
-    checks.push(Check {
-        name: "bn.train_eval_gap".into(),
-        status,
-        measured: format!(
-            "same batch after {} steps: train-mode loss {train_loss:.4}, eval-mode loss {eval_loss:.4} ({gap:.1}x); \
-             predicting only the class frequencies scores {prior:.4}{}",
-            losses.len(),
-            if converging { "; running statistics still converging from their initial values" } else { "" }
-        ),
-        fix: if status == Status::Pass {
-            String::new()
-        } else {
-            "the seed's signature: a small training loss and a huge eval loss means the running statistics used at eval do \
-             not describe the data. Train BN with enough images per batch, or freeze it at trained statistics"
+    /// BN statistics at their initial values.
+    fn bn_statistics(&self) -> Check {
+        match (self.cfg.bn, self.at_init) {
+            _ if !self.has_bn => check(CheckId::BnStatistics, Status::Pass, NO_BATCHNORM, "", &[]),
+            (BnMode::Frozen, true) => check(
+                CheckId::BnStatistics,
+                Status::Fail,
+                "--bn frozen, and every BN running mean is 0 and every variance 1 (never trained): frozen BN then normalizes nothing. \
+             A PyTorch peer frozen at such statistics stays at val mIoU 0.14 (all background)",
+                "train BN (--bn train with --batch 8) or start from a checkpoint whose BN statistics were trained (--weights)",
+                &["--bn train", "--batch 8"],
+            ),
+            (BnMode::Train, true) => check(
+                CheckId::BnStatistics,
+                Status::Pass,
+                "statistics at their initial values; --bn train will learn them",
+                "",
+                &[],
+            ),
+            (_, false) => check(
+                CheckId::BnStatistics,
+                Status::Pass,
+                "BN running statistics were trained (not at mean 0 / variance 1)",
+                "",
+                &[],
+            ),
+        }
+    }
+
+    /// The cross-entropy at initialization against ln(C).
+    fn initial_loss(&self, model_classes: usize) -> Check {
+        let cfg = self.cfg;
+        let (x, y) = crate::tensors::batch_tensors(&self.batch, &self.device);
+        let initial = loss::compute(&LossSpec::default(), self.start.logits(x), y, None).into_scalar::<f32>() as f64;
+        let ln_c = (cfg.classes as f64).ln();
+        let ratio = initial / ln_c;
+        let fresh = cfg.classes != model_classes;
+        let status =
+            if !initial.is_finite() || (fresh && !(0.5..=2.0).contains(&ratio)) { Status::Warn } else { Status::Pass };
+        check(
+            CheckId::LossInitial,
+            status,
+            format!(
+                "cross-entropy {initial:.4} at initialization, ln({}) = {ln_c:.4}, ratio {ratio:.2}{}",
+                cfg.classes,
+                if fresh { " (fresh head)" } else { "" }
+            ),
+            if status == Status::Pass {
+                String::new()
+            } else if ratio > 2.0 {
+                "far above ln(C): the head starts confidently wrong — logits are large (inputs not normalized as the model \
+             expects, BN statistics that do not fit the data, or a bad initialization)"
                 .into()
-        },
-        flags: if status == Status::Pass || cfg.bn == BnMode::Train { vec![] } else { vec!["--bn train".into(), "--batch 8".into()] },
-    });
-    Ok(checks)
+            } else {
+                "far below ln(C) for a fresh head: check that the labels are not nearly all one class".into()
+            },
+            &[],
+        )
+    }
+
+    /// Overfit one batch with the user's recipe, judged on the classes present in it: the loss
+    /// of each class (its pixels' mean cross-entropy), averaged over the classes, must fall too,
+    /// so a batch whose loss falls only because one class is left (binary 0/255 masks) fails.
+    /// Where it does not fit, a learning-rate sweep says which rate does.
+    fn overfit(&self, losses: &[f64], trained: &M) -> Check {
+        let (cfg, batch) = (self.cfg, &self.batch);
+        let x = crate::tensors::batch_tensors(batch, &self.device).0;
+        let start_classes = per_class_loss(self.start.logits(x.clone()), &batch.masks, cfg.classes);
+        let classes_fall = |m: &M| {
+            let after = per_class_loss(m.logits(x.clone()), &batch.masks, cfg.classes);
+            let mean = |l: &BTreeMap<usize, f64>| l.values().sum::<f64>() / l.len().max(1) as f64;
+            1.0 - mean(&after) / mean(&start_classes).max(1e-12)
+        };
+        let (f, fc) = (fall(losses), classes_fall(trained));
+        let present: Vec<usize> = start_classes.keys().copied().collect();
+        let measured = format!(
+            "{} steps at --lr {:e} on {} images of {}²: loss {:.4} -> {:.4} ({:.0}% lower); the mean of the {} present \
+             classes' own losses {:.0}% lower",
+            losses.len(),
+            cfg.base_lr(),
+            batch.n,
+            batch.h,
+            losses.first().copied().unwrap_or(f64::NAN),
+            losses.last().copied().unwrap_or(f64::NAN),
+            f * 100.0,
+            present.len(),
+            fc * 100.0
+        );
+        if present.len() < 2 {
+            return check(
+                CheckId::TrainOverfit,
+                Status::Fail,
+                format!(
+                    "{measured}; but the batch's labelled pixels hold class {present:?} only: predicting it everywhere \
+                     drives the loss down, which shows nothing about learning"
+                ),
+                "the labels give the model one class to learn: see the labels.* checks (0/255 masks need --label-map 255:1)",
+                &[],
+            );
+        }
+        if f >= 0.5 && fc >= 0.5 {
+            return check(CheckId::TrainOverfit, Status::Pass, measured, "", &[]);
+        }
+        let sweep: Vec<(f64, f64)> = [1e-4, 1e-3, 1e-2, 3e-2, 1e-1]
+            .into_iter()
+            .filter(|lr| (lr - cfg.base_lr()).abs() / cfg.base_lr() >= 1e-6)
+            .map(|lr| {
+                let (l, m, _) = overfit(cfg, self.start.clone(), batch, &self.device, lr, self.steps);
+                (lr, fall(&l).min(classes_fall(&m)))
+            })
+            .collect();
+        sweep_verdict(cfg, measured, &sweep)
+    }
+
+    /// Running-statistic drift over the overfit steps.
+    fn drift(&self, trained: &M, steps: usize) -> Check {
+        let (cfg, has_bn, at_init) = (self.cfg, self.has_bn, self.at_init);
+        let (before, after) = (bn_stats(&self.start), bn_stats(trained));
+        let (mut drift, mut n) = (0f64, 0usize);
+        for (name, b) in &before {
+            if !name.ends_with("running_var") {
+                continue;
+            }
+            let a = &after[name];
+            drift += b.iter().zip(a).map(|(x, y)| ((y - x).abs() / x.abs().max(1e-6)) as f64).sum::<f64>()
+                / b.len().max(1) as f64;
+            n += 1;
+        }
+        let drift = drift / n.max(1) as f64;
+        // From initial statistics any drift is expected (they converge to the data's); trained ones
+        // that swing by more than their own size point at a wrong momentum or mismatched inputs.
+        let swinging = !at_init && drift > 1.0;
+        check(
+            CheckId::BnDrift,
+            if swinging { Status::Warn } else { Status::Pass },
+            if !has_bn {
+                NO_BATCHNORM.to_string()
+            } else {
+                format!(
+                    "running variances moved by {:.1}% on average over {} steps (--bn {:?}){}",
+                    drift * 100.0,
+                    steps,
+                    cfg.bn,
+                    if at_init && cfg.bn == BnMode::Train { ", converging from their initial values" } else { "" }
+                )
+            },
+            if swinging {
+                "trained running statistics swing with every batch: check the checkpoint's BN momentum convention and that the \
+             inputs are normalized as the model expects"
+            } else {
+                ""
+            },
+            &[],
+        )
+    }
+
+    /// Train-mode versus eval-mode loss on the same batch after the overfit steps.
+    fn train_eval_gap(&self, trained: &M, steps: usize) -> Check {
+        let (cfg, batch, at_init) = (self.cfg, &self.batch, self.at_init);
+        let ce = LossSpec::default();
+        let (x, y) = crate::tensors::batch_tensors(batch, &self.device);
+        let train_loss = loss::compute(&ce, trained.logits(x), y, None).into_scalar::<f32>() as f64;
+        let eval_model = trained.valid();
+        let cpu = model::cpu_device();
+        let (x, y) = crate::tensors::batch_tensors(batch, &cpu);
+        let eval_loss = loss::compute(&ce, eval_model.logits(x), y, None).into_scalar::<f32>() as f64;
+        let gap = eval_loss / train_loss.max(1e-6);
+        // A ratio alone misleads once the batch is overfit (0.03 against 0.6 is 20x, yet eval mode
+        // kept most of the progress). The failure to catch is an eval loss no better than knowing
+        // only the class frequencies: the entropy of the batch's label distribution (255 excluded).
+        let prior = label_entropy(&batch.masks, cfg.classes);
+        // With --bn train from initial statistics the running averages are still converging after a
+        // few steps; the gap then says nothing about the recipe.
+        let converging = at_init && cfg.bn == BnMode::Train;
+        let status = if converging {
+            Status::Pass
+        } else if gap > 10.0 && eval_loss >= prior {
+            Status::Fail
+        } else if gap > 3.0 && eval_loss >= 0.5 * prior {
+            Status::Warn
+        } else {
+            Status::Pass
+        };
+        Check {
+            name: CheckId::BnTrainEvalGap,
+            status,
+            measured: format!(
+                "same batch after {} steps: train-mode loss {train_loss:.4}, eval-mode loss {eval_loss:.4} ({gap:.1}x); \
+             predicting only the class frequencies scores {prior:.4}{}",
+                steps,
+                if converging { "; running statistics still converging from their initial values" } else { "" }
+            ),
+            fix: if status == Status::Pass {
+                String::new()
+            } else {
+                "a small training loss and a huge eval loss: the running statistics used at eval do \
+             not describe the data. Train BN with enough images per batch, or freeze it at trained statistics"
+                    .into()
+            },
+            flags: if status == Status::Pass || cfg.bn == BnMode::Train {
+                vec![]
+            } else {
+                vec!["--bn train".into(), "--batch 8".into()]
+            },
+        }
+    }
+}
+
+/// What a learning-rate sweep over the overfit batch says: the smallest rate that fits it
+/// (larger ones fit it faster but train less stably), or that none does.
+fn sweep_verdict(cfg: &TrainConfig, measured: String, sweep: &[(f64, f64)]) -> Check {
+    let tried = sweep.iter().map(|(lr, f)| format!("{lr:e}: {:.0}%", f * 100.0)).collect::<Vec<_>>().join(", ");
+    match sweep.iter().filter(|(_, f)| *f >= 0.5).map(|b| b.0).reduce(f64::min) {
+        Some(lr) => {
+            let flag = format!("--lr {lr:e}");
+            Check {
+                name: CheckId::TrainOverfit,
+                status: Status::Fail,
+                measured: format!("{measured}; learning-rate sweep (loss drop): {tried}"),
+                fix: format!(
+                    "the recipe cannot fit even one batch at --lr {:e}; {lr:e} does: train with {flag}",
+                    cfg.base_lr()
+                ),
+                flags: vec![flag],
+            }
+        }
+        None => check(
+            CheckId::TrainOverfit,
+            Status::Fail,
+            format!("{measured}; no learning rate in the sweep fits it either ({tried})"),
+            "the problem is not the learning rate: check the labels, the loss (--loss ce), and what is frozen",
+            &[],
+        ),
+    }
+}
+
+/// Parameters whose gradient in the first overfit step was exactly zero.
+fn gradients_check(zero: &[String]) -> Check {
+    if zero.is_empty() {
+        return check(
+            CheckId::TrainGradients,
+            Status::Pass,
+            "every trainable parameter receives a non-zero gradient",
+            "",
+            &[],
+        );
+    }
+    check(
+        CheckId::TrainGradients,
+        Status::Warn,
+        format!("{} trainable parameters have an exactly zero gradient: {}", zero.len(), first_names(zero, 4)),
+        "layers whose gradient is exactly zero do not learn: dead ReLUs, a detached branch, or inputs that are always zero",
+        &[],
+    )
 }
 
 /// Entropy (nats) of the label distribution of `masks` over classes `0..classes` (255 and other
@@ -1021,25 +1192,7 @@ fn label_entropy(masks: &[u8], classes: usize) -> f64 {
 /// Orders causes (FAIL before WARN, then by how fundamental the check is) and builds the
 /// suggested command.
 fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
-    const PRIORITY: [&str; 16] = [
-        "labels.format",
-        "labels.binary",
-        "labels.encoding",
-        "labels.zero_label",
-        "labels.range",
-        "images.format",
-        "bn.batch",
-        "bn.statistics",
-        "model.softmax",
-        "train.overfit",
-        "bn.train_eval_gap",
-        "model.trainable",
-        "loss.initial",
-        "images.normalization",
-        "labels.balance",
-        "labels.coverage",
-    ];
-    let rank = |c: &Check| (c.status, PRIORITY.iter().position(|p| *p == c.name).unwrap_or(PRIORITY.len()));
+    let rank = |c: &Check| (c.status, c.name.rank());
     let mut bad: Vec<&Check> = checks.iter().filter(|c| c.status != Status::Pass).collect();
     bad.sort_by_key(|c| rank(c));
     let summary: Vec<String> = if bad.is_empty() {
@@ -1058,49 +1211,31 @@ fn summarize(cfg: &TrainConfig, checks: Vec<Check>) -> DoctorReport {
             }
         }
     }
-    let suggested_command = (!flags.is_empty()).then(|| {
-        let has = |k: &str| flags.iter().any(|f| f.starts_with(k));
-        let path = |p: &Path| config::shell_word(&p.display().to_string());
-        let mut cmd = format!("segtune train --model {} --data {} --out RUN_DIR", cfg.model, path(&cfg.data));
-        if let Some(w) = &cfg.weights {
-            cmd += &format!(" --weights {}", path(w));
-        }
-        if cfg.dataset.layout != data::DatasetLayout::Auto {
-            cmd += &format!(" --layout {}", format!("{:?}", cfg.dataset.layout).to_lowercase());
-        }
-        if !cfg.dataset.label_map.is_identity() && !has("--label-map") {
-            cmd += &format!(" --label-map {}", config::shell_word(&cfg.dataset.label_map.to_string()));
-        }
-        if let Some(f) = &cfg.dataset.class_names {
-            cmd += &format!(" --class-names {}", path(f));
-        }
-        cmd += &format!(" --classes {}", cfg.classes);
-        if !has("--batch") {
-            cmd += &format!(" --batch {}", cfg.batch);
-        }
-        if !has("--lr") {
-            cmd += &format!(" --lr {:e}", cfg.base_lr());
-        }
-        if !has("--bn") {
-            cmd += &format!(" --bn {}", format!("{:?}", cfg.bn).to_lowercase());
-        }
-        // The rest of the user's recipe, unchanged by the fixes.
-        cmd += &format!(" --crop {} --epochs {}", cfg.crop, cfg.epochs);
-        if !has("--freeze") && cfg.freeze.iter().any(|f| *f != config::Freeze::None) {
-            cmd += &format!(" {}", config::freeze_flags(&cfg.freeze));
-        }
-        if cfg.optimizer == config::OptimizerKind::Adamw {
-            cmd += " --optimizer adamw";
-        }
-        if cfg.loss != crate::loss::LossSpec::default() && !has("--loss") {
-            cmd += &format!(" --loss {}", cfg.loss);
-        }
-        for f in &flags {
-            cmd += &format!(" {f}");
-        }
-        cmd
-    });
+    let suggested_command = (!flags.is_empty()).then(|| suggested_command(cfg, &flags));
     DoctorReport { checks, summary, suggested_command }
+}
+
+/// `segtune train` with the user's whole recipe ([`TrainConfig::flags`]), each fix's flag in
+/// place of the recipe's own (`--lr`, `--batch`, ... ; several `--freeze` rules go together).
+fn suggested_command(cfg: &TrainConfig, fixes: &[String]) -> String {
+    let fixed = |flag: &str| fixes.iter().any(|f| f.split_whitespace().next() == Some(flag));
+    let mut cmd = String::from("segtune train");
+    for (flag, value) in cfg.flags() {
+        if fixed(flag) {
+            continue;
+        }
+        cmd += &format!(" {flag}");
+        if !value.is_empty() {
+            cmd += &format!(" {value}");
+        }
+        if flag == "--data" {
+            cmd += " --out RUN_DIR";
+        }
+    }
+    for f in fixes {
+        cmd += &format!(" {f}");
+    }
+    cmd
 }
 
 /// Writes the report as JSON (atomically).
@@ -1111,6 +1246,41 @@ pub fn write_json(report: &DoctorReport, path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// The suggested command keeps every flag of the user's recipe (each fix replacing its own)
+    /// and quotes what a shell would split.
+    #[test]
+    fn the_suggested_command_keeps_the_recipe_and_quotes_paths() {
+        use crate::config::{Freeze, OptimizerKind, TrainConfig};
+        let mut cfg = TrainConfig::new("my data/voc".into());
+        cfg.weights = Some("ckpts/it's.onnx".into());
+        (cfg.classes, cfg.warmup_steps, cfg.seed, cfg.optimizer) = (6, 5, 3, OptimizerKind::Adamw);
+        cfg.grad_clip = Some(1.5);
+        cfg.class_weights = Some(vec![0.5, 2.0]);
+        cfg.freeze = vec![Freeze::Backbone, Freeze::Glob("decoder.aspp.*".into())];
+        cfg.flip = false;
+        cfg.dataset.label_map = "255:1".parse().unwrap();
+        let cmd = super::suggested_command(&cfg, &["--lr 1e-2".into(), "--batch 8".into()]);
+        for want in [
+            "--data 'my data/voc' --out RUN_DIR",
+            "--weights 'ckpts/it'\\''s.onnx'",
+            "--classes 6",
+            "--warmup 5",
+            "--seed 3",
+            "--optimizer adamw",
+            "--grad-clip 1.5",
+            "--class-weights 0.5,2",
+            "--no-flip",
+            "--label-map 255:1",
+            "--freeze backbone --freeze 'decoder.aspp.*'",
+            "--crop 512 --epochs 30",
+        ] {
+            assert!(cmd.contains(want), "missing {want:?} in {cmd}");
+        }
+        assert!(cmd.ends_with("--lr 1e-2 --batch 8"), "{cmd}");
+        assert_eq!(cmd.matches("--lr").count(), 1, "the fix replaces the recipe's --lr: {cmd}");
+        assert_eq!(cmd.matches("--batch").count(), 1, "{cmd}");
+    }
+
     #[test]
     fn label_entropy_is_the_loss_of_predicting_class_frequencies() {
         // Half 0, half 1 (255 and out-of-range values ignored): ln 2.
