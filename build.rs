@@ -50,6 +50,13 @@ fn main() {
     models.sort();
 
     let stems: Vec<String> = models.iter().filter_map(|p| p.file_stem()).map(|s| s.to_string_lossy().into()).collect();
+    // `cfg(segtune_model = "STEM")` for each compiled-in model: tests of a model made by a script
+    // are ignored (and say so) where it is absent.
+    // (Any name: a test names models a script makes, compiled in or not.)
+    println!("cargo::rustc-check-cfg=cfg(segtune_model, values(any()))");
+    for stem in &stems {
+        println!("cargo::rustc-cfg=segtune_model={stem:?}");
+    }
     for stem in &stems {
         assert!(
             !stems.contains(&format!("{stem}_head")),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
-use segtune::data::{self, SynthOptions};
+use segtune::data;
 
 struct Case {
     name: &'static str,
@@ -53,8 +53,7 @@ fn every_subcommand_refuses_bad_input_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let good = root.join("good");
-    data::synth(&good, &SynthOptions { classes: 4, train: 4, val: 2, size: 32, seed: 8, ..Default::default() })
-        .unwrap();
+    common::synth_set(&good, 4, 4, 2, 32, 8);
     let reference = common::reference_path();
     let bytes = std::fs::read(&reference).unwrap();
 

@@ -6,14 +6,13 @@ mod common;
 use std::path::Path;
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
-use segtune::data::{self, SynthOptions};
+use segtune::data;
 use segtune::doctor::{self, DoctorOptions, DoctorReport, Status};
 use segtune::train::{BnMode, TrainConfig};
 
 fn set(dir: &Path) -> std::path::PathBuf {
     let data = dir.join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 8, val: 4, size: 64, seed: 21, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 4, 8, 4, 64, 21);
     data
 }
 
@@ -88,8 +87,7 @@ fn default_flags_on_the_shipped_model_have_no_fail() {
 fn the_demo_setup_has_no_fail() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    data::synth(&data, &SynthOptions { classes: 6, train: 16, val: 8, size: 128, seed: 1, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 6, 16, 8, 128, 1);
     let cfg = segtune::demo::recipe(data, 5);
     let r = run(&cfg);
     assert_eq!(r.failures(), 0, "{r}");

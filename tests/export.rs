@@ -19,8 +19,7 @@ fn trained_run(dir: &Path) -> (PathBuf, PathBuf) {
 /// The same run, starting from `weights` (default: the compiled-in model's own).
 fn trained_run_from(dir: &Path, weights: Option<PathBuf>) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 3, size: 64, seed: 11, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 4, 4, 3, 64, 11);
     let mut cfg = TrainConfig::new(data.clone());
     cfg.weights = weights;
     cfg.classes = 4;
@@ -110,7 +109,7 @@ fn validate_json_and_class_mismatch() {
 
     // A 6-class dataset against the 4-class export.
     let six = dir.path().join("six");
-    data::synth(&six, &SynthOptions { classes: 6, train: 1, val: 6, size: 32, seed: 2, ..Default::default() }).unwrap();
+    common::synth_set(&six, 6, 1, 6, 32, 2);
     let out = segtune(&["validate", model.to_str().unwrap(), "--data", six.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);

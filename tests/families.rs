@@ -5,7 +5,8 @@
 //! - torchvision DeepLabv3 with a MobileNetV3-Large backbone (`scripts/export_torchvision.py`,
 //!   ~44 MB, made by the script).
 //!
-//! Tests of a model that is not in `models/` print why they are skipped (as in CI).
+//! Tests of a model that is not in `models/` are ignored, with the reason (as in CI): build.rs
+//! sets `cfg(segtune_model = "STEM")` for each compiled-in model.
 
 mod common;
 
@@ -79,8 +80,7 @@ fn assert_parity(name: &str, min_logit: f32, relative: bool) {
 fn fine_tune_export_validate(name: &str, relative: bool) -> (segtune::onnx::ModelProto, (usize, usize), usize) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 2, size: 64, seed: 9, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 4, 4, 2, 64, 9);
     let mut cfg = TrainConfig::new(data.clone());
     cfg.model = name.into();
     (cfg.classes, cfg.epochs, cfg.batch, cfg.crop, cfg.bn) = (4, 1, 2, 64, BnMode::Train);
@@ -243,8 +243,7 @@ fn keras_checkpoint_with_the_seeds_softmax_is_recognized_and_its_recipe_diagnose
 
     // The seed's recipe: softmax output, lr 1e-5, "frozen" backbone whose BN trains at batch 2.
     let data = dir.path().join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 8, val: 4, size: 64, seed: 21, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 4, 8, 4, 64, 21);
     let mut cfg = TrainConfig::new(data);
     cfg.model = KERAS.into();
     cfg.weights = Some(softmax);
@@ -262,6 +261,10 @@ fn keras_checkpoint_with_the_seeds_softmax_is_recognized_and_its_recipe_diagnose
 }
 
 #[test]
+#[cfg_attr(
+    not(segtune_model = "keras_deeplabv3plus_xception65"),
+    ignore = "model keras_deeplabv3plus_xception65 is not compiled in: make it with scripts/export_keras_deeplabv3plus.py --backbone xception65 --calibrate-bn, then rebuild"
+)]
 fn xception65_matches_onnxruntime() {
     if !present(XCEPTION) {
         return;
@@ -275,6 +278,10 @@ fn xception65_matches_onnxruntime() {
 }
 
 #[test]
+#[cfg_attr(
+    not(segtune_model = "keras_deeplabv3plus_xception65"),
+    ignore = "model keras_deeplabv3plus_xception65 is not compiled in: make it with scripts/export_keras_deeplabv3plus.py --backbone xception65 --calibrate-bn, then rebuild"
+)]
 fn xception65_fine_tunes_exports_and_validates() {
     if !present(XCEPTION) {
         return;
@@ -292,6 +299,10 @@ fn xception65_fine_tunes_exports_and_validates() {
 }
 
 #[test]
+#[cfg_attr(
+    not(segtune_model = "deeplabv3_mobilenet_v3_large"),
+    ignore = "model deeplabv3_mobilenet_v3_large is not compiled in: make models/deeplabv3_mobilenet_v3_large.onnx with scripts/export_torchvision.py, then rebuild"
+)]
 fn torchvision_matches_onnxruntime() {
     if !present(TORCHVISION) {
         return;
@@ -300,6 +311,10 @@ fn torchvision_matches_onnxruntime() {
 }
 
 #[test]
+#[cfg_attr(
+    not(segtune_model = "deeplabv3_mobilenet_v3_large"),
+    ignore = "model deeplabv3_mobilenet_v3_large is not compiled in: make models/deeplabv3_mobilenet_v3_large.onnx with scripts/export_torchvision.py, then rebuild"
+)]
 fn torchvision_checkpoint_is_recognized_by_its_architecture() {
     if !present(TORCHVISION) {
         return;
@@ -311,6 +326,10 @@ fn torchvision_checkpoint_is_recognized_by_its_architecture() {
 }
 
 #[test]
+#[cfg_attr(
+    not(segtune_model = "deeplabv3_mobilenet_v3_large"),
+    ignore = "model deeplabv3_mobilenet_v3_large is not compiled in: make models/deeplabv3_mobilenet_v3_large.onnx with scripts/export_torchvision.py, then rebuild"
+)]
 fn torchvision_fine_tunes_exports_and_validates() {
     if !present(TORCHVISION) {
         return;
@@ -324,6 +343,10 @@ fn torchvision_fine_tunes_exports_and_validates() {
 /// torchvision's head reads the image's shape (to upsample to it): the split passes the image
 /// along, and the head on the onnxruntime backbone gives the whole model's logits.
 #[test]
+#[cfg_attr(
+    not(segtune_model = "deeplabv3_mobilenet_v3_large"),
+    ignore = "model deeplabv3_mobilenet_v3_large is not compiled in: make models/deeplabv3_mobilenet_v3_large.onnx with scripts/export_torchvision.py, then rebuild"
+)]
 fn torchvision_head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() {
     if !present(TORCHVISION) {
         return;
@@ -337,6 +360,10 @@ fn torchvision_head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() 
 }
 
 #[test]
+#[cfg_attr(
+    not(segtune_model = "keras_deeplabv3plus_xception65"),
+    ignore = "model keras_deeplabv3plus_xception65 is not compiled in: make it with scripts/export_keras_deeplabv3plus.py --backbone xception65 --calibrate-bn, then rebuild"
+)]
 fn xception65_head_on_the_onnxruntime_backbone_gives_the_whole_models_logits() {
     if !present(XCEPTION) {
         return;

@@ -7,11 +7,13 @@
 //! (default `cuda,wgpu`) picks the devices; `cpu` compares the CPU with itself, which runs the
 //! test's logic on a machine without a GPU.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use burn::store::burn_pack::Reader;
-use segtune::data::{self, SynthOptions};
+
 use segtune::device::{self, DeviceKind};
 use segtune::train::{self, BnMode, Freeze, TrainConfig};
 
@@ -20,8 +22,7 @@ use segtune::train::{self, BnMode, Freeze, TrainConfig};
 fn one_step(kind: DeviceKind, dir: &Path, name: &str) -> (f64, HashMap<String, Vec<f32>>) {
     let data = dir.join("data");
     if !data.exists() {
-        data::synth(&data, &SynthOptions { classes: 6, train: 2, val: 1, size: 64, seed: 8, ..Default::default() })
-            .unwrap();
+        common::synth_set(&data, 6, 2, 1, 64, 8);
     }
     let mut cfg = TrainConfig::new(data);
     (cfg.classes, cfg.epochs, cfg.batch, cfg.crop, cfg.lr) = (6, 1, 2, 64, Some(0.01));

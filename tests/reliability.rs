@@ -7,7 +7,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use burn::store::burn_pack::Reader;
-use segtune::data::{self, SynthOptions};
+mod common;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_segtune"))
@@ -82,8 +82,7 @@ fn final_weights(run: &Path) -> HashMap<String, Vec<u8>> {
 fn sigkill_mid_epoch_and_mid_checkpoint_then_resume_gives_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 16, val: 2, size: 64, seed: 4, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 4, 16, 2, 64, 4);
     let whole = dir.path().join("whole");
     assert!(bin().args(train_args(&data, &whole)).output().unwrap().status.success());
 
@@ -143,8 +142,7 @@ fn limited(kb: u64, args: &[String]) -> std::process::Output {
 fn a_full_disk_mid_write_keeps_the_previous_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    data::synth(&data, &SynthOptions { classes: 4, train: 4, val: 2, size: 32, seed: 6, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 4, 4, 2, 32, 6);
     let run = dir.path().join("run");
     let mut args = train_args(&data, &run);
     args[8] = "1".into(); // --epochs 1

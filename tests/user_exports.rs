@@ -14,7 +14,7 @@ use segtune::backbone::Rule;
 use segtune::model::{self, Checkpoint, ModelFn, SegModel};
 use segtune::runtime::InputShape;
 use segtune::train::{self, BnMode, Freeze, TrainConfig};
-use segtune::{data, export, graph, infer, inspect, onnx, validate};
+use segtune::{export, graph, infer, inspect, onnx, validate};
 
 const CANONICAL: &str = "tiny_deeplabv3plus";
 const FOLDED: &str = "tiny_deeplabv3plus_folded";
@@ -212,8 +212,7 @@ fn each_form_fine_tunes_exports_validates_and_infers() {
     let data = dir.path().join("data");
     // 96² images, 64² crops: evaluation, validation and inference run at a size no fixture was
     // exported at.
-    data::synth(&data, &data::SynthOptions { classes: 6, train: 8, val: 3, size: 96, seed: 4, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 6, 8, 3, 96, 4);
     let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("user_exports");
     let _ = std::fs::remove_dir_all(&keep);
     let mut canonical_trainable = std::collections::HashMap::new();
@@ -273,8 +272,7 @@ fn each_form_fine_tunes_exports_validates_and_infers() {
 fn a_graph_fixed_at_one_size_refuses_another_naming_the_flag_that_fits() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    data::synth(&data, &data::SynthOptions { classes: 6, train: 4, val: 1, size: 96, seed: 4, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 6, 4, 1, 96, 4);
     let stat = fixture("static.onnx");
     let (d, s) = (data.to_str().unwrap(), stat.to_str().unwrap());
     let run = dir.path().join("run");
@@ -310,8 +308,7 @@ fn a_graph_fixed_at_one_size_refuses_another_naming_the_flag_that_fits() {
 fn a_model_without_batchnorm_says_bn_has_no_effect() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    data::synth(&data, &data::SynthOptions { classes: 6, train: 4, val: 1, size: 64, seed: 4, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 6, 4, 1, 64, 4);
     let run = dir.path().join("run");
     let out = segtune(&[
         "train",
@@ -438,8 +435,7 @@ fn inspect_says_what_it_found() {
 fn a_freeze_glob_that_matches_nothing_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    data::synth(&data, &data::SynthOptions { classes: 6, train: 4, val: 1, size: 64, seed: 4, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 6, 4, 1, 64, 4);
     let w = fixture("prefix_m.onnx");
     let run = dir.path().join("run");
     let out = segtune(&[
@@ -495,8 +491,7 @@ fn inputs_with_the_same_file_name_keep_their_own_masks() {
 fn doctor_on_a_folded_model_does_not_blame_batchnorm_it_does_not_have() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    data::synth(&data, &data::SynthOptions { classes: 6, train: 4, val: 2, size: 64, seed: 4, ..Default::default() })
-        .unwrap();
+    common::synth_set(&data, 6, 4, 2, 64, 4);
     let mut cfg = config(&FORMS[8], &data);
     cfg.bn = BnMode::Train;
     cfg.batch = 1;

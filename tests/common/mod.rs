@@ -27,6 +27,14 @@ pub fn assert_bad_input(out: &Output, file: &Path, problem: &str) {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
+/// A synthetic VOC-layout set (`segtune synth`'s shapes) at `dir`: `classes` classes, `train` and
+/// `val` images of `size`² pixels, from `seed`; returns `dir`.
+pub fn synth_set(dir: &Path, classes: usize, train: usize, val: usize, size: u32, seed: u64) -> PathBuf {
+    let options = segtune::data::SynthOptions { classes, train, val, size, seed, ..Default::default() };
+    segtune::data::synth(dir, &options).expect("synth writes the set");
+    dir.to_path_buf()
+}
+
 /// The reference model shipped in `models/`.
 pub fn reference_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/deeplabv3plus_mobilenetv2.onnx")
