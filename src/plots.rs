@@ -1,39 +1,255 @@
-//! Pictures a person reads: the training curves (`curves.png`) and each epoch's snapshot (image,
-//! ground truth, prediction side by side).
+//! Pictures a person reads, drawn with plotters in the bundled DejaVu Sans (no system font
+//! needed): the training curves (`curves.png`: losses; mIoU and pixel accuracy, with axes,
+//! ticks, labels, legends and titles), validation's confusion-matrix heatmap and per-class IoU
+//! bars, and image | ground truth | prediction panels (each epoch's snapshot, the worst images of
+//! a validation report).
 
 use std::path::Path;
 
-use image::{Rgb, RgbImage};
+use image::{GrayImage, Rgb, RgbImage};
+use plotters::prelude::*;
 
 use crate::data::{self, Batch};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, Normalization};
 use crate::rundir::EpochMetrics;
 
-/// Image | ground truth | prediction of the first image of `batch`, side by side.
-pub fn write_snapshot(path: &Path, batch: &Batch, pred: &[u8], norm: &Normalization) -> Result<()> {
-    let (h, w) = (batch.h, batch.w);
-    let palette = data::voc_palette();
-    let mut out = RgbImage::new(3 * w as u32, h as u32);
-    for y in 0..h {
-        for x in 0..w {
-            let px = |c: usize| {
-                let idx = match batch.layout {
-                    Layout::Nchw => (c * h + y) * w + x,
-                    Layout::Nhwc => (y * w + x) * 3 + c,
-                };
-                ((batch.images[idx] * norm.std[c] + norm.mean[c]) * 255.0).clamp(0.0, 255.0) as u8
-            };
-            out.put_pixel(x as u32, y as u32, Rgb([px(0), px(1), px(2)]));
-            let gt = batch.masks[y * w + x];
-            let gt_color = if gt == crate::IGNORE_INDEX { [255, 255, 255] } else { palette[gt as usize] };
-            out.put_pixel((w + x) as u32, y as u32, Rgb(gt_color));
-            out.put_pixel((2 * w + x) as u32, y as u32, Rgb(palette[pred[y * w + x] as usize]));
+/// The font every picture's text is set in (DejaVu Sans, assets/fonts, its licence beside it).
+const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_err() {
+            panic!("the bundled font assets/fonts/DejaVuSans.ttf does not parse");
         }
-    }
-    write_png(path, &out)
+    });
 }
 
+/// Draws into a `w × h` white image with `draw`, which gets the drawing area.
+fn draw(
+    (w, h): (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> std::result::Result<(), String>,
+) -> Result<RgbImage> {
+    register_font();
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        draw(&root).map_err(|e| Error::Runtime(format!("drawing a plot: {e}")))?;
+        root.present().map_err(|e| Error::Runtime(format!("drawing a plot: {e}")))?;
+    }
+    Ok(RgbImage::from_raw(w, h, buf).expect("the buffer holds w × h RGB pixels"))
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// One panel of curves over the epochs: `series` as `(label, colour, values)`, the y axis from
+/// 0 to `y_max`.
+fn curves_panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    y_label: &str,
+    y_max: f64,
+    series: &[(&str, RGBColor, Vec<f64>)],
+) -> std::result::Result<(), String> {
+    let epochs = series.first().map_or(1, |s| s.2.len()).max(2);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(1f64..epochs as f64, 0f64..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_label)
+        .x_labels(epochs.min(10))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    for (label, colour, values) in series {
+        let colour = *colour;
+        let points: Vec<(f64, f64)> = values.iter().enumerate().map(|(i, &v)| ((i + 1) as f64, v)).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .map_err(err)?
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(err)
+}
+
+/// `curves.png`: train and val loss per epoch; val mIoU and pixel accuracy per epoch on [0, 1].
+pub fn plot_curves(history: &[EpochMetrics]) -> Result<RgbImage> {
+    let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
+    let max_loss = history.iter().flat_map(|m| [m.train_loss, m.val_loss]).map(finite).fold(1e-6, f64::max) * 1.1;
+    let get = |f: fn(&EpochMetrics) -> f64| history.iter().map(|m| finite(f(m))).collect::<Vec<f64>>();
+    draw((1000, 400), |root| {
+        let (left, right) = root.split_horizontally(500);
+        curves_panel(
+            &left,
+            "loss",
+            "loss (the run's --loss)",
+            max_loss,
+            &[
+                ("train", RGBColor(40, 80, 220), get(|m| m.train_loss)),
+                ("val", RGBColor(220, 50, 50), get(|m| m.val_loss)),
+            ],
+        )?;
+        curves_panel(
+            &right,
+            "validation",
+            "score",
+            1.0,
+            &[
+                ("mIoU", RGBColor(30, 150, 60), get(|m| m.val_miou)),
+                ("pixel accuracy", RGBColor(150, 90, 20), get(|m| m.val_pixel_accuracy)),
+            ],
+        )
+    })
+}
+
+/// A confusion-matrix heatmap: row (ground truth) normalized, class names on both axes, each
+/// cell's share written in it.
+pub fn confusion_heatmap(counts: &[Vec<u64>], names: &[String]) -> Result<RgbImage> {
+    let k = counts.len();
+    let side = (60 + 44 * k as u32).clamp(360, 1400);
+    draw((side + 160, side + 140), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("confusion matrix (rows: ground truth, normalized)", ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(110)
+            .y_label_area_size(140)
+            .build_cartesian_2d((0..k).into_segmented(), (0..k).into_segmented())
+            .map_err(err)?;
+        // Row t of the matrix is drawn at y = k − 1 − t: the first class on top.
+        let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| i.to_string());
+        let centre = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < k => Some(*i),
+            _ => None,
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(k)
+            .y_labels(k)
+            .x_label_formatter(&|v| centre(v).map(name).unwrap_or_default())
+            .y_label_formatter(&|v| centre(v).map(|i| name(k - 1 - i)).unwrap_or_default())
+            .x_desc("prediction")
+            .y_desc("ground truth")
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(err)?;
+        for (t, row) in counts.iter().enumerate() {
+            let total = row.iter().sum::<u64>().max(1) as f64;
+            for (p, &c) in row.iter().enumerate() {
+                let share = c as f64 / total;
+                let shade = (255.0 * (1.0 - share)) as u8;
+                let y = k - 1 - t;
+                let cell = [
+                    (SegmentValue::Exact(p), SegmentValue::Exact(y)),
+                    (SegmentValue::Exact(p + 1), SegmentValue::Exact(y + 1)),
+                ];
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(cell, RGBColor(shade, shade, 255).filled())))
+                    .map_err(err)?;
+                if k <= 24 {
+                    let colour = if share > 0.5 { WHITE } else { BLACK };
+                    let style = TextStyle::from(("sans-serif", 11).into_font()).color(&colour);
+                    let at = (SegmentValue::CenterOf(p), SegmentValue::CenterOf(y));
+                    chart.draw_series(std::iter::once(Text::new(format!("{share:.2}"), at, style))).map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Per-class IoU as bars (a class absent from ground truth and prediction has none).
+pub fn iou_bars(iou: &[Option<f64>], names: &[String]) -> Result<RgbImage> {
+    let k = iou.len();
+    draw(((120 + 36 * k as u32).clamp(480, 1600), 420), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("IoU per class", ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(100)
+            .y_label_area_size(50)
+            .build_cartesian_2d((0..k).into_segmented(), 0f64..1f64)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(k)
+            .x_label_formatter(&|v: &SegmentValue<usize>| match v {
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => names.get(*i).cloned().unwrap_or_default(),
+                SegmentValue::Last => String::new(),
+            })
+            .y_desc("IoU")
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(
+                Histogram::vertical(&chart)
+                    .style(RGBColor(40, 110, 200).filled())
+                    .margin(4)
+                    .data(iou.iter().enumerate().filter_map(|(i, v)| v.map(|v| (i, v)))),
+            )
+            .map_err(err)?;
+        Ok(())
+    })
+}
+
+/// Image | ground truth | prediction side by side (255 = ignore shown white), VOC palette.
+pub fn panel(image: &RgbImage, truth: &GrayImage, pred: &GrayImage) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let palette = data::voc_palette();
+    let colour = |v: u8| if v == crate::IGNORE_INDEX { Rgb([255, 255, 255]) } else { Rgb(palette[v as usize]) };
+    RgbImage::from_fn(3 * w, h, |x, y| match x / w {
+        0 => *image.get_pixel(x, y),
+        1 => colour(truth.get_pixel(x - w, y)[0]),
+        _ => colour(pred.get_pixel(x - 2 * w, y)[0]),
+    })
+}
+
+/// The first image of a batch as 8-bit RGB again (its normalization undone).
+pub fn batch_image(batch: &Batch, norm: &Normalization) -> RgbImage {
+    let (h, w) = (batch.h, batch.w);
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let (x, y) = (x as usize, y as usize);
+        Rgb(std::array::from_fn(|c| {
+            let idx = match batch.layout {
+                Layout::Nchw => (c * h + y) * w + x,
+                Layout::Nhwc => (y * w + x) * 3 + c,
+            };
+            ((batch.images[idx] * norm.std[c] + norm.mean[c]) * 255.0).clamp(0.0, 255.0).round() as u8
+        }))
+    })
+}
+
+/// Image | ground truth | prediction of the first image of `batch`.
+pub fn write_snapshot(path: &Path, batch: &Batch, pred: &[u8], norm: &Normalization) -> Result<()> {
+    let (w, h) = (batch.w as u32, batch.h as u32);
+    let n = (w * h) as usize;
+    let truth = GrayImage::from_raw(w, h, batch.masks[..n].to_vec()).expect("a batch's first mask");
+    let pred = GrayImage::from_raw(w, h, pred[..n].to_vec()).expect("a batch's first prediction");
+    write_png(path, &panel(&batch_image(batch, norm), &truth, &pred))
+}
+
+/// Writes a PNG atomically, creating its folder.
 pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -41,65 +257,57 @@ pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
     data::write_atomic(path, |f| img.write_to(f, image::ImageFormat::Png).map_err(std::io::Error::other))
 }
 
-/// Two panels: train (blue) and val (red) loss; val mIoU (green) on [0, 1].
-pub fn plot_curves(history: &[EpochMetrics]) -> RgbImage {
-    let (pw, ph, pad) = (360u32, 240u32, 20u32);
-    let mut img = RgbImage::from_pixel(2 * pw, ph, Rgb([255, 255, 255]));
-    let max_loss =
-        history.iter().flat_map(|m| [m.train_loss, m.val_loss]).filter(|v| v.is_finite()).fold(1e-9, f64::max);
-    let n = history.len().max(2) - 1;
-    let to_xy = |panel: u32, i: usize, v: f64, vmax: f64| {
-        let x = panel * pw + pad + ((pw - 2 * pad) as f64 * i as f64 / n as f64) as u32;
-        let y = ph - pad - ((ph - 2 * pad) as f64 * (v / vmax).clamp(0.0, 1.0)) as u32;
-        (x as i64, y as i64)
-    };
-    for panel in 0..2 {
-        draw_line(
-            &mut img,
-            (panel * pw + pad) as i64,
-            (ph - pad) as i64,
-            ((panel + 1) * pw - pad) as i64,
-            (ph - pad) as i64,
-            [0, 0, 0],
-        );
-        draw_line(
-            &mut img,
-            (panel * pw + pad) as i64,
-            pad as i64,
-            (panel * pw + pad) as i64,
-            (ph - pad) as i64,
-            [0, 0, 0],
-        );
-    }
-    type Series = (u32, f64, [u8; 3], fn(&EpochMetrics) -> f64);
-    let series: [Series; 3] = [
-        (0, max_loss, [40, 80, 220], |m| m.train_loss),
-        (0, max_loss, [220, 50, 50], |m| m.val_loss),
-        (1, 1.0, [30, 160, 60], |m| m.val_miou),
-    ];
-    for (panel, vmax, color, get) in series {
-        for (i, pair) in history.windows(2).enumerate() {
-            let (a, b) = (to_xy(panel, i, get(&pair[0]), vmax), to_xy(panel, i + 1, get(&pair[1]), vmax));
-            draw_line(&mut img, a.0, a.1, b.0, b.1, color);
-        }
-        if let Some(m) = history.first() {
-            let p = to_xy(panel, 0, get(m), vmax);
-            draw_line(&mut img, p.0 - 1, p.1, p.0 + 1, p.1, color);
-        }
-    }
-    img
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn draw_line(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, color: [u8; 3]) {
-    let steps = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
-    for s in 0..=steps {
-        let x = x0 + (x1 - x0) * s / steps;
-        let y = y0 + (y1 - y0) * s / steps;
-        for (dx, dy) in [(0, 0), (0, 1), (1, 0)] {
-            let (px, py) = (x + dx, y + dy);
-            if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
-                img.put_pixel(px as u32, py as u32, Rgb(color));
-            }
+    fn metrics(epoch: usize, loss: f64, miou: f64) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            train_loss: loss,
+            val_loss: loss * 1.2,
+            val_miou: miou,
+            val_pixel_accuracy: miou + 0.1,
+            lr: 0.01,
+            per_class_iou: vec![Some(miou)],
+            images_per_s: 1.0,
+            data_wait: 0.0,
+            step_ms_median: 1.0,
+            seconds: 1.0,
         }
+    }
+
+    /// The curves carry text (axis labels, ticks, legends, titles): far more dark pixels than the
+    /// four lines alone, in both panels; the lines are in their colours.
+    #[test]
+    fn curves_have_axes_labels_and_legends() {
+        let history: Vec<EpochMetrics> = (1..=5).map(|e| metrics(e, 2.0 / e as f64, 0.15 * e as f64)).collect();
+        let img = plot_curves(&history).unwrap();
+        assert_eq!(img.dimensions(), (1000, 400));
+        let dark = |x0: u32, x1: u32| {
+            (x0..x1).flat_map(|x| (0..400).map(move |y| (x, y))).filter(|&(x, y)| img.get_pixel(x, y)[0] < 80).count()
+        };
+        assert!(dark(0, 500) > 2000 && dark(500, 1000) > 2000, "{} {}", dark(0, 500), dark(500, 1000));
+        let has = |c: [u8; 3]| img.pixels().filter(|p| p.0 == c).count() > 50;
+        assert!(has([40, 80, 220]) && has([220, 50, 50]) && has([30, 150, 60]) && has([150, 90, 20]));
+        // One epoch draws too.
+        assert!(plot_curves(&history[..1]).is_ok());
+    }
+
+    #[test]
+    fn report_pictures_draw() {
+        let names: Vec<String> = ["background", "disc", "square"].iter().map(|s| s.to_string()).collect();
+        let heat = confusion_heatmap(&[vec![90, 5, 5], vec![10, 80, 10], vec![0, 0, 100]], &names).unwrap();
+        assert!(heat.width() >= 360 && heat.pixels().any(|p| p.0 == [25, 25, 255] || p.0[2] == 255 && p.0[0] < 60));
+        let bars = iou_bars(&[Some(0.9), None, Some(0.4)], &names).unwrap();
+        assert!(bars.pixels().filter(|p| p.0 == [40, 110, 200]).count() > 500);
+        let image = RgbImage::from_pixel(4, 2, Rgb([9, 9, 9]));
+        let p = panel(
+            &image,
+            &GrayImage::from_pixel(4, 2, image::Luma([255])),
+            &GrayImage::from_pixel(4, 2, image::Luma([1])),
+        );
+        assert_eq!((p.dimensions(), p.get_pixel(0, 0).0, p.get_pixel(4, 0).0), ((12, 2), [9, 9, 9], [255, 255, 255]));
+        assert_eq!(p.get_pixel(8, 0).0, data::voc_palette()[1]);
     }
 }

@@ -124,7 +124,7 @@ pub(crate) fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> 
         ));
     }
     data::write_atomic(&dir.join("metrics.csv"), |f| std::io::Write::write_all(f, csv.as_bytes()))?;
-    crate::plots::write_png(&dir.join("curves.png"), &crate::plots::plot_curves(history))
+    crate::plots::write_png(&dir.join("curves.png"), &crate::plots::plot_curves(history)?)
 }
 
 /// Writes `checkpoints/epoch_NNN/{model.bpk, optimizer.bpk, state.json}` into a temporary
