@@ -243,6 +243,11 @@ pub struct TrainConfig {
     /// Random horizontal flip (`--no-flip` turns it off).
     #[arg(long = "no-flip", action = clap::ArgAction::SetFalse)]
     pub flip: bool,
+    /// Also write TensorBoard event files (each epoch's scalars and snapshot) into
+    /// RUN_DIR/tensorboard, for `tensorboard --logdir RUN_DIR/tensorboard`.
+    #[arg(long)]
+    #[serde(default)]
+    pub tensorboard: bool,
     /// Stop after this many epochs, as an interruption would (tests of resume).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -315,6 +320,9 @@ impl TrainConfig {
         differs("--scale", self.scale != d.scale, self.scale.to_string());
         if !self.flip {
             f.push(("--no-flip", String::new()));
+        }
+        if self.tensorboard {
+            f.push(("--tensorboard", String::new()));
         }
         for rule in self.freeze.iter().filter(|r| **r != Freeze::None) {
             f.push(("--freeze", shell_word(&rule.to_string())));

@@ -16,7 +16,7 @@
 //! - [`data`]: dataset layouts, masks, synth, transforms, the loader; [`labels`]: label maps and
 //!   class lists; [`layout`]: tensor layout and normalization; [`imaging`]: letterbox, resize,
 //!   upsampled argmax; [`tensors`]: tensor and array helpers; [`rng`]: the seeded RNG;
-//! - [`loss`], [`metrics`], [`plots`], [`glob`], [`error`].
+//! - [`loss`], [`metrics`], [`plots`], [`tensorboard`] (event files), [`glob`], [`error`].
 
 pub mod backbone;
 pub mod config;
@@ -42,6 +42,7 @@ pub mod rng;
 pub mod rundir;
 pub mod runtime;
 pub mod setup;
+pub mod tensorboard;
 pub mod tensors;
 pub mod train;
 pub mod validate;

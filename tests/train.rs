@@ -409,3 +409,62 @@ fn a_checkpoint_with_other_initializer_names_trains() {
         ckpt.tensors().unwrap().into_iter().map(|t| (t.name.clone(), t.to_bytes().unwrap().to_vec())).collect();
     assert_eq!(renamed, initial_tensors());
 }
+
+/// `--tensorboard` writes event files TensorBoard reads: each epoch's scalars as metrics.json
+/// has them (read back by segtune's reader, which checks every record's CRC) and its snapshot.
+#[test]
+fn tensorboard_event_files_hold_each_epochs_scalars_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synth_set(&dir.path().join("data"), 4, 8, 2, 64, 5);
+    let run = dir.path().join("run");
+    let out = segtune(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--model",
+        "tiny_deeplabv3plus",
+        "--classes",
+        "4",
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--crop",
+        "64",
+        "--freeze",
+        "backbone",
+        "--tensorboard",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let board = run.join("tensorboard");
+    for (tag, key) in
+        [("val/miou", "val_miou"), ("train/loss", "train_loss"), ("val/loss", "val_loss"), ("train/lr", "lr")]
+    {
+        let got = segtune::tensorboard::read_scalars(&board, tag).unwrap();
+        let want: Vec<(i64, f32)> =
+            history.iter().map(|m| (m["epoch"].as_i64().unwrap(), m[key].as_f64().unwrap() as f32)).collect();
+        assert_eq!(got, want, "{tag}");
+    }
+    let files: Vec<_> = std::fs::read_dir(&board).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1);
+    let images = segtune::tensorboard::read_events(&files[0].path())
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.what {
+            Some(segtune::tensorboard::event::What::Summary(s)) => Some(s.value),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|v| match v.value {
+            Some(segtune::tensorboard::summary_value::Value::Image(i)) => Some(i),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(images.len(), 2, "one snapshot per epoch");
+    assert!(images[0].encoded_image_string.starts_with(b"\x89PNG"));
+    assert_eq!((images[0].width, images[0].height), (3 * 64, 64));
+}

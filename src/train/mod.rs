@@ -28,6 +28,7 @@ use crate::rundir::{RunState, load_checkpoint, save_checkpoint, write_metrics};
 use crate::setup::{
     bn_statistics_at_init, build_model, learning_rate, make_optimizer, open_checkpoint, parameter_counts, with_bn_mode,
 };
+use crate::tensorboard::EventWriter;
 use crate::tensors::{image_tensor, target_tensor};
 use backbone::{Batches, OrtBackbone, head_inputs, onnxruntime_backbone};
 use evaluate::{evaluate, evaluator};
@@ -145,6 +146,7 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         announce(cfg, ckpt, model_classes, (trainable, total), bn_statistics_at_init(&model));
     }
     let mut run = Loop::<M, H>::new(cfg, ckpt, model, optim, split, device, steps_per_epoch)?;
+    let mut board = cfg.tensorboard.then(|| EventWriter::create(&rd.0.join("tensorboard"))).transpose()?;
     for epoch in state.epoch + 1..=cfg.epochs {
         let steps = run.train_epoch(&train_set, &mut state, epoch, &rd)?;
         let (m, whole) = run.finish_epoch(&val_set, epoch, steps, &rd)?;
@@ -152,6 +154,9 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         state.history.push(m);
         state.epoch = epoch;
         write_metrics(&rd.0, &state.history)?;
+        if let (Some(board), Some(m)) = (board.as_mut(), state.history.last()) {
+            to_tensorboard(board, m, &rd)?;
+        }
         save_checkpoint(&rd, &whole, &run.optim, &state)?;
         if cfg.stop_after == Some(epoch) && epoch < cfg.epochs {
             break;
@@ -165,6 +170,27 @@ fn run_typed<M: SegModel, H: model::Trainee>(
         total,
         backbone_in_onnxruntime,
     })
+}
+
+/// An epoch's scalars (losses, scores, learning rate, speed, each class's IoU) and its snapshot
+/// as TensorBoard events at step = epoch.
+fn to_tensorboard(board: &mut EventWriter, m: &EpochMetrics, rd: &RunDir) -> Result<()> {
+    let step = m.epoch as i64;
+    let mut scalars = vec![
+        ("train/loss", m.train_loss),
+        ("val/loss", m.val_loss),
+        ("val/miou", m.val_miou),
+        ("val/pixel_accuracy", m.val_pixel_accuracy),
+        ("train/lr", m.lr),
+        ("train/images_per_s", m.images_per_s),
+    ];
+    let tags: Vec<String> = (0..m.per_class_iou.len()).map(|c| format!("val/iou/class_{c:02}")).collect();
+    scalars.extend(tags.iter().zip(&m.per_class_iou).filter_map(|(t, v)| v.map(|v| (t.as_str(), v))));
+    board.scalars(step, &scalars)?;
+    let snapshot = rd.0.join("snapshots").join(format!("epoch_{:03}.png", m.epoch));
+    let png = std::fs::read(&snapshot).map_err(|e| Error::io(&snapshot, e))?;
+    let dims = image::image_dimensions(&snapshot).map_err(|e| Error::bad_file(&snapshot, e.to_string()))?;
+    board.png(step, "snapshot (image | truth | prediction)", png, dims)
 }
 
 /// The model, optimizer and schedule position a run starts from: the config's, or those of the
