@@ -16,7 +16,8 @@
 //! - [`data`]: dataset layouts, masks, synth, transforms, the loader; [`labels`]: label maps and
 //!   class lists; [`layout`]: tensor layout and normalization; [`imaging`]: letterbox, resize,
 //!   upsampled argmax; [`tensors`]: tensor and array helpers; [`rng`]: the seeded RNG;
-//! - [`loss`], [`metrics`], [`plots`], [`tensorboard`] (event files), [`glob`], [`error`].
+//! - [`loss`], [`metrics`], [`plots`], [`report`] (validation's HTML report), [`tensorboard`]
+//!   (event files), [`glob`], [`error`].
 
 pub mod backbone;
 pub mod config;
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod plots;
+pub mod report;
 pub mod rng;
 pub mod rundir;
 pub mod runtime;

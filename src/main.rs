@@ -114,6 +114,13 @@ enum Command {
         /// onnxruntime intra-op threads (0: its default).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Write a report into this folder: index.html, confusion.png, iou.png and the worst images
+        /// (image | truth | prediction) in worst/.
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
+        /// How many of the lowest-mIoU images the report shows.
+        #[arg(long, default_value_t = 8, value_name = "K")]
+        worst: usize,
     },
     /// Segment new images with onnxruntime: palette masks (same names, .png), overlays, summary.json.
     Infer {
@@ -249,11 +256,20 @@ fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
         Command::Export { run_dir, out } => {
             emit!("{}", segtune::export::export(&run_dir, &out)?);
         }
-        Command::Validate { file, data, split, dataset, json, parity, threads } => {
-            let spec = dataset.spec();
-            let names = dataset.class_names.as_deref();
-            let report = validate::validate_onnx_with(&file, &data, &split, &spec, names, parity.as_deref(), threads)?;
+        Command::Validate { file, data, split, dataset, json, parity, threads, report, worst } => {
+            let opts = validate::ValidateOptions {
+                spec: dataset.spec(),
+                class_names: dataset.class_names.as_deref(),
+                parity: parity.as_deref(),
+                threads,
+                report: report.as_deref(),
+                worst,
+            };
+            let report = validate::validate_with(&file, &data, &split, &opts)?;
             emit!("{report}");
+            if let Some(dir) = opts.report {
+                emit!("report in {}", dir.join("index.html").display());
+            }
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
                 data::write_atomic(&path, |f| std::io::Write::write_all(f, text.as_bytes()))?;

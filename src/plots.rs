@@ -8,6 +8,7 @@ use std::path::Path;
 
 use image::{GrayImage, Rgb, RgbImage};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::data::{self, Batch};
 use crate::error::{Error, Result};
@@ -122,33 +123,58 @@ pub fn plot_curves(history: &[EpochMetrics]) -> Result<RgbImage> {
     })
 }
 
-/// A confusion-matrix heatmap: row (ground truth) normalized, class names on both axes, each
-/// cell's share written in it.
+/// Room for the longest of `labels` in 12-px text, in pixels (at least `min`).
+fn name_room(labels: &[String], min: u32) -> u32 {
+    let longest = labels.iter().map(|n| n.chars().count()).max().unwrap_or(0) as u32;
+    (12 + 7 * longest).clamp(min, 260)
+}
+
+/// Class `i`'s name, or its id where the list has none.
+fn label(names: &[String], i: usize) -> String {
+    names.get(i).cloned().unwrap_or_else(|| i.to_string())
+}
+
+/// A confusion-matrix heatmap: row (ground truth) normalized, each cell's share written in it;
+/// class names on the rows, and on the columns too where they fit (else the class ids, which
+/// the row names then carry).
 pub fn confusion_heatmap(counts: &[Vec<u64>], names: &[String]) -> Result<RgbImage> {
-    let k = counts.len();
-    let side = (60 + 44 * k as u32).clamp(360, 1400);
-    draw((side + 160, side + 140), |root| {
+    let k = counts.len().max(1);
+    let side = (44 * k as u32).clamp(300, 1300);
+    let fits = 12 + 7 * names.iter().map(|n| n.chars().count()).max().unwrap_or(0) as u32 <= side / k as u32;
+    let row_names: Vec<String> =
+        (0..k).map(|i| if fits { label(names, i) } else { format!("{} ({i})", label(names, i)) }).collect();
+    let room = name_room(&row_names, 60);
+    draw((side + room + 60, side + 110), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption("confusion matrix (rows: ground truth, normalized)", ("sans-serif", 18))
             .margin(10)
-            .x_label_area_size(110)
-            .y_label_area_size(140)
-            .build_cartesian_2d((0..k).into_segmented(), (0..k).into_segmented())
+            .x_label_area_size(50)
+            .y_label_area_size(room + 20)
+            .build_cartesian_2d((0..k - 1).into_segmented(), (0..k - 1).into_segmented())
             .map_err(err)?;
         // Row t of the matrix is drawn at y = k − 1 − t: the first class on top.
-        let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| i.to_string());
-        let centre = |v: &SegmentValue<usize>| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < k => Some(*i),
-            _ => None,
+        let column = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) if *i < k => {
+                if fits {
+                    label(names, *i)
+                } else {
+                    i.to_string()
+                }
+            }
+            _ => String::new(),
+        };
+        let row = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) if *i < k => row_names[k - 1 - i].clone(),
+            _ => String::new(),
         };
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(k)
             .y_labels(k)
-            .x_label_formatter(&|v| centre(v).map(name).unwrap_or_default())
-            .y_label_formatter(&|v| centre(v).map(|i| name(k - 1 - i)).unwrap_or_default())
-            .x_desc("prediction")
+            .x_label_formatter(&column)
+            .y_label_formatter(&row)
+            .x_desc(if fits { "prediction" } else { "prediction (class id)" })
             .y_desc("ground truth")
             .label_style(("sans-serif", 12))
             .draw()
@@ -156,59 +182,84 @@ pub fn confusion_heatmap(counts: &[Vec<u64>], names: &[String]) -> Result<RgbIma
         for (t, row) in counts.iter().enumerate() {
             let total = row.iter().sum::<u64>().max(1) as f64;
             for (p, &c) in row.iter().enumerate() {
-                let share = c as f64 / total;
-                let shade = (255.0 * (1.0 - share)) as u8;
-                let y = k - 1 - t;
-                let cell = [
-                    (SegmentValue::Exact(p), SegmentValue::Exact(y)),
-                    (SegmentValue::Exact(p + 1), SegmentValue::Exact(y + 1)),
-                ];
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(cell, RGBColor(shade, shade, 255).filled())))
-                    .map_err(err)?;
-                if k <= 24 {
-                    let colour = if share > 0.5 { WHITE } else { BLACK };
-                    let style = TextStyle::from(("sans-serif", 11).into_font()).color(&colour);
-                    let at = (SegmentValue::CenterOf(p), SegmentValue::CenterOf(y));
-                    chart.draw_series(std::iter::once(Text::new(format!("{share:.2}"), at, style))).map_err(err)?;
-                }
+                draw_cell(&mut chart, (p, k - 1 - t), c as f64 / total, k)?;
             }
         }
         Ok(())
     })
 }
 
-/// Per-class IoU as bars (a class absent from ground truth and prediction has none).
+/// The class axis of a chart: one segment per class.
+type Classes = plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize>;
+
+/// One heatmap cell at segment `(x, y)`, shaded by `share`, its value written where it fits.
+fn draw_cell(
+    chart: &mut ChartContext<'_, BitMapBackend<'_>, Cartesian2d<Classes, Classes>>,
+    (x, y): (usize, usize),
+    share: f64,
+    k: usize,
+) -> std::result::Result<(), String> {
+    let end = |i: usize| if i + 1 >= k { SegmentValue::Last } else { SegmentValue::Exact(i + 1) };
+    let cell = [(SegmentValue::Exact(x), SegmentValue::Exact(y)), (end(x), end(y))];
+    let shade = (255.0 * (1.0 - share)) as u8;
+    chart.draw_series(std::iter::once(Rectangle::new(cell, RGBColor(shade, shade, 255).filled()))).map_err(err)?;
+    if k <= 24 {
+        let colour = if share > 0.5 { WHITE } else { BLACK };
+        let style =
+            TextStyle::from(("sans-serif", 11).into_font()).color(&colour).pos(Pos::new(HPos::Center, VPos::Center));
+        let at = (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y));
+        chart.draw_series(std::iter::once(Text::new(format!("{share:.2}"), at, style))).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Per-class IoU as horizontal bars, the first class on top, each with its value (a class
+/// absent from ground truth and prediction has no bar and says so).
 pub fn iou_bars(iou: &[Option<f64>], names: &[String]) -> Result<RgbImage> {
-    let k = iou.len();
-    draw(((120 + 36 * k as u32).clamp(480, 1600), 420), |root| {
+    let k = iou.len().max(1);
+    let room = name_room(names, 60);
+    draw((room + 520, (26 * k as u32).clamp(200, 1600) + 100), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption("IoU per class", ("sans-serif", 18))
             .margin(10)
-            .x_label_area_size(100)
-            .y_label_area_size(50)
-            .build_cartesian_2d((0..k).into_segmented(), 0f64..1f64)
+            .x_label_area_size(40)
+            .y_label_area_size(room + 10)
+            .build_cartesian_2d(0f64..1f64, (0..k - 1).into_segmented())
             .map_err(err)?;
+        let row = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) if *i < k => label(names, k - 1 - i),
+            _ => String::new(),
+        };
         chart
             .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(k)
-            .x_label_formatter(&|v: &SegmentValue<usize>| match v {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => names.get(*i).cloned().unwrap_or_default(),
-                SegmentValue::Last => String::new(),
-            })
-            .y_desc("IoU")
+            .disable_y_mesh()
+            .y_labels(k)
+            .y_label_formatter(&row)
+            .x_desc("IoU")
             .label_style(("sans-serif", 12))
             .draw()
             .map_err(err)?;
+        let bars = iou.iter().enumerate().filter_map(|(i, v)| v.map(|v| (k - 1 - i, v)));
         chart
-            .draw_series(
-                Histogram::vertical(&chart)
-                    .style(RGBColor(40, 110, 200).filled())
-                    .margin(4)
-                    .data(iou.iter().enumerate().filter_map(|(i, v)| v.map(|v| (i, v)))),
-            )
+            .draw_series(Histogram::horizontal(&chart).style(RGBColor(40, 110, 200).filled()).margin(3).data(bars))
             .map_err(err)?;
+        // The value right of a short bar, inside a long one.
+        let font = || TextStyle::from(("sans-serif", 11).into_font());
+        let values = iou.iter().enumerate().map(|(i, v)| {
+            let at = |x: f64| (x, SegmentValue::CenterOf(k - 1 - i));
+            match *v {
+                Some(v) if v > 0.8 => Text::new(
+                    format!("{v:.3}"),
+                    at(v - 0.01),
+                    font().color(&WHITE).pos(Pos::new(HPos::Right, VPos::Center)),
+                ),
+                v => {
+                    let text = v.map_or("absent".to_string(), |v| format!("{v:.3}"));
+                    Text::new(text, at(v.unwrap_or(0.0) + 0.01), font().pos(Pos::new(HPos::Left, VPos::Center)))
+                }
+            }
+        });
+        chart.draw_series(values).map_err(err)?;
         Ok(())
     })
 }
@@ -299,8 +350,17 @@ mod tests {
         let names: Vec<String> = ["background", "disc", "square"].iter().map(|s| s.to_string()).collect();
         let heat = confusion_heatmap(&[vec![90, 5, 5], vec![10, 80, 10], vec![0, 0, 100]], &names).unwrap();
         assert!(heat.width() >= 360 && heat.pixels().any(|p| p.0 == [25, 25, 255] || p.0[2] == 255 && p.0[0] < 60));
+        assert!(heat.pixels().any(|p| p.0 == [0, 0, 255]), "the cell holding all of its row is full blue");
         let bars = iou_bars(&[Some(0.9), None, Some(0.4)], &names).unwrap();
-        assert!(bars.pixels().filter(|p| p.0 == [40, 110, 200]).count() > 500);
+        // Each row's bar-coloured pixels: two bar lengths, in the ratio of their IoUs.
+        let mut lengths: Vec<u32> = (0..bars.height())
+            .map(|y| (0..bars.width()).filter(|&x| bars.get_pixel(x, y).0 == [40, 110, 200]).count() as u32)
+            .filter(|&n| n > 0)
+            .collect();
+        lengths.sort();
+        lengths.dedup();
+        let (short, long) = (lengths[0] as f64, *lengths.last().unwrap() as f64);
+        assert!((long / short - 0.9 / 0.4).abs() < 0.1, "bars {long} and {short} px");
         let image = RgbImage::from_pixel(4, 2, Rgb([9, 9, 9]));
         let p = panel(
             &image,

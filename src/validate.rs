@@ -271,107 +271,53 @@ pub fn validate_onnx(
     parity_run: Option<&std::path::Path>,
     threads: usize,
 ) -> Result<ValidationReport> {
-    validate_onnx_with(file, data, split, &crate::data::DataSpec::default(), None, parity_run, threads)
+    validate_with(file, data, split, &ValidateOptions { parity: parity_run, threads, ..Default::default() })
 }
 
-/// [`validate_onnx`] with the dataset read as `spec` says (layout, label map) and class names
-/// from `class_names` (else the model's metadata, else the dataset's).
-pub fn validate_onnx_with(
+/// How `segtune validate` reads the data and what else it writes.
+#[derive(Debug, Clone, Default)]
+pub struct ValidateOptions<'a> {
+    /// The dataset's layout and label map.
+    pub spec: crate::data::DataSpec,
+    /// A file of class names (else the model's metadata, else the dataset's).
+    pub class_names: Option<&'a std::path::Path>,
+    /// A run whose burn model the export's logits are compared with, on the first images.
+    pub parity: Option<&'a std::path::Path>,
+    /// onnxruntime intra-op threads (0: its default).
+    pub threads: usize,
+    /// A folder to write the report into (confusion matrix, IoU bars, the worst images, index.html).
+    pub report: Option<&'a std::path::Path>,
+    /// How many of the worst images the report shows.
+    pub worst: usize,
+}
+
+/// [`validate_onnx`] as `opts` says.
+pub fn validate_with(
     file: &std::path::Path,
     data: &std::path::Path,
     split: &str,
-    spec: &crate::data::DataSpec,
-    class_names: Option<&std::path::Path>,
-    parity_run: Option<&std::path::Path>,
-    threads: usize,
+    opts: &ValidateOptions<'_>,
 ) -> Result<ValidationReport> {
     let started = Instant::now();
-    let crate::runtime::OpenedModel { session: mut ort, norm, classes, class_names: recorded, input: shape } =
-        crate::runtime::OpenedModel::open(file, threads, true)?;
-    let ds = crate::data::Dataset::open_with(data, split, spec)?;
-    let names = match (class_names, recorded) {
-        (None, Some(names)) => names,
-        (file, _) => crate::data::class_names(data, ds.layout, classes, file)?,
-    };
-    ds.validate(classes).map_err(|e| match e {
-        Error::BadFile { path, problem } => Error::BadFile {
-            path,
-            problem: format!("{problem} (the model {} has {classes} output classes)", file.display()),
-        },
-        other => other,
-    })?;
-    if shape.batch.is_some_and(|b| b != 1) {
-        return Err(Error::bad_file(
-            file,
-            format!("its graph runs {} only; validate runs one image at a time", shape.describe()),
-        ));
-    }
-    let mut cm = crate::metrics::ConfusionMatrix::new(classes);
-    let mut first: Vec<(Array4<f32>, Array4<f32>)> = vec![];
-    let mut score = |input: Array4<f32>, logits: Array4<f32>, masks: &[u8], pred: Vec<u8>| -> Result<()> {
-        if logits.shape()[1] != classes {
-            return Err(Error::bad_file(
-                file,
-                format!("expected {classes} output channels, found {}", logits.shape()[1]),
-            ));
-        }
-        cm.update(masks, &pred);
-        if parity_run.is_some() && first.len() < 2 {
-            first.push((input, logits));
-        }
-        Ok(())
+    let (mut model, ds, names) = open_for_validation(file, data, split, opts)?;
+    let shape = model.input;
+    let mut scoring = Scoring {
+        cm: crate::metrics::ConfusionMatrix::new(model.classes),
+        first: vec![],
+        keep_first: opts.parity.is_some(),
+        worst: opts.report.map(|_| crate::report::Worst::new(opts.worst)),
+        file,
     };
     match shape.size {
-        // At native resolution, padded to the size multiple.
-        None => {
-            let batches: Vec<Vec<usize>> = (0..ds.items.len()).map(|i| vec![i]).collect();
-            let spec = crate::data::LoaderSpec {
-                items: ds.items.clone(),
-                batches,
-                classes,
-                norm,
-                augment: None,
-                resize: None,
-                seed: 0,
-                epoch: 0,
-            };
-            for batch in crate::data::Loader::start(spec, 4) {
-                let batch = batch?;
-                let input = Array4::from_shape_vec(batch_shape(&batch), batch.images.clone()).expect("batch shape");
-                let logits = ort.run_logits(input.view(), batch.layout)?;
-                let pred = crate::tensors::argmax_classes(logits.view());
-                score(input, logits, &batch.masks, pred)?;
-            }
-        }
-        // A graph fixed at one size: each image letterboxed into it, the logits upsampled back
-        // to the image's own size, scored there.
-        Some((h, w)) => {
-            for item in &ds.items {
-                let (image, mask) = crate::data::load_item(item, classes)?;
-                let (boxed, inner) = crate::imaging::letterbox(&image, (w, h), true, &norm);
-                let mut input = match norm.layout {
-                    Layout::Nchw => Array4::<f32>::zeros((1, 3, h, w)),
-                    Layout::Nhwc => Array4::<f32>::zeros((1, h, w, 3)),
-                };
-                crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), &boxed, &norm);
-                let logits = ort.run_logits(input.view(), norm.layout)?;
-                let (mw, mh) = mask.dimensions();
-                let pred = crate::imaging::upsample_argmax(
-                    logits.index_axis(ndarray::Axis(0), 0),
-                    inner,
-                    mw as usize,
-                    mh as usize,
-                );
-                score(input, logits, mask.as_raw(), pred.into_raw())?;
-            }
-        }
+        None => score_native(&mut model, &ds, &mut scoring)?,
+        Some(size) => score_letterboxed(&mut model, &ds, size, &mut scoring)?,
     }
-    let parity = match parity_run {
-        Some(run) => Some(export_parity(run, &first)?),
+    let parity = match opts.parity {
+        Some(run) => Some(export_parity(run, &scoring.first)?),
         None => None,
     };
-    let s = cm.scores();
-    Ok(ValidationReport {
+    let s = scoring.cm.scores();
+    let report = ValidationReport {
         file: file.display().to_string(),
         data: data.display().to_string(),
         split: split.to_string(),
@@ -390,7 +336,165 @@ pub fn validate_onnx_with(
         pixels: s.pixels,
         seconds: started.elapsed().as_secs_f64(),
         parity,
-    })
+    };
+    if let (Some(dir), Some(worst)) = (opts.report, scoring.worst) {
+        write_report(dir, &report, &scoring.cm, worst)?;
+    }
+    Ok(report)
+}
+
+/// The model in onnxruntime, the split (checked against the model's classes) and the class names.
+fn open_for_validation(
+    file: &std::path::Path,
+    data: &std::path::Path,
+    split: &str,
+    opts: &ValidateOptions<'_>,
+) -> Result<(crate::runtime::OpenedModel, crate::data::Dataset, Vec<String>)> {
+    let model = crate::runtime::OpenedModel::open(file, opts.threads, true)?;
+    let classes = model.classes;
+    let ds = crate::data::Dataset::open_with(data, split, &opts.spec)?;
+    let names = match (opts.class_names, &model.class_names) {
+        (None, Some(names)) => names.clone(),
+        (names_file, _) => crate::data::class_names(data, ds.layout, classes, names_file)?,
+    };
+    ds.validate(classes).map_err(|e| match e {
+        Error::BadFile { path, problem } => Error::BadFile {
+            path,
+            problem: format!("{problem} (the model {} has {classes} output classes)", file.display()),
+        },
+        other => other,
+    })?;
+    if model.input.batch.is_some_and(|b| b != 1) {
+        return Err(Error::bad_file(
+            file,
+            format!("its graph runs {} only; validate runs one image at a time", model.input.describe()),
+        ));
+    }
+    Ok((model, ds, names))
+}
+
+/// What validation accumulates over the images.
+struct Scoring<'a> {
+    cm: crate::metrics::ConfusionMatrix,
+    /// The first inputs and logits, for the parity check.
+    first: Vec<(Array4<f32>, Array4<f32>)>,
+    keep_first: bool,
+    /// The report's worst images, when a report is written.
+    worst: Option<crate::report::Worst>,
+    file: &'a std::path::Path,
+}
+
+impl Scoring<'_> {
+    /// One image: its labels against the prediction; `picture` draws image | truth | prediction
+    /// where the report wants it.
+    fn add(
+        &mut self,
+        id: &str,
+        (input, logits): (Array4<f32>, Array4<f32>),
+        (masks, pred): (&[u8], &[u8]),
+        picture: impl FnOnce() -> image::RgbImage,
+    ) -> Result<()> {
+        let classes = self.cm.classes;
+        if logits.shape()[1] != classes {
+            let found = logits.shape()[1];
+            return Err(Error::bad_file(self.file, format!("expected {classes} output channels, found {found}")));
+        }
+        self.cm.update(masks, pred);
+        if let Some(worst) = self.worst.as_mut() {
+            let mut one = crate::metrics::ConfusionMatrix::new(classes);
+            one.update(masks, pred);
+            worst.offer(one.scores().miou, id, picture);
+        }
+        if self.keep_first && self.first.len() < 2 {
+            self.first.push((input, logits));
+        }
+        Ok(())
+    }
+}
+
+/// Each image at native resolution, padded to the size multiple.
+fn score_native(
+    model: &mut crate::runtime::OpenedModel,
+    ds: &crate::data::Dataset,
+    scoring: &mut Scoring<'_>,
+) -> Result<()> {
+    let spec = crate::data::LoaderSpec {
+        items: ds.items.clone(),
+        batches: (0..ds.items.len()).map(|i| vec![i]).collect(),
+        classes: model.classes,
+        norm: model.norm,
+        augment: None,
+        resize: None,
+        seed: 0,
+        epoch: 0,
+    };
+    for batch in crate::data::Loader::start(spec, 4) {
+        let batch = batch?;
+        let input = Array4::from_shape_vec(batch_shape(&batch), batch.images.clone()).expect("batch shape");
+        let logits = model.session.run_logits(input.view(), batch.layout)?;
+        let pred = crate::tensors::argmax_classes(logits.view());
+        let picture = || {
+            let (w, h) = (batch.w as u32, batch.h as u32);
+            let truth = image::GrayImage::from_raw(w, h, batch.masks.clone()).expect("one mask");
+            let predicted = image::GrayImage::from_raw(w, h, pred.clone()).expect("one prediction");
+            crate::plots::panel(&crate::plots::batch_image(&batch, &model.norm), &truth, &predicted)
+        };
+        scoring.add(&batch.ids[0], (input, logits), (&batch.masks, &pred), picture)?;
+    }
+    Ok(())
+}
+
+/// A graph fixed at one size: each image letterboxed into it, the logits upsampled back to the
+/// image's own size, scored there.
+fn score_letterboxed(
+    model: &mut crate::runtime::OpenedModel,
+    ds: &crate::data::Dataset,
+    (h, w): (usize, usize),
+    scoring: &mut Scoring<'_>,
+) -> Result<()> {
+    let norm = model.norm;
+    for item in &ds.items {
+        let (image, mask) = crate::data::load_item(item, model.classes)?;
+        let (boxed, inner) = crate::imaging::letterbox(&image, (w, h), true, &norm);
+        let mut input = Array4::<f32>::zeros(norm.layout.shape(1, h, w));
+        crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), &boxed, &norm);
+        let logits = model.session.run_logits(input.view(), norm.layout)?;
+        let (mw, mh) = mask.dimensions();
+        let pred =
+            crate::imaging::upsample_argmax(logits.index_axis(ndarray::Axis(0), 0), inner, mw as usize, mh as usize);
+        let picture = || crate::plots::panel(&image, &mask, &pred);
+        scoring.add(&item.id, (input, logits), (mask.as_raw(), pred.as_raw()), picture)?;
+    }
+    Ok(())
+}
+
+/// `--report DIR`.
+fn write_report(
+    dir: &std::path::Path,
+    r: &ValidationReport,
+    cm: &crate::metrics::ConfusionMatrix,
+    worst: crate::report::Worst,
+) -> Result<()> {
+    let k = cm.classes;
+    let confusion = (0..k).map(|t| cm.counts[t * k..(t + 1) * k].to_vec()).collect();
+    let summary = vec![
+        ("model".to_string(), r.file.clone()),
+        ("data".into(), format!("{} ({} split, {} images)", r.data, r.split, r.num_images)),
+        ("input".into(), r.input.clone()),
+        ("mIoU".into(), format!("{:.4}", r.miou)),
+        ("pixel accuracy".into(), format!("{:.4}", r.pixel_accuracy)),
+        ("frequency-weighted IoU".into(), format!("{:.4}", r.frequency_weighted_iou)),
+    ];
+    let title = format!("segtune validate: {}", r.file);
+    let report = crate::report::Report {
+        title,
+        summary,
+        class_names: &r.class_names,
+        per_class_iou: &r.per_class_iou,
+        confusion,
+        worst,
+    };
+    crate::report::write(dir, report).map(|_| ())
 }
 
 /// A batch's images as an array shape in its layout.

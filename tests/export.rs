@@ -106,6 +106,7 @@ fn validate_json_and_class_mismatch() {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("background") && text.contains("mIoU"), "{text}");
+    validate_report(&model, &data, dir.path(), &v);
 
     // A 6-class dataset against the 4-class export.
     let six = dir.path().join("six");
@@ -115,6 +116,44 @@ fn validate_json_and_class_mismatch() {
     let err = stderr(&out);
     assert!(err.contains("SegmentationClass/val_") && err.contains("is outside [0, 4)"), "{err}");
     assert!(err.contains("has 4 output classes"), "{err}");
+}
+
+/// `validate --report`: the pictures, and the worst images in order, each 3 × its image wide;
+/// a smaller `--worst` keeps the first of the same order and removes the pictures it no longer shows.
+fn validate_report(model: &Path, data: &Path, dir: &Path, json: &serde_json::Value) {
+    let report = dir.join("report");
+    let run = |k: &str| {
+        let (m, d, r) = (model.to_str().unwrap(), data.to_str().unwrap(), report.to_str().unwrap());
+        let out = segtune(&["validate", m, "--data", d, "--report", r, "--worst", k]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+        let mut worst: Vec<String> = std::fs::read_dir(report.join("worst"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        worst.sort();
+        (html, worst)
+    };
+    let (html, all) = run("3");
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(html.contains(&format!("<td>{:.4}</td>", json["miou"].as_f64().unwrap())), "{html}");
+    let captions: Vec<f64> = html
+        .split("</figcaption>")
+        .filter_map(|s| s.rsplit("mIoU ").next().filter(|_| s.contains("<figcaption>")))
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(captions.len(), 3, "{html}");
+    assert!(captions.windows(2).all(|w| w[0] <= w[1]), "worst first: {captions:?}");
+    for file in &all {
+        assert!(html.contains(&format!("src=\"worst/{file}\"")), "{file} not shown");
+        assert_eq!(image::image_dimensions(report.join("worst").join(file)).unwrap(), (192, 64), "{file}");
+    }
+    for png in ["confusion.png", "iou.png"] {
+        let (w, h) = image::image_dimensions(report.join(png)).unwrap();
+        assert!(w >= 400 && h >= 300, "{png} is {w}×{h}");
+    }
+    let (_, two) = run("2");
+    assert_eq!(two, all[..2], "the same order; the third picture removed");
 }
 
 #[test]
