@@ -85,8 +85,15 @@ pub fn demo(out: &Path, epochs: usize) -> Result<DemoReport> {
     println!("[5/5] segmenting 8 val images into {}", pred_dir.display());
     let inputs: Vec<String> =
         (0..8).map(|i| data_dir.join("JPEGImages").join(format!("val_{i:05}.jpg")).display().to_string()).collect();
-    let opts =
-        InferOptions { out: pred_dir.clone(), overlay: true, batch: 4, threads: 0, size: Some(128), square: false };
+    let opts = InferOptions {
+        out: pred_dir.clone(),
+        overlay: true,
+        batch: 4,
+        threads: 0,
+        size: None,
+        square: false,
+        provider: Default::default(),
+    };
     let inferred = infer::infer(&model_path, &inputs, &opts)?;
 
     let seconds = started.elapsed().as_secs_f64();

@@ -110,6 +110,8 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         ("segtune.label_map", cfg.dataset.label_map.to_string()),
         ("segtune.dataset_layout", format!("{layout:?}").to_lowercase()),
         ("segtune.size_multiple", n.size_multiple.to_string()),
+        // The test-time pipeline train evaluated with, which validate and infer run by default.
+        (crate::pipeline::RESIZE_KEY, crate::pipeline::Resize::Native.to_string()),
         ("segtune.input_rule", format!("height and width multiples of {}", n.size_multiple)),
         ("segtune.training", summary.to_string()),
         ("segtune.source", format!("fine-tuned by segtune {} from {}", env!("CARGO_PKG_VERSION"), source.origin())),

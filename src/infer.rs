@@ -1,8 +1,8 @@
 //! `segtune infer`: batch inference with onnxruntime on new images. Inputs are files, folders
-//! or globs; images are decoded and letterboxed in parallel while onnxruntime runs the previous
-//! batch, and masks are written while it runs the next; logits are upsampled back to each
-//! image's original size before the argmax. Writes palette PNG masks, optional overlays, and
-//! `summary.json`.
+//! or globs; images are decoded and prepared by the model's test-time pipeline (the one validate
+//! scores with: `crate::pipeline`) in parallel while onnxruntime runs the previous batch, and
+//! masks are written while it runs the next; logits are upsampled back to each image's original
+//! size before the argmax. Writes palette PNG masks, optional overlays, and `summary.json`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -16,13 +16,10 @@ use serde::Serialize;
 
 use crate::data::{self, load_image, voc_palette};
 use crate::error::{Error, Result};
-use crate::glob::glob_match;
-use crate::imaging::{letterbox, normalize_into, upsample_argmax};
-use crate::layout::Layout;
-use crate::runtime::{OpenedModel, OrtOutput};
-
-/// File extensions taken from folders and globs.
-const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "webp", "tif"];
+use crate::imaging::{normalize_into, upsample_argmax};
+use crate::layout::{Layout, Normalization};
+use crate::pipeline::Pipeline;
+use crate::runtime::{OpenedModel, OrtOutput, Provider};
 
 /// Settings of `segtune infer`.
 #[derive(Debug, Clone)]
@@ -35,14 +32,14 @@ pub struct InferOptions {
     pub batch: usize,
     /// onnxruntime intra-op threads (0: its default).
     pub threads: usize,
-    /// Longer side of the model input in pixels, rounded to the model's multiple (default 512).
-    /// Images are scaled so their longer side is this, keeping their aspect ratio, and padded with
-    /// the mean to the model's size multiple (a batch to its largest image). A model whose graph
-    /// is fixed at one size gets that size (another `--size` is refused).
+    /// Longer side of the model input in pixels, rounded up to the model's size multiple: images
+    /// keep their aspect ratio and are padded with the mean to that multiple. `None`: the
+    /// pipeline the model records (an export's: native resolution, as validate scores it).
     pub size: Option<usize>,
-    /// Pad every image to a `size × size` square instead (every input the same shape; a 4:3 image
-    /// then costs onnxruntime 4/3 of the work).
+    /// Letterbox every image into a `size × size` square instead (every input the same shape).
     pub square: bool,
+    /// Where onnxruntime runs the model.
+    pub provider: Provider,
 }
 
 /// One image's result in `summary.json`.
@@ -64,66 +61,15 @@ pub struct InferSummary {
     /// Inputs that could not be read, with the reason; they were skipped.
     pub failed: Vec<(String, String)>,
     pub class_names: Vec<String>,
+    /// How the images became model input, and where that came from.
+    pub pipeline: Pipeline,
+    /// Where onnxruntime ran the model.
+    pub provider: Provider,
     pub seconds: f64,
     pub images_per_s: f64,
     /// Time onnxruntime spent running, in seconds.
     pub run_seconds: f64,
 }
-
-/// Expands files, folders (their images, sorted) and globs (`*` and `?` in the file name).
-pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for input in inputs {
-        let p = Path::new(input);
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.contains('*') || name.contains('?') {
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let mut found: Vec<PathBuf> =
-                read_dir_sorted(dir)?.into_iter().filter(|f| glob_match(&name, &file_name(f))).collect();
-            if found.is_empty() {
-                return Err(Error::bad_file(p, "the pattern matches no file"));
-            }
-            out.append(&mut found);
-        } else if p.is_dir() {
-            let mut found: Vec<PathBuf> = read_dir_sorted(p)?
-                .into_iter()
-                .filter(|f| {
-                    f.extension()
-                        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str()))
-                })
-                .collect();
-            if found.is_empty() {
-                return Err(Error::bad_file(
-                    p,
-                    format!("expected images ({}) in this folder, found none", IMAGE_EXTENSIONS.join(", ")),
-                ));
-            }
-            out.append(&mut found);
-        } else if p.is_file() {
-            out.push(p.to_path_buf());
-        } else {
-            return Err(Error::bad_file(p, "no such file or folder"));
-        }
-    }
-    Ok(out)
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-/// Default of [`InferOptions::size`].
-pub const DEFAULT_SIZE: usize = 512;
 
 /// The name each input's outputs get (relative to the output directory, no extension): its file
 /// stem where stems are unique, else its path relative to the inputs' common folder (`a/x.jpg`
@@ -166,30 +112,16 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     if opts.batch == 0 {
         return Err(Error::BadArgument("--batch 0: expected at least 1".into()));
     }
-    let OpenedModel { mut session, norm, classes, class_names, input: shape } =
-        OpenedModel::open(model, opts.threads, false)?;
+    let opened = OpenedModel::open(model, opts.threads, false, opts.provider)?;
+    let pipeline = opened.pipeline(model, opts.size, opts.square)?;
+    let OpenedModel { mut session, norm, classes, class_names, input: shape, .. } = opened;
     let class_names = class_names.unwrap_or_else(|| (0..classes).map(|i| format!("class_{i}")).collect());
-    // The box each image is letterboxed into: the graph's own size where it is fixed.
-    let (fit, pad_to_box) = match (shape.size, opts.size) {
-        (Some((h, w)), None) => ((w, h), true),
-        (Some((h, w)), Some(s)) if (s, s) == (h, w) => ((w, h), true),
-        (Some((h, w)), Some(s)) => {
-            return Err(Error::bad_file(
-                model,
-                format!("its graph runs at {h}×{w} only, not --size {s}; use --size {h} or leave --size out"),
-            ));
-        }
-        (None, size) => {
-            let side = size.unwrap_or(DEFAULT_SIZE).div_ceil(norm.size_multiple).max(1) * norm.size_multiple;
-            ((side, side), opts.square)
-        }
-    };
     // A graph fixed at one batch size gets exactly that many rows (the last batch padded).
     let (batch, rows) = match shape.batch {
         Some(b) => (b, b),
         None => (opts.batch, 0),
     };
-    let files = expand_inputs(inputs)?;
+    let files = crate::inputs::expand_inputs(inputs)?;
     let names = output_names(&files);
     if opts.out.exists() && !opts.out.is_dir() {
         return Err(Error::bad_file(&opts.out, "expected an output directory, found a file"));
@@ -207,7 +139,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
                 .par_iter()
                 .map(|(p, name)| {
                     let original = load_image(p).map_err(|e| (p.display().to_string(), e.to_string()))?;
-                    let (input, inner) = letterbox(&original, fit, pad_to_box, &norm);
+                    let (input, inner) = pipeline.prepare(&original);
                     Ok(Prepared { path: p.clone(), name: name.clone(), original, input, inner })
                 })
                 .collect();
@@ -234,7 +166,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
         let palette = voc_palette();
         let mut results = vec![];
         for (prepared, output) in wrx {
-            let logits = output.logits()?;
+            let logits = output.class_logits(classes)?;
             let batch: Result<Vec<ImageResult>> = prepared
                 .par_iter()
                 .enumerate()
@@ -252,33 +184,21 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
             eprintln!("error: {file}: {why}; skipped");
             failed.push((file, why));
         }
-        if prepared.is_empty() {
-            continue;
-        }
-        let n = prepared.len().max(rows);
-        // The batch's shape: its largest input; the rest is 0, the normalized mean.
-        let (bw, bh) = prepared.iter().fold((0, 0), |(w, h), p| (w.max(p.input.width()), h.max(p.input.height())));
-        let (bw, bh) = (bw as usize, bh as usize);
-        let mut input = match norm.layout {
-            Layout::Nchw => Array4::<f32>::zeros((n, 3, bh, bw)),
-            Layout::Nhwc => Array4::<f32>::zeros((n, bh, bw, 3)),
-        };
-        for (i, p) in prepared.iter().enumerate() {
-            normalize_into(input.slice_mut(s![i, .., .., ..]), &p.input, &norm);
-        }
-        let t = Instant::now();
-        let logits = session.run_output(input.view(), norm.layout)?;
-        run_seconds += t.elapsed().as_secs_f64();
-        done += prepared.len();
-        if tty {
-            eprint!(
-                "\rinfer {done}/{} images, {:.1} img/s ",
-                files.len(),
-                done as f64 / started.elapsed().as_secs_f64()
-            );
-        }
-        if wtx.send((prepared, logits)).is_err() {
-            break;
+        // One run per input shape: padding a smaller image to a larger one's shape would change
+        // what the image pooling sees, and its prediction with it.
+        for group in same_shape_groups(prepared) {
+            let input = batch_input(&group, rows, &norm);
+            let t = Instant::now();
+            let logits = session.run_output(input.view(), norm.layout)?;
+            run_seconds += t.elapsed().as_secs_f64();
+            done += group.len();
+            if tty {
+                let rate = done as f64 / started.elapsed().as_secs_f64();
+                eprint!("\rinfer {done}/{} images, {rate:.1} img/s ", files.len());
+            }
+            if wtx.send((group, logits)).is_err() {
+                break;
+            }
         }
     }
     drop(wtx);
@@ -294,12 +214,42 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
         images,
         failed,
         class_names,
+        pipeline,
+        provider: opts.provider,
         seconds,
         run_seconds,
     };
     let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
     data::write_atomic(&opts.out.join("summary.json"), |f| std::io::Write::write_all(f, json.as_bytes()))?;
     Ok(summary)
+}
+
+/// `prepared` split into runs of one input shape each, in order of first appearance.
+fn same_shape_groups(prepared: Vec<Prepared>) -> Vec<Vec<Prepared>> {
+    let mut groups: Vec<Vec<Prepared>> = vec![];
+    for p in prepared {
+        match groups.iter_mut().find(|g| g[0].input.dimensions() == p.input.dimensions()) {
+            Some(g) => g.push(p),
+            None => groups.push(vec![p]),
+        }
+    }
+    groups
+}
+
+/// One shape's images as a normalized batch of at least `rows` rows (a graph fixed at one batch
+/// size gets exactly that many; the extra rows are 0, the normalized mean).
+fn batch_input(group: &[Prepared], rows: usize, norm: &Normalization) -> Array4<f32> {
+    let n = group.len().max(rows);
+    let (w, h) = group[0].input.dimensions();
+    let (w, h) = (w as usize, h as usize);
+    let mut input = match norm.layout {
+        Layout::Nchw => Array4::<f32>::zeros((n, 3, h, w)),
+        Layout::Nhwc => Array4::<f32>::zeros((n, h, w, 3)),
+    };
+    for (i, p) in group.iter().enumerate() {
+        normalize_into(input.slice_mut(s![i, .., .., ..]), &p.input, norm);
+    }
+    input
 }
 
 /// Upsamples one image's logits to its original size, takes the argmax, and writes

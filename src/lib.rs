@@ -2,7 +2,7 @@
 //!
 //! The commands, side by side, each on the layers below and none on another (demo runs the
 //! others in order, as a user would): [`train`], [`export`], [`validate`] (also `parity`),
-//! [`infer`], [`inspect`], [`doctor`], [`demo`]. `main.rs` only parses and dispatches.
+//! [`infer`], [`quantize`], [`inspect`], [`doctor`], [`demo`]. `main.rs` only parses and dispatches.
 //!
 //! The layers:
 //! - [`config`]: a run's configuration, the train/doctor flags in one with their defaults;
@@ -10,14 +10,17 @@
 //! - [`setup`]: the model a run trains (freezing, a new classifier, BatchNorm, optimizer, schedule);
 //! - [`model`]: the compiled-in models, parameter map, architecture matching, checkpoints, BatchNorm;
 //! - [`backbone`]: which part of a graph is the backbone and where it is cut (shared with build.rs);
-//! - [`onnx`]: ONNX files, tensor data, graph facts; [`graph`]: ONNX graph editing;
+//! - [`onnx`]: ONNX files, tensor data, graph facts; [`graph`]: ONNX graph editing; [`qdq`]: the
+//!   int8 QDQ rewrite (BatchNorm folding, activation merging, Q/DQ insertion); [`fp16`]: the
+//!   float16 rewrite (fp32 inputs and outputs kept);
 //! - [`runtime`]: onnxruntime (the library, sessions, the sizes a graph runs at, opened models);
 //! - [`device`]: the burn device and what a GPU needs;
 //! - [`data`]: dataset layouts, masks, synth, transforms, the loader; [`labels`]: label maps and
-//!   class lists; [`layout`]: tensor layout and normalization; [`imaging`]: letterbox, resize,
+//!   class lists; [`layout`]: tensor layout and normalization; [`pipeline`]: the test-time
+//!   pipeline validate and infer share, as the export records it; [`imaging`]: letterbox, resize,
 //!   upsampled argmax; [`tensors`]: tensor and array helpers; [`rng`]: the seeded RNG;
 //! - [`loss`], [`metrics`], [`plots`], [`report`] (validation's HTML report), [`tensorboard`]
-//!   (event files), [`glob`], [`error`].
+//!   (event files), [`inputs`] (the image files named by files, folders, globs), [`glob`], [`error`].
 
 pub mod backbone;
 pub mod config;
@@ -27,10 +30,12 @@ pub mod device;
 pub mod doctor;
 pub mod error;
 pub mod export;
+pub mod fp16;
 pub mod glob;
 pub mod graph;
 pub mod imaging;
 pub mod infer;
+pub mod inputs;
 pub mod inspect;
 pub mod labels;
 pub mod layout;
@@ -38,7 +43,10 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod onnx;
+pub mod pipeline;
 pub mod plots;
+pub mod qdq;
+pub mod quantize;
 pub mod report;
 pub mod rng;
 pub mod rundir;

@@ -121,6 +121,50 @@ enum Command {
         /// How many of the lowest-mIoU images the report shows.
         #[arg(long, default_value_t = 8, value_name = "K")]
         worst: usize,
+        /// Also score this model (e.g. the fp32 one a quantized model came from) on the same
+        /// images with the same flags, and report the mIoU difference.
+        #[arg(long, value_name = "FILE.onnx")]
+        baseline: Option<PathBuf>,
+        /// Where onnxruntime runs the model: cpu, or cuda / tensorrt with an onnxruntime-gpu
+        /// library (ORT_DYLIB_PATH); refused, naming what the library has, where it lacks one.
+        #[arg(long, value_enum, default_value_t = segtune::runtime::Provider::Cpu)]
+        provider: segtune::runtime::Provider,
+        #[command(flatten)]
+        pipeline: segtune::pipeline::PipelineArgs,
+    },
+    /// Static int8 QDQ: weights per-channel symmetric int8, activations uint8 calibrated in
+    /// onnxruntime on your images; checked against the fp32 model before it is written.
+    Quantize {
+        /// The fp32 ONNX model (e.g. from `segtune export`).
+        model: PathBuf,
+        /// Calibration images: files, folders, globs, or a dataset folder (its --split images).
+        #[arg(long, required_unless_present = "fp16", num_args = 1.., value_name = "DATA")]
+        calibrate: Vec<String>,
+        /// Write a float16 model instead (weights and compute; fp32 inputs and outputs kept), for
+        /// GPU providers; --calibrate is then optional (images to compare it with fp32 on).
+        #[arg(long)]
+        fp16: bool,
+        /// Where to write the int8 model.
+        #[arg(long)]
+        out: PathBuf,
+        /// The dataset split calibrated on where --calibrate is a dataset folder.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Calibration images (spread evenly over those found).
+        #[arg(long, default_value_t = 32)]
+        images: usize,
+        /// How each activation's range is taken: minmax, or percentile (see --percentile).
+        #[arg(long, value_enum, default_value_t = segtune::quantize::Calibration::Minmax)]
+        method: segtune::quantize::Calibration,
+        /// The percentile of each activation's histogram kept by --method percentile.
+        #[arg(long, default_value_t = 99.999)]
+        percentile: f64,
+        /// onnxruntime intra-op threads (0: its default).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Segment new images with onnxruntime: palette masks (same names, .png), overlays, summary.json.
     Infer {
@@ -141,14 +185,12 @@ enum Command {
         /// onnxruntime intra-op threads (0: its default).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// Longer side of the model input (rounded to the model's multiple, 16): images keep their
-        /// aspect ratio and are padded with the mean only to that multiple [default: 512, or the
-        /// size a model's graph is fixed at].
-        #[arg(long)]
-        size: Option<usize>,
-        /// Pad every image to a SIZE × SIZE square instead.
-        #[arg(long)]
-        square: bool,
+        /// Where onnxruntime runs the model: cpu, or cuda / tensorrt with an onnxruntime-gpu
+        /// library (ORT_DYLIB_PATH); refused, naming what the library has, where it lacks one.
+        #[arg(long, value_enum, default_value_t = segtune::runtime::Provider::Cpu)]
+        provider: segtune::runtime::Provider,
+        #[command(flatten)]
+        pipeline: segtune::pipeline::PipelineArgs,
     },
     /// Tell why a fine-tune does not learn: labels, images, model, initial loss, overfitting one
     /// batch (with a learning-rate sweep), BatchNorm; the most likely cause first.
@@ -256,7 +298,20 @@ fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
         Command::Export { run_dir, out } => {
             emit!("{}", segtune::export::export(&run_dir, &out)?);
         }
-        Command::Validate { file, data, split, dataset, json, parity, threads, report, worst } => {
+        Command::Validate {
+            file,
+            data,
+            split,
+            dataset,
+            json,
+            parity,
+            threads,
+            report,
+            worst,
+            baseline,
+            provider,
+            pipeline,
+        } => {
             let opts = validate::ValidateOptions {
                 spec: dataset.spec(),
                 class_names: dataset.class_names.as_deref(),
@@ -264,6 +319,10 @@ fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
                 threads,
                 report: report.as_deref(),
                 worst,
+                size: pipeline.size,
+                square: pipeline.square,
+                provider,
+                baseline: baseline.as_deref(),
             };
             let report = validate::validate_with(&file, &data, &split, &opts)?;
             emit!("{report}");
@@ -281,8 +340,25 @@ fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Infer { model, inputs, out, overlay, batch, threads, size, square } => {
-            let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square };
+        Command::Quantize { model, calibrate, fp16, out, split, images, method, percentile, threads, json } => {
+            use segtune::quantize::{QuantizeOptions, half_precision, quantize};
+            let opts = QuantizeOptions { calibrate, split, images, method, percentile, threads };
+            let (text, value) = if fp16 {
+                let r = half_precision(&model, &out, &opts)?;
+                (r.to_string(), serde_json::to_value(&r))
+            } else {
+                let r = quantize(&model, &out, &opts)?;
+                (r.to_string(), serde_json::to_value(&r))
+            };
+            if json {
+                emit!("{}", serde_json::to_string_pretty(&value.context("serializing the report")?)?);
+            } else {
+                emit!("{text}");
+            }
+        }
+        Command::Infer { model, inputs, out, overlay, batch, threads, provider, pipeline } => {
+            let (size, square) = (pipeline.size, pipeline.square);
+            let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square, provider };
             let summary = segtune::infer::infer(&model, &inputs, &opts)?;
             emit!(
                 "wrote {} masks to {} ({:.1} images/s, onnxruntime {:.1} s of {:.1} s){}",
@@ -293,6 +369,7 @@ fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
                 summary.seconds,
                 if opts.overlay { ", with overlays" } else { "" }
             );
+            emit!("input: {}", summary.pipeline.describe());
             if !summary.failed.is_empty() {
                 let names: Vec<&str> = summary.failed.iter().map(|(f, _)| f.as_str()).collect();
                 eprintln!("error: {} input(s) could not be read and were skipped: {}", names.len(), names.join(", "));

@@ -387,10 +387,17 @@ pub fn output_classes(graph: &GraphProto, class_axis: usize) -> Option<usize> {
 /// The class count of an exported model: `segtune.classes`, else the fixed class dimension.
 pub fn model_classes(proto: &ModelProto, class_axis: usize, path: &Path) -> Result<usize> {
     let meta = metadata(proto);
-    if let Some(c) = meta.get("segtune.classes").and_then(|v| v.parse().ok()) {
-        return Ok(c);
+    let graph_classes = output_classes(graph(proto), class_axis);
+    if let Some(c) = meta.get("segtune.classes").and_then(|v| v.parse::<usize>().ok()) {
+        return match graph_classes {
+            Some(g) if g != c => Err(Error::bad_file(
+                path,
+                format!("its metadata segtune.classes says {c} classes, but its output has {g} channels"),
+            )),
+            _ => Ok(c),
+        };
     }
-    output_classes(graph(proto), class_axis).ok_or_else(|| {
+    graph_classes.ok_or_else(|| {
         Error::bad_file(
             path,
             "expected a fixed class dimension on the output or segtune.classes metadata, found neither",

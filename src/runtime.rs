@@ -125,6 +125,62 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
         .map_err(|e| Error::Runtime(e.trim_start_matches("onnxruntime: ").to_string()))
 }
 
+/// Where onnxruntime runs a model (`--provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// onnxruntime's CPU kernels.
+    #[default]
+    Cpu,
+    /// CUDAExecutionProvider (an onnxruntime-gpu build).
+    Cuda,
+    /// TensorrtExecutionProvider, falling back to CUDA and the CPU for what TensorRT cannot run.
+    Tensorrt,
+}
+
+impl Provider {
+    fn flag(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::Tensorrt => "tensorrt",
+        }
+    }
+
+    /// The execution provider to register, or `None` for the CPU; an error naming what the
+    /// loaded library has where it lacks this one.
+    fn dispatch(self) -> Result<Option<ort::ep::ExecutionProviderDispatch>> {
+        use ort::ep::{CUDA, ExecutionProvider, TensorRT};
+        let (name, available) = match self {
+            Provider::Cpu => return Ok(None),
+            Provider::Cuda => (CUDA::NAME, CUDA::is_available()),
+            Provider::Tensorrt => (TensorRT::NAME, TensorRT::is_available()),
+        };
+        if !available.map_err(|e| Error::Runtime(format!("asking onnxruntime for its providers: {e}")))? {
+            let lib = locate_library().map(|p| p.display().to_string()).unwrap_or_else(|_| "onnxruntime".into());
+            return Err(Error::BadArgument(format!(
+                "--provider {}: {lib} has no {name}; it has {}. Point ORT_DYLIB_PATH at an onnxruntime-gpu build's \
+                 libonnxruntime.so, or use --provider cpu",
+                self.flag(),
+                available_providers().join(", ")
+            )));
+        }
+        Ok(Some(match self {
+            Provider::Tensorrt => TensorRT::default().build().error_on_failure(),
+            _ => CUDA::default().build().error_on_failure(),
+        }))
+    }
+}
+
+/// Which of the providers `--provider` names the loaded onnxruntime library was built with.
+pub fn available_providers() -> Vec<&'static str> {
+    use ort::ep::{self, ExecutionProvider};
+    fn has<E: ExecutionProvider>() -> Option<&'static str> {
+        E::is_available().ok().filter(|&a| a).map(|_| E::NAME)
+    }
+    [has::<ep::CPU>(), has::<ep::CUDA>(), has::<ep::TensorRT>()].into_iter().flatten().collect()
+}
+
 /// An onnxruntime session over a segmentation model with one image input and logits output.
 pub struct OrtModel {
     session: Session,
@@ -140,16 +196,23 @@ impl OrtModel {
     /// As [`from_bytes`](Self::from_bytes); `spinning` = false stops onnxruntime's idle threads
     /// from busy-waiting between ops, for pipelines whose other stages need the cores.
     pub fn with_options(bytes: &[u8], origin: &str, threads: usize, spinning: bool) -> Result<Self> {
-        Self::build(bytes, origin, threads, spinning, false)
+        Self::build(bytes, origin, threads, spinning, false, Provider::Cpu)
     }
 
     /// A one-thread session that logs nothing: for probing the sizes a graph takes, where
     /// onnxruntime's refusals are expected answers, not errors to show.
     fn quiet(bytes: &[u8], origin: &str) -> Result<Self> {
-        Self::build(bytes, origin, 1, true, true)
+        Self::build(bytes, origin, 1, true, true, Provider::Cpu)
     }
 
-    fn build(bytes: &[u8], origin: &str, threads: usize, spinning: bool, quiet: bool) -> Result<Self> {
+    fn build(
+        bytes: &[u8],
+        origin: &str,
+        threads: usize,
+        spinning: bool,
+        quiet: bool,
+        provider: Provider,
+    ) -> Result<Self> {
         let env = environment()?;
         let fail = |e: String| Error::bad_file(origin, format!("onnxruntime refused the model: {e}"));
         let mut builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
@@ -163,8 +226,16 @@ impl OrtModel {
         if !spinning {
             builder = builder.with_intra_op_spinning(false).map_err(|e| fail(e.to_string()))?;
         }
+        if let Some(ep) = provider.dispatch()? {
+            builder = builder.with_execution_providers([ep]).map_err(|e| fail(e.to_string()))?;
+        }
         let session = builder.commit_from_memory(bytes).map_err(|e| fail(e.to_string()))?;
         Ok(OrtModel { session, origin: origin.to_string() })
+    }
+
+    /// The file (or description) the session was made from, for messages.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Runs the model on an input batch laid out as `layout` and keeps its first output where
@@ -189,6 +260,18 @@ impl OrtModel {
                 Ok((shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
             })
             .collect()
+    }
+
+    /// Runs the model and hands each output's values, in graph order, to `visit` (no copy).
+    pub fn visit_outputs(&mut self, input: ArrayView4<'_, f32>, mut visit: impl FnMut(usize, &[f32])) -> Result<()> {
+        let fail = |e: String| Error::Runtime(format!("running {}: {e}", self.origin));
+        let tensor = TensorRef::from_array_view(input).map_err(|e| fail(e.to_string()))?;
+        let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| fail(e.to_string()))?;
+        for (i, (_, value)) in outputs.into_iter().enumerate() {
+            let (_, data) = value.try_extract_tensor::<f32>().map_err(|e| fail(e.to_string()))?;
+            visit(i, data);
+        }
+        Ok(())
     }
 
     /// Runs the model on an input laid out as `layout` and returns the logits NCHW
@@ -218,6 +301,29 @@ impl OrtOutput {
             Layout::Nhwc => out.permuted_axes([0, 3, 1, 2]),
         })
     }
+
+    /// [`logits`](Self::logits), checked to hold one channel per class of the `classes` the
+    /// model's metadata (or graph) promises: a model whose output disagrees is refused, not
+    /// argmaxed into out-of-range masks.
+    pub fn class_logits(&self, classes: usize) -> Result<ArrayView4<'_, f32>> {
+        let logits = self.logits()?;
+        check_channels(logits.shape()[1], classes, &self.origin)?;
+        Ok(logits)
+    }
+}
+
+/// `channels`, the class axis of a model's output, against the `classes` it is said to have.
+pub fn check_channels(channels: usize, classes: usize, origin: &str) -> Result<()> {
+    if channels == classes {
+        return Ok(());
+    }
+    Err(Error::bad_file(
+        origin,
+        format!(
+            "expected {classes} output channels (one per class, as its metadata segtune.classes or graph says), \
+             found {channels}: the output is not this model's logits"
+        ),
+    ))
 }
 
 /// The input sizes a graph runs at, as onnxruntime showed them.
@@ -302,12 +408,14 @@ pub struct OpenedModel {
     pub class_names: Option<Vec<String>>,
     /// The sizes the graph runs at.
     pub input: InputShape,
+    /// The test-time pipeline its metadata records (native where none).
+    pub recorded: crate::pipeline::Pipeline,
 }
 
 impl OpenedModel {
-    /// Opens `path` with `threads` onnxruntime threads (0: its default); `spinning` as in
-    /// [`OrtModel::with_options`].
-    pub fn open(path: &Path, threads: usize, spinning: bool) -> Result<Self> {
+    /// Opens `path` with `threads` onnxruntime threads (0: its default) on `provider`;
+    /// `spinning` as in [`OrtModel::with_options`].
+    pub fn open(path: &Path, threads: usize, spinning: bool, provider: Provider) -> Result<Self> {
         use prost::Message;
         let mut proto = crate::onnx::read_model(path)?;
         crate::graph::inline_external(&mut proto, path.parent()).map_err(|e| Error::bad_file(path, e))?;
@@ -322,7 +430,15 @@ impl OpenedModel {
         let origin = path.display().to_string();
         let (runnable, input) = runnable(&proto, &norm, &origin)?;
         let bytes = runnable.as_ref().unwrap_or(&proto).encode_to_vec();
-        let session = OrtModel::with_options(&bytes, &origin, threads, spinning)?;
-        Ok(OpenedModel { session, norm, classes, class_names, input })
+        let session = OrtModel::build(&bytes, &origin, threads, spinning, false, provider)?;
+        let recorded = crate::pipeline::Pipeline::recorded(&meta, norm).map_err(|e| Error::bad_file(path, e))?;
+        Ok(OpenedModel { session, norm, classes, class_names, input, recorded })
+    }
+
+    /// The pipeline to run `path` (this model) with: the recorded one, `--size`/`--square`
+    /// overriding it, and the graph's fixed size over both.
+    pub fn pipeline(&self, path: &Path, size: Option<usize>, square: bool) -> Result<crate::pipeline::Pipeline> {
+        let flagged = self.recorded.overridden(size, square).map_err(Error::BadArgument)?;
+        flagged.fitted(self.input.size).map_err(|e| Error::bad_file(path, e))
     }
 }

@@ -1,5 +1,6 @@
-//! Checks of a model against onnxruntime: `segtune parity` runs the burn model and onnxruntime on
-//! the same seeded input and compares logits.
+//! `segtune validate`: an ONNX model scored with onnxruntime over a dataset split through the
+//! test-time pipeline it records (confusion matrix, mIoU, per-class IoU, optional HTML report);
+//! and `segtune parity`: the burn model and onnxruntime on the same seeded input.
 
 use std::time::Instant;
 
@@ -207,8 +208,10 @@ pub struct ValidationReport {
     pub data: String,
     pub split: String,
     pub num_images: usize,
-    /// How images reached the model.
+    /// How images reached the model, in words.
     pub input: String,
+    /// The test-time pipeline used, and where it came from.
+    pub pipeline: crate::pipeline::Pipeline,
     pub miou: f64,
     pub pixel_accuracy: f64,
     pub frequency_weighted_iou: f64,
@@ -218,6 +221,21 @@ pub struct ValidationReport {
     pub pixels: u64,
     pub seconds: f64,
     pub parity: Option<ExportParity>,
+    /// `--baseline`: the same split through another model (e.g. the fp32 one a quantized model
+    /// came from), with the same pipeline.
+    pub baseline: Option<Baseline>,
+}
+
+/// Another model's scores on the same images, and this model's difference from them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    pub file: String,
+    pub miou: f64,
+    pub pixel_accuracy: f64,
+    /// This model's mIoU minus the baseline's.
+    pub miou_delta: f64,
+    /// The largest drop of one class's IoU, and that class.
+    pub worst_class_drop: Option<(String, f64)>,
 }
 
 /// The export against the burn model of its run.
@@ -258,6 +276,17 @@ impl std::fmt::Display for ValidationReport {
                 if p.pass { "PASS" } else { "FAIL" }
             )?;
         }
+        if let Some(b) = &self.baseline {
+            writeln!(
+                f,
+                "baseline {}: mIoU {:.4}, this model {:+.4} ({:+.2} points){}",
+                b.file,
+                b.miou,
+                b.miou_delta,
+                b.miou_delta * 100.0,
+                b.worst_class_drop.as_ref().map_or(String::new(), |(c, d)| format!("; largest class drop {c} {d:+.4}"))
+            )?;
+        }
         write!(f, "took {:.1} s", self.seconds)
     }
 }
@@ -289,6 +318,14 @@ pub struct ValidateOptions<'a> {
     pub report: Option<&'a std::path::Path>,
     /// How many of the worst images the report shows.
     pub worst: usize,
+    /// `--size`: the longer side the images are scaled to (else the model's recorded pipeline).
+    pub size: Option<usize>,
+    /// `--square`: letterboxed into `size × size`.
+    pub square: bool,
+    /// Where onnxruntime runs the model.
+    pub provider: crate::runtime::Provider,
+    /// Another model to score on the same split with the same flags, reported beside this one.
+    pub baseline: Option<&'a std::path::Path>,
 }
 
 /// [`validate_onnx`] as `opts` says.
@@ -300,7 +337,7 @@ pub fn validate_with(
 ) -> Result<ValidationReport> {
     let started = Instant::now();
     let (mut model, ds, names) = open_for_validation(file, data, split, opts)?;
-    let shape = model.input;
+    let pipeline = model.pipeline(file, opts.size, opts.square)?;
     let mut scoring = Scoring {
         cm: crate::metrics::ConfusionMatrix::new(model.classes),
         first: vec![],
@@ -308,10 +345,7 @@ pub fn validate_with(
         worst: opts.report.map(|_| crate::report::Worst::new(opts.worst)),
         file,
     };
-    match shape.size {
-        None => score_native(&mut model, &ds, &mut scoring)?,
-        Some(size) => score_letterboxed(&mut model, &ds, size, &mut scoring)?,
-    }
+    score(&mut model, &ds, &pipeline, &mut scoring)?;
     let parity = match opts.parity {
         Some(run) => Some(export_parity(run, &scoring.first)?),
         None => None,
@@ -322,12 +356,8 @@ pub fn validate_with(
         data: data.display().to_string(),
         split: split.to_string(),
         num_images: ds.items.len(),
-        input: match shape.size {
-            None => "native resolution (padded to the size multiple)".into(),
-            Some((h, w)) => {
-                format!("letterboxed to {h}×{w} (the size its graph is fixed at), scored at native resolution")
-            }
-        },
+        input: pipeline.describe(),
+        pipeline,
         miou: s.miou,
         pixel_accuracy: s.pixel_accuracy,
         frequency_weighted_iou: s.frequency_weighted_iou,
@@ -336,10 +366,48 @@ pub fn validate_with(
         pixels: s.pixels,
         seconds: started.elapsed().as_secs_f64(),
         parity,
+        baseline: None,
+    };
+    let report = match opts.baseline {
+        Some(other) => with_baseline(report, other, data, split, opts)?,
+        None => report,
     };
     if let (Some(dir), Some(worst)) = (opts.report, scoring.worst) {
         write_report(dir, &report, &scoring.cm, worst)?;
     }
+    Ok(report)
+}
+
+/// `report` with `other` scored on the same split and flags beside it.
+fn with_baseline(
+    mut report: ValidationReport,
+    other: &std::path::Path,
+    data: &std::path::Path,
+    split: &str,
+    opts: &ValidateOptions<'_>,
+) -> Result<ValidationReport> {
+    let plain = ValidateOptions { parity: None, report: None, baseline: None, ..opts.clone() };
+    let b = validate_with(other, data, split, &plain)?;
+    if b.per_class_iou.len() != report.per_class_iou.len() {
+        return Err(Error::bad_file(
+            other,
+            format!("expected a baseline with {} classes, found {}", report.per_class_iou.len(), b.per_class_iou.len()),
+        ));
+    }
+    let worst_class_drop = report
+        .per_class_iou
+        .iter()
+        .zip(&b.per_class_iou)
+        .zip(&report.class_names)
+        .filter_map(|((a, b), name)| Some((name.clone(), a.unwrap_or(0.0) - (*b)?)))
+        .min_by(|x, y| x.1.total_cmp(&y.1));
+    report.baseline = Some(Baseline {
+        file: other.display().to_string(),
+        miou: b.miou,
+        pixel_accuracy: b.pixel_accuracy,
+        miou_delta: report.miou - b.miou,
+        worst_class_drop,
+    });
     Ok(report)
 }
 
@@ -350,7 +418,7 @@ fn open_for_validation(
     split: &str,
     opts: &ValidateOptions<'_>,
 ) -> Result<(crate::runtime::OpenedModel, crate::data::Dataset, Vec<String>)> {
-    let model = crate::runtime::OpenedModel::open(file, opts.threads, true)?;
+    let model = crate::runtime::OpenedModel::open(file, opts.threads, true, opts.provider)?;
     let classes = model.classes;
     let ds = crate::data::Dataset::open_with(data, split, &opts.spec)?;
     let names = match (opts.class_names, &model.class_names) {
@@ -412,58 +480,41 @@ impl Scoring<'_> {
     }
 }
 
-/// Each image at native resolution, padded to the size multiple.
-fn score_native(
+/// Each image through `pipeline` (decoded and prepared 8 at a time in parallel), its logits
+/// upsampled back to its own size and scored there.
+fn score(
     model: &mut crate::runtime::OpenedModel,
     ds: &crate::data::Dataset,
+    pipeline: &crate::pipeline::Pipeline,
     scoring: &mut Scoring<'_>,
 ) -> Result<()> {
-    let spec = crate::data::LoaderSpec {
-        items: ds.items.clone(),
-        batches: (0..ds.items.len()).map(|i| vec![i]).collect(),
-        classes: model.classes,
-        norm: model.norm,
-        augment: None,
-        resize: None,
-        seed: 0,
-        epoch: 0,
-    };
-    for batch in crate::data::Loader::start(spec, 4) {
-        let batch = batch?;
-        let input = Array4::from_shape_vec(batch_shape(&batch), batch.images.clone()).expect("batch shape");
-        let logits = model.session.run_logits(input.view(), batch.layout)?;
-        let pred = crate::tensors::argmax_classes(logits.view());
-        let picture = || {
-            let (w, h) = (batch.w as u32, batch.h as u32);
-            let truth = image::GrayImage::from_raw(w, h, batch.masks.clone()).expect("one mask");
-            let predicted = image::GrayImage::from_raw(w, h, pred.clone()).expect("one prediction");
-            crate::plots::panel(&crate::plots::batch_image(&batch, &model.norm), &truth, &predicted)
-        };
-        scoring.add(&batch.ids[0], (input, logits), (&batch.masks, &pred), picture)?;
-    }
-    Ok(())
-}
-
-/// A graph fixed at one size: each image letterboxed into it, the logits upsampled back to the
-/// image's own size, scored there.
-fn score_letterboxed(
-    model: &mut crate::runtime::OpenedModel,
-    ds: &crate::data::Dataset,
-    (h, w): (usize, usize),
-    scoring: &mut Scoring<'_>,
-) -> Result<()> {
+    use rayon::prelude::*;
     let norm = model.norm;
-    for item in &ds.items {
-        let (image, mask) = crate::data::load_item(item, model.classes)?;
-        let (boxed, inner) = crate::imaging::letterbox(&image, (w, h), true, &norm);
-        let mut input = Array4::<f32>::zeros(norm.layout.shape(1, h, w));
-        crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), &boxed, &norm);
-        let logits = model.session.run_logits(input.view(), norm.layout)?;
-        let (mw, mh) = mask.dimensions();
-        let pred =
-            crate::imaging::upsample_argmax(logits.index_axis(ndarray::Axis(0), 0), inner, mw as usize, mh as usize);
-        let picture = || crate::plots::panel(&image, &mask, &pred);
-        scoring.add(&item.id, (input, logits), (mask.as_raw(), pred.as_raw()), picture)?;
+    for chunk in ds.items.chunks(8) {
+        let prepared: Vec<_> = chunk
+            .par_iter()
+            .map(|item| {
+                let (image, mask) = crate::data::load_item(item, model.classes)?;
+                let (input, inner) = pipeline.prepare(&image);
+                Ok((item, image, mask, input, inner))
+            })
+            .collect::<Result<_>>()?;
+        for (item, image, mask, boxed, inner) in prepared {
+            let (bw, bh) = (boxed.width() as usize, boxed.height() as usize);
+            let mut input = Array4::<f32>::zeros(norm.layout.shape(1, bh, bw));
+            crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), &boxed, &norm);
+            let logits = model.session.run_logits(input.view(), norm.layout)?;
+            crate::runtime::check_channels(logits.shape()[1], model.classes, model.session.origin())?;
+            let (mw, mh) = mask.dimensions();
+            let pred = crate::imaging::upsample_argmax(
+                logits.index_axis(ndarray::Axis(0), 0),
+                inner,
+                mw as usize,
+                mh as usize,
+            );
+            let picture = || crate::plots::panel(&image, &mask, &pred);
+            scoring.add(&item.id, (input, logits), (mask.as_raw(), pred.as_raw()), picture)?;
+        }
     }
     Ok(())
 }

@@ -379,3 +379,94 @@ fn an_export_with_its_own_class_count_is_a_checkpoint_again() {
     let e = segtune::model::Checkpoint::open(None, Some(&bad)).err().unwrap().to_string();
     assert!(e.contains("classifier initializer") && e.contains("its other tensor"), "{e}");
 }
+
+/// One test-time pipeline (#22): with default flags, `infer`'s masks on the val images score what
+/// `validate` reports; the export records the pipeline, and the flags that override it are
+/// reported in summary.json.
+#[test]
+fn infer_by_default_scores_what_validate_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _, model) = exported_run(dir.path(), "m.onnx");
+    let meta = onnx::metadata(&onnx::read_model(&model).unwrap());
+    assert_eq!(meta["segtune.resize"], "native");
+    let v = validate::validate_onnx(&model, &data, "val", None, 1).unwrap();
+    assert!(v.input.contains("native resolution"), "{}", v.input);
+
+    let val: Vec<String> =
+        (0..3).map(|i| data.join(format!("JPEGImages/val_{i:05}.jpg")).display().to_string()).collect();
+    let run = |name: &str, extra: &[&str]| -> serde_json::Value {
+        let out_dir = dir.path().join(name);
+        let mut args = vec!["infer", model.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
+        args.extend(val.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        let out = segtune(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let summary = run("default", &[]);
+    assert_eq!(summary["pipeline"]["resize"], "native");
+    assert_eq!(summary["pipeline"]["source"], "metadata");
+    let mut cm = segtune::metrics::ConfusionMatrix::new(4);
+    for i in 0..3 {
+        let truth = segtune::data::load_mask(&data.join(format!("SegmentationClass/val_{i:05}.png")), 4).unwrap();
+        let pred = segtune::data::load_mask(&dir.path().join(format!("default/val_{i:05}.png")), 4).unwrap();
+        cm.update(truth.as_raw(), pred.as_raw());
+    }
+    let miou = cm.scores().miou;
+    eprintln!("infer's masks: {miou:.4} mIoU; validate: {:.4}", v.miou);
+    assert!((miou - v.miou).abs() <= 0.002, "infer's masks score {miou:.4}, validate reports {:.4}", v.miou);
+
+    let flagged = run("flagged", &["--size", "40", "--square"]);
+    assert_eq!(flagged["pipeline"]["resize"], "square:48", "rounded up to the size multiple");
+    assert_eq!(flagged["pipeline"]["source"], "flags");
+}
+
+/// infer never writes what the model cannot mean (#22): an output whose channels disagree with
+/// the classes the metadata promises is refused (at open where the graph fixes the channels, at
+/// the first run where it leaves them symbolic), and a provider the onnxruntime library lacks is
+/// refused naming what it has; nothing is written in each case.
+#[test]
+fn infer_refuses_wrong_channels_and_a_missing_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _, model) = exported_run(dir.path(), "m.onnx");
+    let image = data.join("JPEGImages/val_00000.jpg");
+    let refused = |model: &Path, extra: &[&str]| -> String {
+        let out_dir = dir.path().join("never");
+        let mut args =
+            vec!["infer", model.to_str().unwrap(), image.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = segtune(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(!out_dir.join("val_00000.png").exists(), "nothing written");
+        stderr(&out)
+    };
+    let mut wrong = onnx::read_model(&model).unwrap();
+    for p in wrong.metadata_props.iter_mut().filter(|p| p.key() == "segtune.classes") {
+        p.value = Some("5".into());
+    }
+    let fixed = dir.path().join("fixed.onnx");
+    common::write_model(&wrong, &fixed);
+    let err = refused(&fixed, &[]);
+    assert!(
+        err.contains("fixed.onnx") && err.contains("segtune.classes says 5 classes, but its output has 4 channels"),
+        "{err}"
+    );
+    // The output's class dimension symbolic: found at the first run.
+    let out = &mut wrong.graph.as_mut().unwrap().output[0];
+    let onnx::proto::type_proto::Value::TensorType(t) = out.r#type.as_mut().unwrap().value.as_mut().unwrap() else {
+        panic!("a tensor output")
+    };
+    t.shape.as_mut().unwrap().dim[1].value =
+        Some(onnx::proto::tensor_shape_proto::dimension::Value::DimParam("c".into()));
+    let symbolic = dir.path().join("symbolic.onnx");
+    common::write_model(&wrong, &symbolic);
+    let err = refused(&symbolic, &[]);
+    assert!(
+        err.contains("symbolic.onnx") && err.contains("expected 5 output channels") && err.contains("found 4"),
+        "{err}"
+    );
+
+    let err = refused(&model, &["--provider", "cuda"]);
+    assert!(err.contains("--provider cuda") && err.contains("no CUDAExecutionProvider"), "{err}");
+    assert!(err.contains("it has CPUExecutionProvider") && err.lines().count() == 1, "{err}");
+}

@@ -246,12 +246,19 @@ fn each_form_fine_tunes_exports_validates_and_infers() {
             assert!(p.pass, "{}: export vs burn {p:?}", form.name);
             assert!((v.miou - trained.val_miou).abs() < 1e-3, "{}: {} vs {}", form.name, v.miou, trained.val_miou);
         } else {
-            assert!(v.input.contains("letterboxed to 64×64"), "{}: {}", form.name, v.input);
+            assert!(v.input.contains("letterboxed into 64×64"), "{}: {}", form.name, v.input);
         }
 
         let preds = out_dir.join("pred");
-        let opts =
-            infer::InferOptions { out: preds.clone(), overlay: false, batch: 2, threads: 1, size: None, square: false };
+        let opts = infer::InferOptions {
+            out: preds.clone(),
+            overlay: false,
+            batch: 2,
+            threads: 1,
+            size: None,
+            square: false,
+            provider: Default::default(),
+        };
         let images = data.join("JPEGImages").display().to_string();
         let s = infer::infer(&out, &[images], &opts).unwrap();
         assert_eq!((s.images.len(), s.failed.len()), (11, 0), "{}", form.name);
@@ -477,8 +484,15 @@ fn inputs_with_the_same_file_name_keep_their_own_masks() {
     let model = file_of(&FORMS[0]);
     let out = dir.path().join("pred");
     let inputs = [dir.path().join("a/x.png").display().to_string(), dir.path().join("b/x.png").display().to_string()];
-    let opts =
-        infer::InferOptions { out: out.clone(), overlay: true, batch: 2, threads: 1, size: Some(64), square: false };
+    let opts = infer::InferOptions {
+        out: out.clone(),
+        overlay: true,
+        batch: 2,
+        threads: 1,
+        size: Some(64),
+        square: false,
+        provider: Default::default(),
+    };
     let s = infer::infer(&model, &inputs, &opts).unwrap();
     let masks: Vec<&str> = s.images.iter().map(|i| i.mask.as_str()).collect();
     assert_eq!(masks, [out.join("a/x.png").display().to_string(), out.join("b/x.png").display().to_string()]);

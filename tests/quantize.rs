@@ -1,0 +1,163 @@
+//! `segtune quantize`: the shipped model (pretrained on corpus-style images) quantized to int8
+//! QDQ on a synthetic corpus set, scored by `validate --baseline` against itself in fp32; the
+//! graph's form; the percentile method; and bad input. The int8 model is kept under target/tmp
+//! for .ci/run's check in Python onnxruntime (scripts/check_quantized.py).
+
+mod common;
+
+use common::{segtune, stderr};
+
+use std::path::Path;
+
+use segtune::data::{self, SynthOptions, SynthStyle};
+use segtune::onnx;
+
+fn corpus(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("corpus");
+    let opts = SynthOptions { classes: 21, train: 16, val: 12, size: 128, seed: 3, style: SynthStyle::Corpus };
+    data::synth(&data, &opts).unwrap();
+    data
+}
+
+#[test]
+fn int8_keeps_the_fp32_scores_and_loads_as_qdq() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let fp32 = common::reference_path();
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quantize");
+    std::fs::create_dir_all(&keep).unwrap();
+    let int8 = keep.join("int8.onnx");
+    let out = segtune(&[
+        "quantize",
+        fp32.to_str().unwrap(),
+        "--calibrate",
+        data.to_str().unwrap(),
+        "--out",
+        int8.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["calibration_images"], 16, "the dataset's train split");
+    assert_eq!((r["stats"]["convs"].as_u64(), r["folded_batchnorms"].as_u64()), (Some(67), Some(61)));
+    assert!(r["argmax_agreement"].as_f64().unwrap() > 0.99, "{r}");
+    assert!(r["bytes_out"].as_f64().unwrap() < 0.3 * r["bytes_in"].as_f64().unwrap(), "{r}");
+
+    // The graph: no BatchNorm or ReLU6 left, a Q/DQ pair per activation, int8 weights.
+    let m = onnx::read_model(&int8).unwrap();
+    let count = |op: &str| onnx::graph(&m).node.iter().filter(|n| n.op_type() == op).count();
+    assert_eq!((count("BatchNormalization"), count("Clip"), count("Conv")), (0, 0, 67));
+    let activations = r["stats"]["activations"].as_u64().unwrap() as usize;
+    assert_eq!(count("QuantizeLinear"), activations);
+    let biased = onnx::graph(&m).node.iter().filter(|n| n.op_type() == "Conv" && n.input.len() == 3).count();
+    assert!(biased >= 61, "each folded BatchNorm gave its Conv a bias");
+    assert_eq!(count("DequantizeLinear"), activations + 67 + biased, "activations, weights, biases");
+    let int8_weights = onnx::graph(&m).initializer.iter().filter(|t| t.data_type() == 3 && t.dims.len() == 4).count();
+    assert_eq!(int8_weights, 67);
+    let meta = onnx::metadata(&m);
+    assert!(meta["segtune.quantization"].contains("per-channel symmetric int8"));
+    assert_eq!(meta.get("segtune.mean"), onnx::metadata(&common::reference()).get("segtune.mean"), "metadata kept");
+
+    // Scored on the val split beside the fp32 model: within half a point.
+    let json = dir.path().join("v.json");
+    let args = ["validate", int8.to_str().unwrap(), "--data", data.to_str().unwrap(), "--baseline"];
+    let out = segtune(&[&args[..], &[fp32.to_str().unwrap(), "--json", json.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (miou, base, delta) = (
+        v["miou"].as_f64().unwrap(),
+        v["baseline"]["miou"].as_f64().unwrap(),
+        v["baseline"]["miou_delta"].as_f64().unwrap(),
+    );
+    eprintln!("int8 mIoU {miou:.4}, fp32 {base:.4}");
+    assert!(base > 0.4, "the pretrained model segments corpus images: {base}");
+    assert!((miou - base - delta).abs() < 1e-12);
+    assert!(delta > -0.005, "int8 loses {:.2} points", -delta * 100.0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("baseline"));
+
+    // For scripts/check_quantized.py: a val image as the models' input.
+    let image = data::load_image(&data.join("JPEGImages/val_00000.jpg")).unwrap();
+    let mut x = ndarray::Array3::<f32>::zeros((3, 128, 128));
+    segtune::imaging::normalize_into(x.view_mut(), &image, &segtune::layout::Normalization::IMAGENET);
+    std::fs::write(keep.join("input.bin"), x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    std::fs::copy(&fp32, keep.join("fp32.onnx")).unwrap();
+}
+
+#[test]
+fn percentile_calibration_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let fp32 = common::reference_path();
+    let pct = dir.path().join("pct.onnx");
+    let images = data.join("JPEGImages/train_0000?.jpg");
+    let out = segtune(&[
+        "quantize",
+        fp32.to_str().unwrap(),
+        "--calibrate",
+        images.to_str().unwrap(),
+        "--images",
+        "4",
+        "--method",
+        "percentile",
+        "--percentile",
+        "99.9",
+        "--out",
+        pct.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Percentile on 4 images"), "{text}");
+    assert!(onnx::metadata(&onnx::read_model(&pct).unwrap())["segtune.quantization"].contains("percentile 99.9"));
+
+    // A quantized model is not quantized again; a missing calibration path is named; a bad
+    // percentile is refused. Nothing is written, and the existing output is untouched.
+    let before = std::fs::read(&pct).unwrap();
+    let refused = |args: &[&str], problem: &str| {
+        let out = segtune(&[&["quantize"], args, &["--out", pct.to_str().unwrap()]].concat());
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(problem), "{}", stderr(&out));
+        assert_eq!(std::fs::read(&pct).unwrap(), before);
+    };
+    refused(&[pct.to_str().unwrap(), "--calibrate", data.to_str().unwrap()], "already quantized");
+    let missing = dir.path().join("nowhere");
+    refused(&[fp32.to_str().unwrap(), "--calibrate", missing.to_str().unwrap()], "nowhere: no such file or folder");
+    let bad =
+        [fp32.to_str().unwrap(), "--calibrate", data.to_str().unwrap(), "--method", "percentile", "--percentile", "20"];
+    refused(&bad, "--percentile 20");
+    let none = [fp32.to_str().unwrap(), "--calibrate", data.to_str().unwrap(), "--images", "0"];
+    refused(&none, "--images 0");
+}
+
+/// `--fp16`: float16 weights and compute behind fp32 inputs and outputs; onnxruntime (here its
+/// CPU, through casts) gives the fp32 model's predictions and scores.
+#[test]
+fn fp16_keeps_fp32_io_and_the_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let fp32 = common::reference_path();
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quantize");
+    std::fs::create_dir_all(&keep).unwrap();
+    let half = keep.join("fp16.onnx");
+    let args = ["quantize", fp32.to_str().unwrap(), "--fp16", "--calibrate", data.to_str().unwrap()];
+    let out = segtune(&[&args[..], &["--out", half.to_str().unwrap(), "--json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["argmax_agreement"].as_f64().unwrap() > 0.995, "{r}");
+    assert!(r["max_abs_diff"].as_f64().unwrap() < 0.1, "{r}");
+
+    let m = onnx::read_model(&half).unwrap();
+    let g = onnx::graph(&m);
+    let float32 = g.initializer.iter().filter(|t| t.data_type() == onnx::DATA_TYPE_FLOAT).count();
+    let float16 = g.initializer.iter().filter(|t| t.data_type() == 10).count();
+    assert!(float16 > 100 && float32 <= 3, "float16 {float16}, float32 {float32} (a Resize's scales stay fp32)");
+    let inputs = onnx::graph_inputs(g);
+    assert_eq!(inputs[0].elem_type, onnx::DATA_TYPE_FLOAT, "the input stays fp32");
+    assert_eq!((g.node[0].op_type(), g.node.last().unwrap().op_type()), ("Cast", "Cast"));
+
+    let json = dir.path().join("v.json");
+    let args = ["validate", half.to_str().unwrap(), "--data", data.to_str().unwrap(), "--baseline"];
+    let out = segtune(&[&args[..], &[fp32.to_str().unwrap(), "--json", json.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["baseline"]["miou_delta"].as_f64().unwrap().abs() < 0.005, "{}", v["baseline"]);
+}
