@@ -2,7 +2,8 @@
 # segtune quantize against onnxruntime.quantization's quantize_static (QDQ, per-channel int8
 # weights, uint8 activations, MinMax) on the same fine-tuned model and the same 32 calibration
 # images: the forward time of fp32 and of each int8 model in onnxruntime (one 512x384 input,
-# median of 20 runs, same threads), and each model's val mIoU by `segtune validate`, side by side.
+# median of 30 runs interleaved across the models, same threads), and each model's val mIoU by
+# `segtune validate`, side by side.
 # The model: `segtune demo`'s fine-tune (6 classes, 5 epochs, frozen backbone) and its data.
 # Creates bench/.venv-quantize (onnxruntime 1.31.1, onnx, pillow, numpy, sympy) on first use.
 # Usage: bench/quantize.sh [THREADS=nproc]
@@ -21,8 +22,9 @@ rm -rf "$work" && mkdir -p "$work"
 $seg demo --out "$work/demo" >/dev/null
 model=$work/demo/model.onnx
 data=$work/demo/data
-ls "$data"/JPEGImages/train_*.jpg | head -32 > "$work/calibration.txt"
-mapfile -t calib < "$work/calibration.txt"
+train=("$PWD/$data"/JPEGImages/train_*.jpg)
+calib=("${train[@]:0:32}")
+printf '%s\n' "${calib[@]}" > "$work/calibration.txt"
 $seg quantize "$model" --calibrate "${calib[@]}" --out "$work/segtune-minmax.onnx"
 $seg quantize "$model" --calibrate "${calib[@]}" --out "$work/segtune-percentile.onnx" --method percentile
 "$py" bench/quantize_ort.py "$model" "$work/calibration.txt" "$work/ort-minmax.onnx" "$threads" 384 512 \
