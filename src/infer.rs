@@ -40,6 +40,8 @@ pub struct InferOptions {
     pub square: bool,
     /// Where onnxruntime runs the model.
     pub provider: Provider,
+    /// Sliding-window tiles, test-time scales and flips.
+    pub test_time: crate::predict::TestTimeArgs,
 }
 
 /// One image's result in `summary.json`.
@@ -65,6 +67,8 @@ pub struct InferSummary {
     pub pipeline: Pipeline,
     /// Where onnxruntime ran the model.
     pub provider: Provider,
+    /// Tiles, scales and flips beyond one forward pass ("" for none).
+    pub test_time: String,
     pub seconds: f64,
     pub images_per_s: f64,
     /// Time onnxruntime spent running, in seconds.
@@ -114,6 +118,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     }
     let opened = OpenedModel::open(model, opts.threads, false, opts.provider)?;
     let pipeline = opened.pipeline(model, opts.size, opts.square)?;
+    opts.test_time.check(pipeline.normalization.size_multiple)?;
     let OpenedModel { mut session, norm, classes, class_names, input: shape, .. } = opened;
     let class_names = class_names.unwrap_or_else(|| (0..classes).map(|i| format!("class_{i}")).collect());
     // A graph fixed at one batch size gets exactly that many rows (the last batch padded).
@@ -158,21 +163,44 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     });
 
     // Stage 3 (thread): upsample, argmax and write while onnxruntime runs the next batch.
-    type Ran = (Vec<Prepared>, OrtOutput);
+    type Ran = (Vec<Prepared>, Scores);
     let (wtx, wrx) = mpsc::sync_channel::<Ran>(2);
     let out_dir = opts.out.clone();
     let overlay = opts.overlay;
     let writer = std::thread::spawn(move || -> Result<Vec<ImageResult>> {
         let palette = voc_palette();
         let mut results = vec![];
-        for (prepared, output) in wrx {
-            let logits = output.class_logits(classes)?;
-            let batch: Result<Vec<ImageResult>> = prepared
-                .par_iter()
-                .enumerate()
-                .map(|(i, p)| write_outputs(p, logits.slice(s![i, .., .., ..]), &out_dir, overlay, &palette, classes))
-                .collect();
-            results.extend(batch?);
+        for (prepared, scores) in wrx {
+            let write = |views: Vec<ndarray::ArrayView3<'_, f32>>| -> Result<Vec<ImageResult>> {
+                prepared
+                    .par_iter()
+                    .zip(views)
+                    .map(|(p, v)| {
+                        let (w, h) = p.original.dimensions();
+                        write_outputs(
+                            p,
+                            &upsample_argmax(v, p.inner, w as usize, h as usize),
+                            &out_dir,
+                            overlay,
+                            &palette,
+                            classes,
+                        )
+                    })
+                    .collect()
+            };
+            let batch = match &scores {
+                Scores::Batch(output) => {
+                    let logits = output.class_logits(classes)?;
+                    write((0..prepared.len()).map(|i| logits.slice(s![i, .., .., ..])).collect())?
+                }
+                Scores::Each(each) => write(each.iter().map(|a| a.view()).collect())?,
+                Scores::Masks(masks) => prepared
+                    .par_iter()
+                    .zip(masks)
+                    .map(|(p, mask)| write_outputs(p, mask, &out_dir, overlay, &palette, classes))
+                    .collect::<Result<Vec<_>>>()?,
+            };
+            results.extend(batch);
         }
         Ok(results)
     });
@@ -187,9 +215,32 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
         // One run per input shape: padding a smaller image to a larger one's shape would change
         // what the image pooling sees, and its prediction with it.
         for group in same_shape_groups(prepared) {
-            let input = batch_input(&group, rows, &norm);
             let t = Instant::now();
-            let logits = session.run_output(input.view(), norm.layout)?;
+            let tt = &opts.test_time;
+            let logits = if tt.is_plain() {
+                Scores::Batch(session.run_output(batch_input(&group, rows, &norm).view(), norm.layout)?)
+            } else if let (Some(tile), true) = (tt.tile, tt.single_view()) {
+                let mut masks = vec![];
+                for p in &group {
+                    masks.push(crate::predict::tiled_image_mask(
+                        &mut session,
+                        &pipeline,
+                        &p.original,
+                        tile,
+                        tt.overlap,
+                        classes,
+                    )?);
+                }
+                Scores::Masks(masks)
+            } else {
+                let mut each = vec![];
+                for p in &group {
+                    let (scores, _) = crate::predict::scores(&mut session, &pipeline, &p.original, &opts.test_time)?;
+                    crate::runtime::check_channels(scores.dim().0, classes, &model.display().to_string())?;
+                    each.push(scores);
+                }
+                Scores::Each(each)
+            };
             run_seconds += t.elapsed().as_secs_f64();
             done += group.len();
             if tty {
@@ -216,12 +267,22 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
         class_names,
         pipeline,
         provider: opts.provider,
+        test_time: opts.test_time.describe(),
         seconds,
         run_seconds,
     };
     let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
     data::write_atomic(&opts.out.join("summary.json"), |f| std::io::Write::write_all(f, json.as_bytes()))?;
     Ok(summary)
+}
+
+/// A group's class scores: one onnxruntime run's output, or each image's own (tiles, scales,
+/// flips: [`crate::predict`]).
+enum Scores {
+    Batch(OrtOutput),
+    Each(Vec<ndarray::Array3<f32>>),
+    /// Tiled images' masks, taken band by band ([`crate::predict::tiled_mask`]).
+    Masks(Vec<image::GrayImage>),
 }
 
 /// `prepared` split into runs of one input shape each, in order of first appearance.
@@ -252,18 +313,17 @@ fn batch_input(group: &[Prepared], rows: usize, norm: &Normalization) -> Array4<
     input
 }
 
-/// Upsamples one image's logits to its original size, takes the argmax, and writes
-/// `STEM.png` (VOC palette) and, with `overlay`, `overlay/STEM.jpg`.
+/// Writes one image's mask (at its original size) as `STEM.png` (VOC palette) and, with
+/// `overlay`, `overlay/STEM.jpg`.
 fn write_outputs(
     p: &Prepared,
-    logits: ndarray::ArrayView3<'_, f32>,
+    mask: &image::GrayImage,
     out: &Path,
     overlay: bool,
     palette: &[[u8; 3]; 256],
     classes: usize,
 ) -> Result<ImageResult> {
     let (w, h) = p.original.dimensions();
-    let mask = upsample_argmax(logits, p.inner, w as usize, h as usize);
     let file = |dir: &Path, ext: &str| -> Result<PathBuf> {
         let path = dir.join(format!("{}.{ext}", p.name.display()));
         let parent = path.parent().expect("joined onto a directory");
@@ -271,7 +331,7 @@ fn write_outputs(
         Ok(path)
     };
     let mask_path = file(out, "png")?;
-    data::write_index_png(&mask_path, &mask, palette)?;
+    data::write_index_png(&mask_path, mask, palette)?;
     if overlay {
         let blended = RgbImage::from_fn(w, h, |x, y| {
             let (a, c) = (p.original.get_pixel(x, y), palette[mask.get_pixel(x, y)[0] as usize]);

@@ -45,6 +45,7 @@ pub mod model;
 pub mod onnx;
 pub mod pipeline;
 pub mod plots;
+pub mod predict;
 pub mod qdq;
 pub mod quantize;
 pub mod report;

@@ -131,6 +131,8 @@ enum Command {
         provider: segtune::runtime::Provider,
         #[command(flatten)]
         pipeline: segtune::pipeline::PipelineArgs,
+        #[command(flatten)]
+        test_time: segtune::predict::TestTimeArgs,
     },
     /// Static int8 QDQ: weights per-channel symmetric int8, activations uint8 calibrated in
     /// onnxruntime on your images; checked against the fp32 model before it is written.
@@ -191,6 +193,8 @@ enum Command {
         provider: segtune::runtime::Provider,
         #[command(flatten)]
         pipeline: segtune::pipeline::PipelineArgs,
+        #[command(flatten)]
+        test_time: segtune::predict::TestTimeArgs,
     },
     /// Tell why a fine-tune does not learn: labels, images, model, initial loss, overfitting one
     /// batch (with a learning-rate sweep), BatchNorm; the most likely cause first.
@@ -311,6 +315,7 @@ fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
             baseline,
             provider,
             pipeline,
+            test_time,
         } => {
             let opts = validate::ValidateOptions {
                 spec: dataset.spec(),
@@ -323,6 +328,7 @@ fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
                 square: pipeline.square,
                 provider,
                 baseline: baseline.as_deref(),
+                test_time,
             };
             let report = validate::validate_with(&file, &data, &split, &opts)?;
             emit!("{report}");
@@ -356,9 +362,9 @@ fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
                 emit!("{text}");
             }
         }
-        Command::Infer { model, inputs, out, overlay, batch, threads, provider, pipeline } => {
+        Command::Infer { model, inputs, out, overlay, batch, threads, provider, pipeline, test_time } => {
             let (size, square) = (pipeline.size, pipeline.square);
-            let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square, provider };
+            let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square, provider, test_time };
             let summary = segtune::infer::infer(&model, &inputs, &opts)?;
             emit!(
                 "wrote {} masks to {} ({:.1} images/s, onnxruntime {:.1} s of {:.1} s){}",

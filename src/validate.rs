@@ -326,6 +326,8 @@ pub struct ValidateOptions<'a> {
     pub provider: crate::runtime::Provider,
     /// Another model to score on the same split with the same flags, reported beside this one.
     pub baseline: Option<&'a std::path::Path>,
+    /// Sliding-window tiles, test-time scales and flips.
+    pub test_time: crate::predict::TestTimeArgs,
 }
 
 /// [`validate_onnx`] as `opts` says.
@@ -338,6 +340,12 @@ pub fn validate_with(
     let started = Instant::now();
     let (mut model, ds, names) = open_for_validation(file, data, split, opts)?;
     let pipeline = model.pipeline(file, opts.size, opts.square)?;
+    opts.test_time.check(pipeline.normalization.size_multiple)?;
+    if opts.parity.is_some() && !opts.test_time.is_plain() {
+        return Err(Error::BadArgument(
+            "--parity compares one forward pass with burn's: leave out --tile, --scales and --flip".into(),
+        ));
+    }
     let mut scoring = Scoring {
         cm: crate::metrics::ConfusionMatrix::new(model.classes),
         first: vec![],
@@ -345,7 +353,7 @@ pub fn validate_with(
         worst: opts.report.map(|_| crate::report::Worst::new(opts.worst)),
         file,
     };
-    score(&mut model, &ds, &pipeline, &mut scoring)?;
+    score(&mut model, &ds, &pipeline, &opts.test_time, &mut scoring)?;
     let parity = match opts.parity {
         Some(run) => Some(export_parity(run, &scoring.first)?),
         None => None,
@@ -356,7 +364,10 @@ pub fn validate_with(
         data: data.display().to_string(),
         split: split.to_string(),
         num_images: ds.items.len(),
-        input: pipeline.describe(),
+        input: match opts.test_time.describe() {
+            tt if tt.is_empty() => pipeline.describe(),
+            tt => format!("{}; {tt}", pipeline.describe()),
+        },
         pipeline,
         miou: s.miou,
         pixel_accuracy: s.pixel_accuracy,
@@ -486,6 +497,7 @@ fn score(
     model: &mut crate::runtime::OpenedModel,
     ds: &crate::data::Dataset,
     pipeline: &crate::pipeline::Pipeline,
+    test_time: &crate::predict::TestTimeArgs,
     scoring: &mut Scoring<'_>,
 ) -> Result<()> {
     use rayon::prelude::*;
@@ -500,6 +512,39 @@ fn score(
             })
             .collect::<Result<_>>()?;
         for (item, image, mask, boxed, inner) in prepared {
+            if let (Some(tile), true) = (test_time.tile, test_time.single_view()) {
+                let pred = crate::predict::tiled_image_mask(
+                    &mut model.session,
+                    pipeline,
+                    &image,
+                    tile,
+                    test_time.overlap,
+                    model.classes,
+                )?;
+                let picture = || crate::plots::panel(&image, &mask, &pred);
+                let logits = Array4::zeros((1, model.classes, 0, 0));
+                scoring.add(
+                    &item.id,
+                    (Array4::zeros((0, 0, 0, 0)), logits),
+                    (mask.as_raw(), pred.as_raw()),
+                    picture,
+                )?;
+                continue;
+            }
+            if !test_time.is_plain() {
+                let (scores, inner) = crate::predict::scores(&mut model.session, pipeline, &image, test_time)?;
+                let (mw, mh) = mask.dimensions();
+                let pred = crate::imaging::upsample_argmax(scores.view(), inner, mw as usize, mh as usize);
+                let picture = || crate::plots::panel(&image, &mask, &pred);
+                let logits = scores.insert_axis(ndarray::Axis(0));
+                scoring.add(
+                    &item.id,
+                    (Array4::zeros((0, 0, 0, 0)), logits),
+                    (mask.as_raw(), pred.as_raw()),
+                    picture,
+                )?;
+                continue;
+            }
             let (bw, bh) = (boxed.width() as usize, boxed.height() as usize);
             let mut input = Array4::<f32>::zeros(norm.layout.shape(1, bh, bw));
             crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), &boxed, &norm);

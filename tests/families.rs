@@ -198,6 +198,7 @@ fn infer_masks_are_onnxruntimes_argmax_in_either_layout() {
             size: Some(64),
             square: false,
             provider: Default::default(),
+            test_time: Default::default(),
         };
         let summary = segtune::infer::infer(&path, &[imgs.display().to_string()], &infer_opts).unwrap();
         assert_eq!((summary.images.len(), summary.failed.len()), (3, 0));

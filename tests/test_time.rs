@@ -1,0 +1,145 @@
+//! Sliding-window tiles and test-time augmentation (`--tile`, `--overlap`, `--scales`, `--flip`)
+//! in validate and infer: exact on a pointwise model (whose every pixel depends on itself
+//! alone, so tiles and mirrors must give back the whole image's logits), and on the shipped
+//! model against a single forward pass.
+
+mod common;
+
+use common::{segtune, stderr};
+
+use std::path::Path;
+
+use image::RgbImage;
+use segtune::data::{self, SynthOptions, SynthStyle};
+use segtune::layout::Normalization;
+use segtune::onnx::{self, proto};
+use segtune::predict::{self, TestTimeArgs};
+use segtune::runtime::OrtModel;
+
+/// One 1×1 Conv from 3 channels to 4, seeded weights, any input size.
+fn pointwise_model() -> Vec<u8> {
+    use prost::Message;
+    let mut m = common::two_conv_model(&[1, 3, 8, 8]);
+    let g = m.graph.as_mut().unwrap();
+    let w: Vec<f32> = (0..12).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
+    g.initializer = vec![proto::TensorProto {
+        name: Some("w".into()),
+        data_type: Some(1),
+        dims: vec![4, 3, 1, 1],
+        raw_data: Some(w.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }];
+    g.node.truncate(1);
+    g.node[0].input = vec!["input".into(), "w".into()];
+    g.node[0].output = vec!["output".into()];
+    for v in g.input.iter_mut().chain(g.output.iter_mut()) {
+        if let Some(proto::type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            t.shape = None;
+        }
+    }
+    m.encode_to_vec()
+}
+
+fn image(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 % 256) as u8, (y * 13 % 256) as u8, ((x + y) * 5 % 256) as u8]))
+}
+
+#[test]
+fn tiles_and_flips_of_a_pointwise_model_give_back_its_whole_image_logits() {
+    let mut session = OrtModel::from_bytes(&pointwise_model(), "pointwise", 1).unwrap();
+    let norm = Normalization::IMAGENET;
+    let img = image(208, 144);
+    let whole = predict::forward(&mut session, &norm, &img, None, 0.0).unwrap();
+    assert_eq!(whole.dim(), (4, 144, 208));
+    for (tile, overlap) in [(64, 1.0 / 3.0), (96, 0.5), (48, 0.0)] {
+        let tiled = predict::forward(&mut session, &norm, &img, Some(tile), overlap).unwrap();
+        let diff = (&tiled - &whole).iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(diff < 1e-5, "tile {tile}, overlap {overlap}: max |Δ| {diff}");
+    }
+    // Band by band, the same argmax (held: one band of tiles' logits).
+    let want = segtune::tensors::argmax_classes(whole.view().insert_axis(ndarray::Axis(0)));
+    for (tile, overlap) in [(64, 1.0 / 3.0), (48, 0.5)] {
+        let mask = predict::tiled_mask(&mut session, &norm, &img, tile, overlap, 4).unwrap();
+        assert_eq!(mask.as_raw(), &want, "tile {tile}, overlap {overlap}");
+    }
+    assert!(predict::tiled_mask(&mut session, &norm, &img, 64, 0.0, 5).is_err(), "4 channels are not 5 classes");
+    // A mirrored view, mirrored back, is the same softmax: the average is the plain softmax.
+    let pipeline = segtune::pipeline::Pipeline::recorded(&Default::default(), norm).unwrap();
+    let flip = TestTimeArgs { flip: true, ..Default::default() };
+    let (scores, inner) = predict::scores(&mut session, &pipeline, &img, &flip).unwrap();
+    assert_eq!(inner, (208, 144));
+    let diff = (&scores - &predict::softmax(whole.view())).iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(diff < 1e-5, "flip: max |Δ| {diff}");
+}
+
+fn corpus(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("corpus");
+    let opts = SynthOptions { classes: 21, train: 1, val: 12, size: 160, seed: 3, style: SynthStyle::Corpus };
+    data::synth(&data, &opts).unwrap();
+    data
+}
+
+fn validate(data: &Path, extra: &[&str]) -> serde_json::Value {
+    let json = data.with_extension(format!("{}.json", extra.join("_").replace(['-', ',', '.'], "")));
+    let model = common::reference_path();
+    let mut args = vec!["validate", model.to_str().unwrap(), "--data", data.to_str().unwrap()];
+    args.extend_from_slice(&["--json", json.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let out = segtune(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn validate_with_tiles_and_multi_scale_flips_on_the_shipped_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let miou = |v: &serde_json::Value| v["miou"].as_f64().unwrap();
+    let plain = validate(&data, &[]);
+    // A tile as large as the image is one forward pass.
+    let whole = validate(&data, &["--tile", "160"]);
+    assert_eq!(miou(&whole), miou(&plain));
+    let tiled = validate(&data, &["--tile", "128", "--overlap", "0.5"]);
+    assert!(tiled["input"].as_str().unwrap().contains("tiles of 128×128 overlapping by 0.50"), "{}", tiled["input"]);
+    let tta = validate(&data, &["--scales", "0.75,1,1.25", "--flip"]);
+    assert!(tta["input"].as_str().unwrap().contains("scales 0.75,1,1.25 with left-right flips"));
+    eprintln!("mIoU: plain {:.4}, tiles of 128 {:.4}, scales + flips {:.4}", miou(&plain), miou(&tiled), miou(&tta));
+    assert!((miou(&tiled) - miou(&plain)).abs() < 0.05, "tiles lose little context at 128 of 160");
+    assert!(miou(&tta) > miou(&plain) - 0.01, "augmentation does not hurt");
+
+    let model = common::reference_path();
+    let bad = |extra: &[&str], problem: &str| {
+        let mut args = vec!["validate", model.to_str().unwrap(), "--data", data.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = segtune(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(problem), "{}", stderr(&out));
+    };
+    bad(&["--tile", "100"], "--tile 100: expected a positive multiple of 16");
+    bad(&["--scales", "0.5,9"], "--scales: 9 is outside (0, 4]");
+    bad(&["--overlap", "0.95", "--tile", "64"], "--overlap 0.95");
+}
+
+#[test]
+fn infer_tiles_a_large_image_and_writes_its_full_size_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("large.png");
+    image(1000, 750).save(&path).unwrap();
+    let out_dir = dir.path().join("pred");
+    let model = common::reference_path();
+    let out = segtune(&[
+        "infer",
+        model.to_str().unwrap(),
+        path.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--tile",
+        "256",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(image::image_dimensions(out_dir.join("large.png")).unwrap(), (1000, 750));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["test_time"].as_str().unwrap().contains("tiles of 256×256"), "{summary}");
+    assert_eq!(onnx::metadata(&common::reference()).get("segtune.resize"), None, "the shipped model records none");
+}
