@@ -119,7 +119,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     let opened = OpenedModel::open(model, opts.threads, false, opts.provider)?;
     let pipeline = opened.pipeline(model, opts.size, opts.square)?;
     opts.test_time.check(pipeline.normalization.size_multiple)?;
-    let OpenedModel { mut session, norm, classes, class_names, input: shape, .. } = opened;
+    let OpenedModel { session, norm, classes, class_names, input: shape, .. } = opened;
     let class_names = class_names.unwrap_or_else(|| (0..classes).map(|i| format!("class_{i}")).collect());
     // A graph fixed at one batch size gets exactly that many rows (the last batch padded).
     let (batch, rows) = match shape.batch {
@@ -133,129 +133,11 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
 
-    // Stage 1 (thread): decode + letterbox a batch in parallel.
-    type Decoded = (Vec<Prepared>, Vec<(String, String)>);
-    let (tx, rx) = mpsc::sync_channel::<Decoded>(2);
     let named: Vec<(PathBuf, PathBuf)> = files.iter().cloned().zip(names).collect();
-    let chunks: Vec<Vec<(PathBuf, PathBuf)>> = named.chunks(batch).map(|c| c.to_vec()).collect();
-    let producer = std::thread::spawn(move || {
-        for chunk in chunks {
-            let results: Vec<std::result::Result<Prepared, (String, String)>> = chunk
-                .par_iter()
-                .map(|(p, name)| {
-                    let original = load_image(p).map_err(|e| (p.display().to_string(), e.to_string()))?;
-                    let (input, inner) = pipeline.prepare(&original);
-                    Ok(Prepared { path: p.clone(), name: name.clone(), original, input, inner })
-                })
-                .collect();
-            let mut ok = vec![];
-            let mut bad = vec![];
-            for r in results {
-                match r {
-                    Ok(p) => ok.push(p),
-                    Err(e) => bad.push(e),
-                }
-            }
-            if tx.send((ok, bad)).is_err() {
-                break;
-            }
-        }
-    });
-
-    // Stage 3 (thread): upsample, argmax and write while onnxruntime runs the next batch.
-    type Ran = (Vec<Prepared>, Scores);
-    let (wtx, wrx) = mpsc::sync_channel::<Ran>(2);
-    let out_dir = opts.out.clone();
-    let overlay = opts.overlay;
-    let writer = std::thread::spawn(move || -> Result<Vec<ImageResult>> {
-        let palette = voc_palette();
-        let mut results = vec![];
-        for (prepared, scores) in wrx {
-            let write = |views: Vec<ndarray::ArrayView3<'_, f32>>| -> Result<Vec<ImageResult>> {
-                prepared
-                    .par_iter()
-                    .zip(views)
-                    .map(|(p, v)| {
-                        let (w, h) = p.original.dimensions();
-                        write_outputs(
-                            p,
-                            &upsample_argmax(v, p.inner, w as usize, h as usize),
-                            &out_dir,
-                            overlay,
-                            &palette,
-                            classes,
-                        )
-                    })
-                    .collect()
-            };
-            let batch = match &scores {
-                Scores::Batch(output) => {
-                    let logits = output.class_logits(classes)?;
-                    write((0..prepared.len()).map(|i| logits.slice(s![i, .., .., ..])).collect())?
-                }
-                Scores::Each(each) => write(each.iter().map(|a| a.view()).collect())?,
-                Scores::Masks(masks) => prepared
-                    .par_iter()
-                    .zip(masks)
-                    .map(|(p, mask)| write_outputs(p, mask, &out_dir, overlay, &palette, classes))
-                    .collect::<Result<Vec<_>>>()?,
-            };
-            results.extend(batch);
-        }
-        Ok(results)
-    });
-
-    let tty = std::io::stderr().is_terminal();
-    let (mut failed, mut run_seconds, mut done) = (vec![], 0f64, 0usize);
-    for (prepared, bad) in rx {
-        for (file, why) in bad {
-            eprintln!("error: {file}: {why}; skipped");
-            failed.push((file, why));
-        }
-        // One run per input shape: padding a smaller image to a larger one's shape would change
-        // what the image pooling sees, and its prediction with it.
-        for group in same_shape_groups(prepared) {
-            let t = Instant::now();
-            let tt = &opts.test_time;
-            let logits = if tt.is_plain() {
-                Scores::Batch(session.run_output(batch_input(&group, rows, &norm).view(), norm.layout)?)
-            } else if let (Some(tile), true) = (tt.tile, tt.single_view()) {
-                let mut masks = vec![];
-                for p in &group {
-                    masks.push(crate::predict::tiled_image_mask(
-                        &mut session,
-                        &pipeline,
-                        &p.original,
-                        tile,
-                        tt.overlap,
-                        classes,
-                    )?);
-                }
-                Scores::Masks(masks)
-            } else {
-                let mut each = vec![];
-                for p in &group {
-                    let (scores, _) = crate::predict::scores(&mut session, &pipeline, &p.original, &opts.test_time)?;
-                    crate::runtime::check_channels(scores.dim().0, classes, &model.display().to_string())?;
-                    each.push(scores);
-                }
-                Scores::Each(each)
-            };
-            run_seconds += t.elapsed().as_secs_f64();
-            done += group.len();
-            if tty {
-                let rate = done as f64 / started.elapsed().as_secs_f64();
-                eprint!("\rinfer {done}/{} images, {rate:.1} img/s ", files.len());
-            }
-            if wtx.send((group, logits)).is_err() {
-                break;
-            }
-        }
-    }
-    drop(wtx);
-    if tty {
-        eprintln!();
-    }
+    let (decoded, producer) = spawn_decoder(named.chunks(batch).map(|c| c.to_vec()).collect(), pipeline);
+    let (ran, writer) = spawn_writer(opts.out.clone(), opts.overlay, classes);
+    let mut runner = Runner { session, pipeline, norm, rows, classes, test_time: &opts.test_time, origin: model };
+    let (failed, run_seconds) = runner.run_all(decoded, ran, files.len(), started)?;
     let _ = producer.join();
     let images = writer.join().map_err(|_| Error::Runtime("the mask writer thread panicked".into()))??;
     let seconds = started.elapsed().as_secs_f64();
@@ -274,6 +156,153 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
     data::write_atomic(&opts.out.join("summary.json"), |f| std::io::Write::write_all(f, json.as_bytes()))?;
     Ok(summary)
+}
+
+/// A batch's decoded images, and the files that could not be read (with why).
+type Decoded = (Vec<Prepared>, Vec<(String, String)>);
+/// A group of one input shape and its scores.
+type Ran = (Vec<Prepared>, Scores);
+
+/// Stage 1 (thread): decodes and prepares each batch's images in parallel.
+fn spawn_decoder(
+    chunks: Vec<Vec<(PathBuf, PathBuf)>>,
+    pipeline: Pipeline,
+) -> (mpsc::Receiver<Decoded>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::sync_channel::<Decoded>(2);
+    let producer = std::thread::spawn(move || {
+        for chunk in chunks {
+            let results: Vec<std::result::Result<Prepared, (String, String)>> = chunk
+                .par_iter()
+                .map(|(p, name)| {
+                    let original = load_image(p).map_err(|e| (p.display().to_string(), e.to_string()))?;
+                    let (input, inner) = pipeline.prepare(&original);
+                    Ok(Prepared { path: p.clone(), name: name.clone(), original, input, inner })
+                })
+                .collect();
+            let (mut ok, mut bad) = (vec![], vec![]);
+            for r in results {
+                match r {
+                    Ok(p) => ok.push(p),
+                    Err(e) => bad.push(e),
+                }
+            }
+            if tx.send((ok, bad)).is_err() {
+                break;
+            }
+        }
+    });
+    (rx, producer)
+}
+
+/// Stage 3 (thread): upsamples, takes the argmax and writes while onnxruntime runs the next
+/// group.
+fn spawn_writer(
+    out_dir: PathBuf,
+    overlay: bool,
+    classes: usize,
+) -> (mpsc::SyncSender<Ran>, std::thread::JoinHandle<Result<Vec<ImageResult>>>) {
+    let (wtx, wrx) = mpsc::sync_channel::<Ran>(2);
+    let writer = std::thread::spawn(move || -> Result<Vec<ImageResult>> {
+        let palette = voc_palette();
+        let mut results = vec![];
+        for (prepared, scores) in wrx {
+            let write =
+                |p: &Prepared, mask: &image::GrayImage| write_outputs(p, mask, &out_dir, overlay, &palette, classes);
+            let upsampled = |p: &Prepared, v: ndarray::ArrayView3<'_, f32>| {
+                let (w, h) = p.original.dimensions();
+                write(p, &upsample_argmax(v, p.inner, w as usize, h as usize))
+            };
+            let batch: Result<Vec<ImageResult>> = match &scores {
+                Scores::Batch(output) => {
+                    let logits = output.class_logits(classes)?;
+                    prepared
+                        .par_iter()
+                        .enumerate()
+                        .map(|(i, p)| upsampled(p, logits.slice(s![i, .., .., ..])))
+                        .collect()
+                }
+                Scores::Each(each) => prepared.par_iter().zip(each).map(|(p, a)| upsampled(p, a.view())).collect(),
+                Scores::Masks(masks) => prepared.par_iter().zip(masks).map(|(p, m)| write(p, m)).collect(),
+            };
+            results.extend(batch?);
+        }
+        Ok(results)
+    });
+    (wtx, writer)
+}
+
+/// Stage 2 (this thread): onnxruntime over each group of one input shape.
+struct Runner<'a> {
+    session: crate::runtime::OrtModel,
+    pipeline: Pipeline,
+    norm: Normalization,
+    rows: usize,
+    classes: usize,
+    test_time: &'a crate::predict::TestTimeArgs,
+    origin: &'a Path,
+}
+
+impl Runner<'_> {
+    /// Runs every decoded batch and hands it to the writer; returns the unreadable files and
+    /// onnxruntime's time.
+    fn run_all(
+        &mut self,
+        decoded: mpsc::Receiver<Decoded>,
+        ran: mpsc::SyncSender<Ran>,
+        total: usize,
+        started: Instant,
+    ) -> Result<(Vec<(String, String)>, f64)> {
+        let tty = std::io::stderr().is_terminal();
+        let (mut failed, mut run_seconds, mut done) = (vec![], 0f64, 0usize);
+        for (prepared, bad) in decoded {
+            for (file, why) in bad {
+                eprintln!("error: {file}: {why}; skipped");
+                failed.push((file, why));
+            }
+            // One run per input shape: padding a smaller image to a larger one's shape would
+            // change what the image pooling sees, and its prediction with it.
+            for group in same_shape_groups(prepared) {
+                let t = Instant::now();
+                let scores = self.scores(&group)?;
+                run_seconds += t.elapsed().as_secs_f64();
+                done += group.len();
+                if tty {
+                    let rate = done as f64 / started.elapsed().as_secs_f64();
+                    eprint!("\rinfer {done}/{total} images, {rate:.1} img/s ");
+                }
+                if ran.send((group, scores)).is_err() {
+                    break;
+                }
+            }
+        }
+        if tty {
+            eprintln!();
+        }
+        Ok((failed, run_seconds))
+    }
+
+    /// One group's scores: one batched run, each image's tiles band by band, or each image's
+    /// augmented views.
+    fn scores(&mut self, group: &[Prepared]) -> Result<Scores> {
+        let tt = self.test_time;
+        if tt.is_plain() {
+            let input = batch_input(group, self.rows, &self.norm);
+            return Ok(Scores::Batch(self.session.run_output(input.view(), self.norm.layout)?));
+        }
+        if let (Some(tile), true) = (tt.tile, tt.single_view()) {
+            let mask = |p: &Prepared, s: &mut crate::runtime::OrtModel| {
+                crate::predict::tiled_image_mask(s, &self.pipeline, &p.original, tile, tt.overlap, self.classes)
+            };
+            return Ok(Scores::Masks(group.iter().map(|p| mask(p, &mut self.session)).collect::<Result<_>>()?));
+        }
+        let mut each = vec![];
+        for p in group {
+            let (scores, _) = crate::predict::scores(&mut self.session, &self.pipeline, &p.original, tt)?;
+            crate::runtime::check_channels(scores.dim().0, self.classes, &self.origin.display().to_string())?;
+            each.push(scores);
+        }
+        Ok(Scores::Each(each))
+    }
 }
 
 /// A group's class scores: one onnxruntime run's output, or each image's own (tiles, scales,
