@@ -95,107 +95,12 @@ enum Command {
         out: PathBuf,
     },
     /// Score an ONNX model with onnxruntime on a dataset split (mIoU, per-class IoU, pixel accuracy).
-    Validate {
-        /// The ONNX model (e.g. from `segtune export`).
-        file: PathBuf,
-        /// Dataset directory: VOC, Cityscapes or ADE20K layout, or SPLIT/images + SPLIT/masks.
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long, default_value = "val")]
-        split: String,
-        #[command(flatten)]
-        dataset: Box<data::DataArgs>,
-        /// Also write the report as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Compare the export's logits with the burn model of this run on the first val images.
-        #[arg(long, value_name = "RUN_DIR")]
-        parity: Option<PathBuf>,
-        /// onnxruntime intra-op threads (0: its default).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
-        /// Write a report into this folder: index.html, confusion.png, iou.png and the worst images
-        /// (image | truth | prediction) in worst/.
-        #[arg(long, value_name = "DIR")]
-        report: Option<PathBuf>,
-        /// How many of the lowest-mIoU images the report shows.
-        #[arg(long, default_value_t = 8, value_name = "K")]
-        worst: usize,
-        /// Also score this model (e.g. the fp32 one a quantized model came from) on the same
-        /// images with the same flags, and report the mIoU difference.
-        #[arg(long, value_name = "FILE.onnx")]
-        baseline: Option<PathBuf>,
-        /// Where onnxruntime runs the model: cpu, or cuda / tensorrt with an onnxruntime-gpu
-        /// library (ORT_DYLIB_PATH); refused, naming what the library has, where it lacks one.
-        #[arg(long, value_enum, default_value_t = segtune::runtime::Provider::Cpu)]
-        provider: segtune::runtime::Provider,
-        #[command(flatten)]
-        pipeline: segtune::pipeline::PipelineArgs,
-        #[command(flatten)]
-        test_time: segtune::predict::TestTimeArgs,
-    },
+    Validate(ValidateArgs),
     /// Static int8 QDQ: weights per-channel symmetric int8, activations uint8 calibrated in
     /// onnxruntime on your images; checked against the fp32 model before it is written.
-    Quantize {
-        /// The fp32 ONNX model (e.g. from `segtune export`).
-        model: PathBuf,
-        /// Calibration images: files, folders, globs, or a dataset folder (its --split images).
-        #[arg(long, required_unless_present = "fp16", num_args = 1.., value_name = "DATA")]
-        calibrate: Vec<String>,
-        /// Write a float16 model instead (weights and compute; fp32 inputs and outputs kept), for
-        /// GPU providers; --calibrate is then optional (images to compare it with fp32 on).
-        #[arg(long)]
-        fp16: bool,
-        /// Where to write the int8 model.
-        #[arg(long)]
-        out: PathBuf,
-        /// The dataset split calibrated on where --calibrate is a dataset folder.
-        #[arg(long, default_value = "train")]
-        split: String,
-        /// Calibration images (spread evenly over those found).
-        #[arg(long, default_value_t = 32)]
-        images: usize,
-        /// How each activation's range is taken: minmax, or percentile (see --percentile).
-        #[arg(long, value_enum, default_value_t = segtune::quantize::Calibration::Minmax)]
-        method: segtune::quantize::Calibration,
-        /// The percentile of each activation's histogram kept by --method percentile.
-        #[arg(long, default_value_t = 99.999)]
-        percentile: f64,
-        /// onnxruntime intra-op threads (0: its default).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Quantize(QuantizeArgs),
     /// Segment new images with onnxruntime: palette masks (same names, .png), overlays, summary.json.
-    Infer {
-        /// The ONNX model (e.g. from `segtune export`).
-        model: PathBuf,
-        /// Image files, folders or globs (`*`, `?` in the file name).
-        #[arg(required = true)]
-        inputs: Vec<String>,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// Also write overlay/STEM.jpg, the image blended with its mask.
-        #[arg(long)]
-        overlay: bool,
-        /// Images per onnxruntime run.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// onnxruntime intra-op threads (0: its default).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
-        /// Where onnxruntime runs the model: cpu, or cuda / tensorrt with an onnxruntime-gpu
-        /// library (ORT_DYLIB_PATH); refused, naming what the library has, where it lacks one.
-        #[arg(long, value_enum, default_value_t = segtune::runtime::Provider::Cpu)]
-        provider: segtune::runtime::Provider,
-        #[command(flatten)]
-        pipeline: segtune::pipeline::PipelineArgs,
-        #[command(flatten)]
-        test_time: segtune::predict::TestTimeArgs,
-    },
+    Infer(InferArgs),
     /// Tell why a fine-tune does not learn: labels, images, model, initial loss, overfitting one
     /// batch (with a learning-rate sweep), BatchNorm; the most likely cause first.
     Doctor {
@@ -209,36 +114,147 @@ enum Command {
         steps: usize,
     },
     /// Compare the burn model (CPU) with onnxruntime on the same seeded input.
-    Parity {
-        /// Compiled-in model (default: deeplabv3plus_mobilenetv2, or the one matching --weights).
-        #[arg(long)]
-        model: Option<String>,
-        /// Checkpoint (.onnx) whose weights to use instead of the compiled-in model's.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Input height and width in pixels, a multiple of 16 [default: 256, or the size a
-        /// model's graph is fixed at].
-        #[arg(long)]
-        size: Option<usize>,
-        /// Images per batch [default: 2, or the batch a model's graph is fixed at].
-        #[arg(long)]
-        batch: Option<usize>,
-        /// Largest max |Δ| of logits that passes.
-        #[arg(long, default_value_t = 1e-4)]
-        tol: f32,
-        /// Seed of the random input.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// onnxruntime intra-op threads (0: its default).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
-        /// Timed runs of each after one warm-up (the median is reported).
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Parity(ParityArgs),
+}
+
+/// `segtune validate` arguments.
+#[derive(clap::Args)]
+struct ValidateArgs {
+    /// The ONNX model (e.g. from `segtune export`).
+    file: PathBuf,
+    /// Dataset directory: VOC, Cityscapes or ADE20K layout, or SPLIT/images + SPLIT/masks.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "val")]
+    split: String,
+    #[command(flatten)]
+    dataset: Box<data::DataArgs>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Compare the export's logits with the burn model of this run on the first val images.
+    #[arg(long, value_name = "RUN_DIR")]
+    parity: Option<PathBuf>,
+    /// onnxruntime intra-op threads (0: its default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Write a report into this folder: index.html, confusion.png, iou.png and the worst images
+    /// (image | truth | prediction) in worst/.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// How many of the lowest-mIoU images the report shows.
+    #[arg(long, default_value_t = 8, value_name = "K")]
+    worst: usize,
+    /// Also score this model (e.g. the fp32 one a quantized model came from) on the same
+    /// images with the same flags, and report the mIoU difference.
+    #[arg(long, value_name = "FILE.onnx")]
+    baseline: Option<PathBuf>,
+    /// Where onnxruntime runs the model: cpu, or cuda / tensorrt with an onnxruntime-gpu
+    /// library (ORT_DYLIB_PATH); refused, naming what the library has, where it lacks one.
+    #[arg(long, value_enum, default_value_t = segtune::runtime::Provider::Cpu)]
+    provider: segtune::runtime::Provider,
+    #[command(flatten)]
+    pipeline: segtune::pipeline::PipelineArgs,
+    #[command(flatten)]
+    test_time: segtune::predict::TestTimeArgs,
+}
+
+/// `segtune quantize` arguments.
+#[derive(clap::Args)]
+struct QuantizeArgs {
+    /// The fp32 ONNX model (e.g. from `segtune export`).
+    model: PathBuf,
+    /// Calibration images: files, folders, globs, or a dataset folder (its --split images).
+    #[arg(long, required_unless_present = "fp16", num_args = 1.., value_name = "DATA")]
+    calibrate: Vec<String>,
+    /// Write a float16 model instead (weights and compute; fp32 inputs and outputs kept), for
+    /// GPU providers; --calibrate is then optional (images to compare it with fp32 on).
+    #[arg(long)]
+    fp16: bool,
+    /// Where to write the int8 model.
+    #[arg(long)]
+    out: PathBuf,
+    /// The dataset split calibrated on where --calibrate is a dataset folder.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Calibration images (spread evenly over those found).
+    #[arg(long, default_value_t = 32)]
+    images: usize,
+    /// How each activation's range is taken: minmax, or percentile (see --percentile).
+    #[arg(long, value_enum, default_value_t = segtune::quantize::Calibration::Minmax)]
+    method: segtune::quantize::Calibration,
+    /// The percentile of each activation's histogram kept by --method percentile.
+    #[arg(long, default_value_t = 99.999)]
+    percentile: f64,
+    /// onnxruntime intra-op threads (0: its default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `segtune infer` arguments.
+#[derive(clap::Args)]
+struct InferArgs {
+    /// The ONNX model (e.g. from `segtune export`).
+    model: PathBuf,
+    /// Image files, folders or globs (`*`, `?` in the file name).
+    #[arg(required = true)]
+    inputs: Vec<String>,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write overlay/STEM.jpg, the image blended with its mask.
+    #[arg(long)]
+    overlay: bool,
+    /// Images per onnxruntime run.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// onnxruntime intra-op threads (0: its default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Where onnxruntime runs the model: cpu, or cuda / tensorrt with an onnxruntime-gpu
+    /// library (ORT_DYLIB_PATH); refused, naming what the library has, where it lacks one.
+    #[arg(long, value_enum, default_value_t = segtune::runtime::Provider::Cpu)]
+    provider: segtune::runtime::Provider,
+    #[command(flatten)]
+    pipeline: segtune::pipeline::PipelineArgs,
+    #[command(flatten)]
+    test_time: segtune::predict::TestTimeArgs,
+}
+
+/// `segtune parity` arguments.
+#[derive(clap::Args)]
+struct ParityArgs {
+    /// Compiled-in model (default: deeplabv3plus_mobilenetv2, or the one matching --weights).
+    #[arg(long)]
+    model: Option<String>,
+    /// Checkpoint (.onnx) whose weights to use instead of the compiled-in model's.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Input height and width in pixels, a multiple of 16 [default: 256, or the size a
+    /// model's graph is fixed at].
+    #[arg(long)]
+    size: Option<usize>,
+    /// Images per batch [default: 2, or the batch a model's graph is fixed at].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Largest max |Δ| of logits that passes.
+    #[arg(long, default_value_t = 1e-4)]
+    tol: f32,
+    /// Seed of the random input.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// onnxruntime intra-op threads (0: its default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Timed runs of each after one warm-up (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `segtune train` arguments.
@@ -302,86 +318,9 @@ fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
         Command::Export { run_dir, out } => {
             emit!("{}", segtune::export::export(&run_dir, &out)?);
         }
-        Command::Validate {
-            file,
-            data,
-            split,
-            dataset,
-            json,
-            parity,
-            threads,
-            report,
-            worst,
-            baseline,
-            provider,
-            pipeline,
-            test_time,
-        } => {
-            let opts = validate::ValidateOptions {
-                spec: dataset.spec(),
-                class_names: dataset.class_names.as_deref(),
-                parity: parity.as_deref(),
-                threads,
-                report: report.as_deref(),
-                worst,
-                size: pipeline.size,
-                square: pipeline.square,
-                provider,
-                baseline: baseline.as_deref(),
-                test_time,
-            };
-            let report = validate::validate_with(&file, &data, &split, &opts)?;
-            emit!("{report}");
-            if let Some(dir) = opts.report {
-                emit!("report in {}", dir.join("index.html").display());
-            }
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
-                data::write_atomic(&path, |f| std::io::Write::write_all(f, text.as_bytes()))?;
-            }
-            if report.parity.as_ref().is_some_and(|p| !p.pass) {
-                eprintln!(
-                    "error: the export does not match the burn model of its run (max |Δ| > 1e-4 or argmax agreement < 99.99%)"
-                );
-                return Ok(ExitCode::from(1));
-            }
-        }
-        Command::Quantize { model, calibrate, fp16, out, split, images, method, percentile, threads, json } => {
-            use segtune::quantize::{QuantizeOptions, half_precision, quantize};
-            let opts = QuantizeOptions { calibrate, split, images, method, percentile, threads };
-            let (text, value) = if fp16 {
-                let r = half_precision(&model, &out, &opts)?;
-                (r.to_string(), serde_json::to_value(&r))
-            } else {
-                let r = quantize(&model, &out, &opts)?;
-                (r.to_string(), serde_json::to_value(&r))
-            };
-            if json {
-                emit!("{}", serde_json::to_string_pretty(&value.context("serializing the report")?)?);
-            } else {
-                emit!("{text}");
-            }
-        }
-        Command::Infer { model, inputs, out, overlay, batch, threads, provider, pipeline, test_time } => {
-            let (size, square) = (pipeline.size, pipeline.square);
-            let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square, provider, test_time };
-            let summary = segtune::infer::infer(&model, &inputs, &opts)?;
-            emit!(
-                "wrote {} masks to {} ({:.1} images/s, onnxruntime {:.1} s of {:.1} s){}",
-                summary.images.len(),
-                opts.out.display(),
-                summary.images_per_s,
-                summary.run_seconds,
-                summary.seconds,
-                if opts.overlay { ", with overlays" } else { "" }
-            );
-            emit!("input: {}", summary.pipeline.describe());
-            if !summary.failed.is_empty() {
-                let names: Vec<&str> = summary.failed.iter().map(|(f, _)| f.as_str()).collect();
-                eprintln!("error: {} input(s) could not be read and were skipped: {}", names.len(), names.join(", "));
-                return Ok(ExitCode::from(1));
-            }
-        }
+        Command::Validate(args) => return validate_command(args),
+        Command::Quantize(args) => return quantize_command(args),
+        Command::Infer(args) => return infer_command(args),
         Command::Doctor { config, json, steps } => {
             let mut cfg = *config;
             model_from_weights(&mut cfg, model_given)?;
@@ -403,22 +342,115 @@ fn run(cli: Cli, model_given: bool) -> anyhow::Result<ExitCode> {
                 emit!("{}", report.to_string().trim_end());
             }
         }
-        Command::Parity { model, weights, size, batch, tol, seed, threads, repeat, json } => {
-            let mut ckpt = Checkpoint::open(model.as_deref(), weights.as_deref())?;
-            segtune::runtime::prepare(&mut ckpt)?;
-            let (size, batch) = validate::parity_size(&ckpt, size, batch)?;
-            let opts = validate::ParityOptions { batch, size, tol, seed, threads, repeat };
-            let report = validate::parity_check(&ckpt, &opts)?;
-            if json {
-                emit!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
-            } else {
-                emit!("{report}");
-            }
-            if !report.pass {
-                eprintln!("error: parity failed: max |Δ| {:.3e} > tolerance {:.1e}", report.max_abs_diff, report.tol);
-                return Ok(ExitCode::from(1));
-            }
-        }
+        Command::Parity(args) => return parity_command(args),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let ValidateArgs {
+        file,
+        data,
+        split,
+        dataset,
+        json,
+        parity,
+        threads,
+        report,
+        worst,
+        baseline,
+        provider,
+        pipeline,
+        test_time,
+    } = args;
+    let opts = validate::ValidateOptions {
+        spec: dataset.spec(),
+        class_names: dataset.class_names.as_deref(),
+        parity: parity.as_deref(),
+        threads,
+        report: report.as_deref(),
+        worst,
+        size: pipeline.size,
+        square: pipeline.square,
+        provider,
+        baseline: baseline.as_deref(),
+        test_time,
+    };
+    let report = validate::validate_with(&file, &data, &split, &opts)?;
+    emit!("{report}");
+    if let Some(dir) = opts.report {
+        emit!("report in {}", dir.join("index.html").display());
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
+        data::write_atomic(&path, |f| std::io::Write::write_all(f, text.as_bytes()))?;
+    }
+    if report.parity.as_ref().is_some_and(|p| !p.pass) {
+        eprintln!(
+            "error: the export does not match the burn model of its run (max |Δ| > 1e-4 or argmax agreement < 99.99%)"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quantize_command(args: QuantizeArgs) -> anyhow::Result<ExitCode> {
+    let QuantizeArgs { model, calibrate, fp16, out, split, images, method, percentile, threads, json } = args;
+    use segtune::quantize::{QuantizeOptions, half_precision, quantize};
+    let opts = QuantizeOptions { calibrate, split, images, method, percentile, threads };
+    let (text, value) = if fp16 {
+        let r = half_precision(&model, &out, &opts)?;
+        (r.to_string(), serde_json::to_value(&r))
+    } else {
+        let r = quantize(&model, &out, &opts)?;
+        (r.to_string(), serde_json::to_value(&r))
+    };
+    if json {
+        emit!("{}", serde_json::to_string_pretty(&value.context("serializing the report")?)?);
+    } else {
+        emit!("{text}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn infer_command(args: InferArgs) -> anyhow::Result<ExitCode> {
+    let InferArgs { model, inputs, out, overlay, batch, threads, provider, pipeline, test_time } = args;
+    let (size, square) = (pipeline.size, pipeline.square);
+    let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square, provider, test_time };
+    let summary = segtune::infer::infer(&model, &inputs, &opts)?;
+    emit!(
+        "wrote {} masks to {} ({:.1} images/s, onnxruntime {:.1} s of {:.1} s){}",
+        summary.images.len(),
+        opts.out.display(),
+        summary.images_per_s,
+        summary.run_seconds,
+        summary.seconds,
+        if opts.overlay { ", with overlays" } else { "" }
+    );
+    emit!("input: {}", summary.pipeline.describe());
+    if !summary.failed.is_empty() {
+        let names: Vec<&str> = summary.failed.iter().map(|(f, _)| f.as_str()).collect();
+        eprintln!("error: {} input(s) could not be read and were skipped: {}", names.len(), names.join(", "));
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parity_command(args: ParityArgs) -> anyhow::Result<ExitCode> {
+    let ParityArgs { model, weights, size, batch, tol, seed, threads, repeat, json } = args;
+    let mut ckpt = Checkpoint::open(model.as_deref(), weights.as_deref())?;
+    segtune::runtime::prepare(&mut ckpt)?;
+    let (size, batch) = validate::parity_size(&ckpt, size, batch)?;
+    let opts = validate::ParityOptions { batch, size, tol, seed, threads, repeat };
+    let report = validate::parity_check(&ckpt, &opts)?;
+    if json {
+        emit!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
+    } else {
+        emit!("{report}");
+    }
+    if !report.pass {
+        eprintln!("error: parity failed: max |Δ| {:.3e} > tolerance {:.1e}", report.max_abs_diff, report.tol);
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }
