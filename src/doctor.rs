@@ -333,6 +333,21 @@ fn first_names(v: &[String], n: usize) -> String {
 }
 
 fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) -> bool {
+    histogram_check(train, val, checks);
+    let format_ok = format_check(train, val, checks);
+    let encoding = encoding_checks(cfg, train, val, checks);
+    let range_ok = range_check(cfg, train, val, encoding, checks);
+    balance_check(cfg, train, val, checks);
+    ignore_check(train, val, checks);
+    let usable = format_ok && range_ok;
+    if usable {
+        coverage_check(cfg, train, val, checks);
+    }
+    usable
+}
+
+/// labels.histogram: each split's mask values and their shares.
+fn histogram_check(train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) {
     let hist = |s: &SplitScan| {
         let total = s.pixels.max(1) as f64;
         s.histogram
@@ -341,102 +356,92 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
             .collect::<Vec<_>>()
             .join(", ")
     };
-    checks.push(check(
-        CheckId::LabelsHistogram,
-        Status::Pass,
-        format!("train [{}]; val [{}]", hist(train), hist(val)),
-        "",
-        &[],
-    ));
-    let mut usable = true;
+    let measured = format!("train [{}]; val [{}]", hist(train), hist(val));
+    checks.push(check(CheckId::LabelsHistogram, Status::Pass, measured, "", &[]));
+}
+
+/// labels.format: index masks, not RGB colours or one channel per class. False where unusable.
+fn format_check(train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) -> bool {
     let colour: Vec<String> = train.colour.iter().chain(&val.colour).cloned().collect();
-    let one_hot: Vec<String> = train
-        .one_hot
-        .iter()
-        .chain(&val.one_hot)
-        .chain(&train.multi_channel)
-        .chain(&val.multi_channel)
+    let one_hot: Vec<String> = [&train.one_hot, &val.one_hot, &train.multi_channel, &val.multi_channel]
+        .into_iter()
+        .flatten()
         .cloned()
         .collect();
     if !colour.is_empty() {
-        usable = false;
-        let palette = data::voc_palette();
-        let mut colours: Vec<([u16; 3], u64)> =
-            train.colours.iter().chain(&val.colours).map(|(k, v)| (*k, *v)).collect();
-        colours.sort_by_key(|c| std::cmp::Reverse(c.1));
-        let hints: Vec<String> = colours
-            .iter()
-            .take(6)
-            .map(|(c, _)| {
-                let idx = palette.iter().position(|p| p.iter().zip(c).all(|(a, b)| *a as u16 == *b));
-                match idx {
-                    Some(i) => format!("({},{},{}) -> {i}", c[0], c[1], c[2]),
-                    None => format!("({},{},{}) -> not in the VOC palette", c[0], c[1], c[2]),
-                }
-            })
-            .collect();
-        checks.push(check(
-            CheckId::LabelsFormat,
-            Status::Fail,
-            format!("{} masks store RGB colours instead of class indices: {}", colour.len(), first_names(&colour, 3)),
-            format!(
-                "convert colours to indices (VOC palette: {}); save as a palette or 8-bit grayscale PNG whose values are the indices",
-                hints.join(", ")
-            ),
-            &[],
-        ));
-    } else if !one_hot.is_empty() {
-        usable = false;
-        checks.push(check(
-            CheckId::LabelsFormat,
-            Status::Fail,
-            format!("{} masks are one-hot or multi-channel (one channel per class): {}", one_hot.len(), first_names(&one_hot, 3)),
-            "store one channel holding the class index of each pixel (the argmax over the one-hot channels), 255 where ignored",
-            &[],
-        ));
-    } else {
-        checks.push(check(
-            CheckId::LabelsFormat,
-            Status::Pass,
-            format!("{} single-channel index masks", train.masks + val.masks),
-            "",
-            &[],
-        ));
+        let measured =
+            format!("{} masks store RGB colours instead of class indices: {}", colour.len(), first_names(&colour, 3));
+        let fix = format!(
+            "convert colours to indices (VOC palette: {}); save as a palette or 8-bit grayscale PNG whose values are the indices",
+            colour_hints(train, val).join(", ")
+        );
+        checks.push(check(CheckId::LabelsFormat, Status::Fail, measured, fix, &[]));
+        return false;
     }
-    let encoding = encoding_checks(cfg, train, val, checks);
+    if !one_hot.is_empty() {
+        let measured = format!(
+            "{} masks are one-hot or multi-channel (one channel per class): {}",
+            one_hot.len(),
+            first_names(&one_hot, 3)
+        );
+        let fix = "store one channel holding the class index of each pixel (the argmax over the one-hot channels), 255 where ignored";
+        checks.push(check(CheckId::LabelsFormat, Status::Fail, measured, fix, &[]));
+        return false;
+    }
+    let measured = format!("{} single-channel index masks", train.masks + val.masks);
+    checks.push(check(CheckId::LabelsFormat, Status::Pass, measured, "", &[]));
+    true
+}
+
+/// The most frequent mask colours, each with its VOC palette index where it has one.
+fn colour_hints(train: &SplitScan, val: &SplitScan) -> Vec<String> {
+    let palette = data::voc_palette();
+    let mut colours: Vec<([u16; 3], u64)> = train.colours.iter().chain(&val.colours).map(|(k, v)| (*k, *v)).collect();
+    colours.sort_by_key(|c| std::cmp::Reverse(c.1));
+    colours
+        .iter()
+        .take(6)
+        .map(|(c, _)| match palette.iter().position(|p| p.iter().zip(c).all(|(a, b)| *a as u16 == *b)) {
+            Some(i) => format!("({},{},{}) -> {i}", c[0], c[1], c[2]),
+            None => format!("({},{},{}) -> not in the VOC palette", c[0], c[1], c[2]),
+        })
+        .collect()
+}
+
+/// labels.range: values (after --label-map) in [0, classes) or the ignore index. False where
+/// some are not.
+fn range_check(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, encoding: bool, checks: &mut Vec<Check>) -> bool {
     let bad: Vec<&(String, u16)> = train.out_of_range.iter().chain(&val.out_of_range).collect();
     if bad.is_empty() {
-        checks.push(check(
-            CheckId::LabelsRange,
-            Status::Pass,
-            format!("all values in [0, {}) or {IGNORE_INDEX}", cfg.classes),
-            "",
-            &[],
-        ));
-    } else {
-        usable = false;
-        let values: BTreeSet<u16> = bad.iter().map(|b| b.1).collect();
-        let files: BTreeSet<&str> = bad.iter().map(|b| b.0.as_str()).collect();
-        let max = values.iter().max().copied().unwrap_or(0);
-        let flag = format!("--classes {}", max + 1);
-        checks.push(Check {
-            name: CheckId::LabelsRange,
-            status: Status::Fail,
-            measured: format!(
-                "values {values:?} outside [0, {}) and not {IGNORE_INDEX}, in {} files: {}",
-                cfg.classes,
-                files.len(),
-                first_names(&files.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 3)
-            ),
-            fix: if encoding {
-                "the label encoding above explains them".into()
-            } else {
-                format!("relabel those pixels (--label-map SRC:DST), or if they are real classes train with {flag}")
-            },
-            flags: if encoding { vec![] } else { vec![flag] },
-        });
+        let measured = format!("all values in [0, {}) or {IGNORE_INDEX}", cfg.classes);
+        checks.push(check(CheckId::LabelsRange, Status::Pass, measured, "", &[]));
+        return true;
     }
-    balance_check(cfg, train, val, checks);
+    let values: BTreeSet<u16> = bad.iter().map(|b| b.1).collect();
+    let files: BTreeSet<&str> = bad.iter().map(|b| b.0.as_str()).collect();
+    let max = values.iter().max().copied().unwrap_or(0);
+    let flag = format!("--classes {}", max + 1);
+    checks.push(Check {
+        name: CheckId::LabelsRange,
+        status: Status::Fail,
+        measured: format!(
+            "values {values:?} outside [0, {}) and not {IGNORE_INDEX}, in {} files: {}",
+            cfg.classes,
+            files.len(),
+            first_names(&files.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 3)
+        ),
+        fix: if encoding {
+            "the label encoding above explains them".into()
+        } else {
+            format!("relabel those pixels (--label-map SRC:DST), or if they are real classes train with {flag}")
+        },
+        flags: if encoding { vec![] } else { vec![flag] },
+    });
+    false
+}
+
+/// labels.ignore: the share of ignored (255) pixels.
+fn ignore_check(train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) {
     let ignored =
         |s: &SplitScan| *s.histogram.get(&(IGNORE_INDEX as u16)).unwrap_or(&0) as f64 / s.pixels.max(1) as f64;
     let (ti, vi) = (ignored(train), ignored(val));
@@ -447,30 +452,28 @@ fn label_checks(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &
         if ti.max(vi) > 0.5 { "most pixels are ignored: check that 255 marks only boundaries / void" } else { "" },
         &[],
     ));
+}
+
+/// labels.coverage: every class occurs in train and in val.
+fn coverage_check(cfg: &TrainConfig, train: &SplitScan, val: &SplitScan, checks: &mut Vec<Check>) {
     let present = |s: &SplitScan| -> BTreeSet<usize> {
         s.histogram.keys().filter(|&&v| (v as usize) < cfg.classes).map(|&v| v as usize).collect()
     };
     let (tp, vp) = (present(train), present(val));
     let missing_train: Vec<usize> = (0..cfg.classes).filter(|c| !tp.contains(c)).collect();
     let missing_val: Vec<usize> = (0..cfg.classes).filter(|c| !vp.contains(c)).collect();
-    if usable && (!missing_train.is_empty() || !missing_val.is_empty()) {
-        checks.push(check(
-            CheckId::LabelsCoverage,
-            Status::Warn,
-            format!("classes missing from train: {missing_train:?}; from val: {missing_val:?}"),
-            "a class never seen in train cannot be learned, one absent from val is left out of mIoU; check --classes and the split",
-            &[],
-        ));
-    } else if usable {
-        checks.push(check(
-            CheckId::LabelsCoverage,
-            Status::Pass,
-            format!("all {} classes occur in train and val", cfg.classes),
-            "",
-            &[],
-        ));
+    if missing_train.is_empty() && missing_val.is_empty() {
+        let measured = format!("all {} classes occur in train and val", cfg.classes);
+        checks.push(check(CheckId::LabelsCoverage, Status::Pass, measured, "", &[]));
+        return;
     }
-    usable
+    checks.push(check(
+        CheckId::LabelsCoverage,
+        Status::Warn,
+        format!("classes missing from train: {missing_train:?}; from val: {missing_val:?}"),
+        "a class never seen in train cannot be learned, one absent from val is left out of mIoU; check --classes and the split",
+        &[],
+    ));
 }
 
 /// The encodings users bring that read as valid-looking labels: binary masks saved as 0/255
