@@ -69,12 +69,45 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         crate::graph::tensors_by_name(pack.into_tensors().map_err(|e| Error::bad_file(&pack_path, format!("{e:?}")))?);
 
     let (mut proto, written, unshared) = crate::graph::weights_into_graph(&source, &trained, cfg.classes, &pack_path)?;
-
     let history: Vec<EpochMetrics> = std::fs::read_to_string(run_dir.join("metrics.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let best = history.iter().map(|m| m.val_miou).reduce(f64::max);
+    for (k, v) in metadata(run_dir, &cfg, &source, &history)? {
+        match proto.metadata_props.iter_mut().find(|p| p.key() == k) {
+            Some(p) => p.value = Some(v),
+            None => {
+                proto.metadata_props.push(onnx::proto::StringStringEntryProto { key: Some(k.into()), value: Some(v) })
+            }
+        }
+    }
+    use prost::Message;
+    verify(&proto.encode_to_vec(), out, cfg.classes, &source.normalization, shape)?;
+    let (bytes, external) = write(&mut proto, out, parent, source.external_data)?;
+    Ok(ExportReport {
+        out: out.to_path_buf(),
+        model: cfg.model.clone(),
+        source: source.origin(),
+        checkpoint: ckpt_dir,
+        tensors_written: written,
+        unshared,
+        classes: cfg.classes,
+        best_val_miou: best,
+        bytes,
+        external_data: external,
+        input: shape.describe(),
+    })
+}
+
+/// The export's metadata: what it is, how to feed it (normalization, layout, size multiple, the
+/// test-time pipeline), its classes, and how it was trained.
+fn metadata(
+    run_dir: &Path,
+    cfg: &crate::config::TrainConfig,
+    source: &Checkpoint,
+    history: &[EpochMetrics],
+) -> Result<Vec<(&'static str, String)>> {
     let layout = match cfg.dataset.layout {
         crate::data::DatasetLayout::Auto => {
             crate::data::DatasetLayout::detect(&cfg.data, &cfg.train_split).unwrap_or_default()
@@ -86,7 +119,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
     let summary = serde_json::json!({
         "run": run_dir.display().to_string(),
         "epochs": history.len(),
-        "best_val_miou": best,
+        "best_val_miou": history.iter().map(|m| m.val_miou).reduce(f64::max),
         "final_val_miou": history.last().map(|m| m.val_miou),
         "final_train_loss": history.last().map(|m| m.train_loss),
         "loss": cfg.loss.to_string(),
@@ -98,13 +131,14 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         "bn": cfg.bn,
         "data": cfg.data.display().to_string(),
     });
-    let meta: Vec<(&str, String)> = vec![
+    let joined = |v: &[f32; 3]| v.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",");
+    Ok(vec![
         ("segtune.version", env!("CARGO_PKG_VERSION").to_string()),
         ("segtune.model", cfg.model.clone()),
         ("segtune.classes", cfg.classes.to_string()),
         ("segtune.class_names", names.join(",")),
-        ("segtune.mean", n.mean.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")),
-        ("segtune.std", n.std.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")),
+        ("segtune.mean", joined(&n.mean)),
+        ("segtune.std", joined(&n.std)),
         ("segtune.layout", if n.layout == Layout::Nhwc { "NHWC" } else { "NCHW" }.to_string()),
         ("segtune.ignore_index", crate::IGNORE_INDEX.to_string()),
         ("segtune.label_map", cfg.dataset.label_map.to_string()),
@@ -115,26 +149,24 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
         ("segtune.input_rule", format!("height and width multiples of {}", n.size_multiple)),
         ("segtune.training", summary.to_string()),
         ("segtune.source", format!("fine-tuned by segtune {} from {}", env!("CARGO_PKG_VERSION"), source.origin())),
-    ];
-    for (k, v) in meta {
-        match proto.metadata_props.iter_mut().find(|p| p.key() == k) {
-            Some(p) => p.value = Some(v),
-            None => {
-                proto.metadata_props.push(onnx::proto::StringStringEntryProto { key: Some(k.into()), value: Some(v) })
-            }
-        }
-    }
+    ])
+}
 
+/// Writes the export (and, for a source that kept its tensors in a side file, its external
+/// data first, so the graph never points at a missing file), each atomically. Returns the
+/// graph's size and the data file.
+fn write(
+    proto: &mut onnx::ModelProto,
+    out: &Path,
+    parent: &Path,
+    external_data: bool,
+) -> Result<(usize, Option<std::path::PathBuf>)> {
     use prost::Message;
-    verify(&proto.encode_to_vec(), out, cfg.classes, &source.normalization, shape)?;
-    // A source that kept its tensors in a side file gets an export that does too: the data is
-    // written first (atomically), then the graph that points to it.
-    let external = match source.external_data {
+    let external = match external_data {
         false => None,
         true => {
             let location = format!("{}.data", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-            let data =
-                crate::graph::split_external(&mut proto, &location, 1024).map_err(|e| Error::bad_file(out, e))?;
+            let data = crate::graph::split_external(proto, &location, 1024).map_err(|e| Error::bad_file(out, e))?;
             let path = parent.join(&location);
             crate::data::write_atomic(&path, |f| std::io::Write::write_all(f, &data))?;
             Some(path)
@@ -142,19 +174,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<ExportReport> {
     };
     let bytes = proto.encode_to_vec();
     crate::data::write_atomic(out, |f| std::io::Write::write_all(f, &bytes))?;
-    Ok(ExportReport {
-        out: out.to_path_buf(),
-        model: cfg.model.clone(),
-        source: source.origin(),
-        checkpoint: ckpt_dir,
-        tensors_written: written,
-        unshared,
-        classes: cfg.classes,
-        best_val_miou: best,
-        bytes: bytes.len(),
-        external_data: external,
-        input: shape.describe(),
-    })
+    Ok((bytes.len(), external))
 }
 
 /// Loads the bytes in onnxruntime and runs one small input: the export is not written unless
