@@ -210,27 +210,10 @@ pub fn weights_into_graph(
                 if direct != (pass == 0) {
                     continue;
                 }
-                let Some((dims, bytes)) = trained.get(e.burn) else {
-                    return Err(Error::bad_file(
-                        weights,
-                        format!(
-                            "expected tensor {} of {}, found none: the run does not match the ONNX",
-                            e.burn, source.info.name
-                        ),
-                    ));
-                };
                 let slot = index[init.as_str()];
                 let old_dims: Vec<usize> = g.initializer[slot].dims.iter().map(|&d| d as usize).collect();
-                let class_head = classifier.contains(&e.burn);
-                if *dims != old_dims && !(class_head && dims[1..] == old_dims[1..]) {
-                    return Err(Error::bad_file(
-                        weights,
-                        format!(
-                            "tensor {} has shape {dims:?}, the ONNX initializer {init:?} {old_dims:?}: the run does not match the ONNX",
-                            e.burn
-                        ),
-                    ));
-                }
+                let (dims, bytes) = trained_tensor(trained, e.burn, init, &old_dims, classifier.contains(&e.burn))
+                    .map_err(|m| Error::bad_file(weights, format!("{m} ({})", source.info.name)))?;
                 if direct {
                     set_data(&mut g.initializer[slot], dims, bytes.clone());
                 } else {
@@ -251,17 +234,42 @@ pub fn weights_into_graph(
             }
         }
         if classes != source_classes.unwrap_or(classes) {
-            for o in &mut g.output {
-                set_class_dim(o, classes, class_axis);
-            }
-            for v in &mut g.value_info {
-                if v.name() == g.output.first().map(|o| o.name().to_string()).unwrap_or_default() {
-                    set_class_dim(v, classes, class_axis);
-                }
-            }
+            set_output_classes(g, classes, class_axis);
         }
     }
     Ok((proto, written, unshared))
+}
+
+/// The trained tensor `burn` for the initializer `init` of `old_dims`: the same shape, or, for
+/// the classifier, the same but for its class count.
+fn trained_tensor<'a>(
+    trained: &'a HashMap<String, (Vec<usize>, Vec<u8>)>,
+    burn: &str,
+    init: &str,
+    old_dims: &[usize],
+    class_head: bool,
+) -> Result<&'a (Vec<usize>, Vec<u8>), String> {
+    let t = trained
+        .get(burn)
+        .ok_or_else(|| format!("expected tensor {burn}, found none: the run does not match the ONNX"))?;
+    let dims = &t.0;
+    if dims != old_dims && !(class_head && dims.len() == old_dims.len() && dims[1..] == old_dims[1..]) {
+        return Err(format!(
+            "tensor {burn} has shape {dims:?}, the ONNX initializer {init:?} {old_dims:?}: the run does not match the ONNX"
+        ));
+    }
+    Ok(t)
+}
+
+/// The graph's output (and its value_info) declared with `classes` on the class axis.
+fn set_output_classes(g: &mut onnx::GraphProto, classes: usize, class_axis: usize) {
+    for o in &mut g.output {
+        set_class_dim(o, classes, class_axis);
+    }
+    let output = g.output.first().map(|o| o.name().to_string()).unwrap_or_default();
+    for v in g.value_info.iter_mut().filter(|v| v.name() == output) {
+        set_class_dim(v, classes, class_axis);
+    }
 }
 
 fn set_class_dim(v: &mut onnx::ValueInfoProto, classes: usize, axis: usize) {
