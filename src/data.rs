@@ -908,11 +908,30 @@ fn synth_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayImag
 /// (mod 5) and a hue spread around the wheel, jittered per object, so telling classes apart
 /// needs colour, shape and texture together.
 fn corpus_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayImage) {
-    use std::f32::consts::PI;
-    let s = size as f32;
     let mut img = RgbImage::new(size, size);
     let mut noise = Rng(rng.next_u64());
-    // Background: five kinds, a random colour each.
+    corpus_background(&mut img, rng, &mut noise);
+    corpus_clutter(&mut img, rng);
+    let mut mask = GrayImage::new(size, size);
+    let mut difficult = GrayImage::new(size, size);
+    let objects = 1 + rng.below(6);
+    for _ in 0..objects {
+        let class = 1 + rng.below(classes - 1);
+        let object = CorpusObject::draw(class, classes, size, rng);
+        object.paint(&mut img, &mut mask, &mut difficult, &mut noise);
+    }
+    // Boundary bands (every pixel within Manhattan distance 1 or 2 of another label), and
+    // difficult objects marked 255 as a whole.
+    let band = 1 + rng.below(2) as i32;
+    ignore_boundaries(&mut mask, band, |x, y| difficult.get_pixel(x, y)[0] == 1);
+    (img, mask)
+}
+
+/// A corpus image's background: five kinds (stripes, checker, gradient, blotches, flat), a random
+/// colour pair each, with pixel noise.
+fn corpus_background(img: &mut RgbImage, rng: &mut Rng, noise: &mut Rng) {
+    use std::f32::consts::PI;
+    let s = img.width() as f32;
     let kind = rng.below(5);
     let c0 = hsv(rng.f32(), rng.range(0.0, 0.5), rng.range(0.25, 0.9)).map(|v| v * 255.0);
     let c1 = hsv(rng.f32(), rng.range(0.0, 0.5), rng.range(0.25, 0.9)).map(|v| v * 255.0);
@@ -933,7 +952,11 @@ fn corpus_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayIma
             p[c] = (c0[c] * (1.0 - t) + c1[c] * t + n).clamp(0.0, 255.0) as u8;
         }
     }
-    // Unlabelled clutter: grey-ish rectangles that stay background.
+}
+
+/// Unlabelled clutter: grey-ish rectangles that stay background.
+fn corpus_clutter(img: &mut RgbImage, rng: &mut Rng) {
+    let size = img.width();
     for _ in 0..rng.below(4) {
         let g = hsv(rng.f32(), rng.range(0.0, 0.25), rng.range(0.2, 0.95)).map(|v| (v * 255.0) as u8);
         let (x0, y0) = (rng.below(size as usize) as u32, rng.below(size as usize) as u32);
@@ -944,22 +967,89 @@ fn corpus_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayIma
             }
         }
     }
-    let mut mask = GrayImage::new(size, size);
-    let mut difficult = GrayImage::new(size, size);
-    let objects = 1 + rng.below(6);
-    for _ in 0..objects {
-        let class = 1 + rng.below(classes - 1);
+}
+
+/// One labelled object of a corpus image: its class's shape and texture, placed, sized, turned.
+struct CorpusObject {
+    class: usize,
+    shape: usize,
+    texture: usize,
+    color: [f32; 3],
+    centre: (f32, f32),
+    r: f32,
+    rot: (f32, f32),
+    aspect: f32,
+    lobes: [f32; 3],
+    hard: bool,
+    period: f32,
+    size: u32,
+}
+
+impl CorpusObject {
+    /// Draws the object's parameters from `rng` (in the order the corpus was generated with).
+    fn draw(class: usize, classes: usize, size: u32, rng: &mut Rng) -> Self {
+        use std::f32::consts::PI;
+        let s = size as f32;
         let (shape, texture) = class_look(SynthStyle::Corpus, class);
         let hue = (class as f32 - 1.0) / (classes as f32 - 1.0).max(1.0) + rng.range(-0.02, 0.02);
         let color = hsv(hue, rng.range(0.55, 1.0), rng.range(0.5, 1.0));
-        let (cx, cy) = (rng.range(-0.05, 1.05) * s, rng.range(-0.05, 1.05) * s);
+        let centre = (rng.range(-0.05, 1.05) * s, rng.range(-0.05, 1.05) * s);
         let r = rng.range(0.04, 0.45) * s;
         let rot = rng.range(0.0, PI);
-        let (rc, rs) = (rot.cos(), rot.sin());
         let aspect = rng.range(0.35, 0.7);
         let lobes = [rng.range(0.0, 0.25), rng.range(0.0, 0.2), rng.range(0.0, 2.0 * PI)];
         let hard = rng.f32() < 0.04;
         let period = rng.range(3.0, 9.0);
+        CorpusObject {
+            class,
+            shape,
+            texture,
+            color,
+            centre,
+            r,
+            rot: (rot.cos(), rot.sin()),
+            aspect,
+            lobes,
+            hard,
+            period,
+            size,
+        }
+    }
+
+    /// Whether the point at rotated, radius-normalised `(u, v)` is inside the shape.
+    fn inside(&self, u: f32, v: f32) -> bool {
+        let (d, a, aspect, lobes) = ((u * u + v * v).sqrt(), v.atan2(u), self.aspect, self.lobes);
+        match self.shape {
+            0 => (u * u) + (v / aspect).powi(2) <= 1.0, // ellipse
+            1 => (0.55..=1.0).contains(&d),             // ring
+            2 => (u.abs() <= 0.3 && v.abs() <= 1.0) || (v.abs() <= 0.3 && u.abs() <= 1.0), // cross
+            3 => d <= 0.45 + 0.55 * (0.5 + 0.5 * (5.0 * a).cos()).powi(3), // star
+            4 => u.abs() <= 1.0 && v.abs() <= 0.22,     // bar
+            5 => d <= 1.0 && ((u - 0.45).powi(2) + v * v).sqrt() > 0.75, // crescent
+            6 => {
+                // hexagon
+                let (au, av) = (u.abs(), v.abs());
+                av <= 0.866 && 0.866 * au + 0.5 * av <= 0.866
+            }
+            _ => d <= 0.75 + lobes[0] * (3.0 * a + lobes[2]).sin() + lobes[1] * (5.0 * a).cos(), // blob
+        }
+    }
+
+    /// The texture's brightness at pixel `(x, y)`.
+    fn shade(&self, x: u32, y: u32, u: f32, d: f32) -> f32 {
+        let period = self.period;
+        match self.texture {
+            0 => 1.0,
+            1 => 0.75 + 0.25 * (((x as f32 / period) as u32 + (y as f32 / period) as u32) % 2) as f32,
+            2 => 0.8 + 0.2 * (u * 2.0 * period).sin(),
+            3 => 0.7 + 0.3 * (1.0 - d.min(1.0)),
+            _ => 0.8 + 0.2 * (((x / 2) ^ (y / 2)) % 3) as f32 / 2.0,
+        }
+    }
+
+    /// Paints the object into the image, its class into the mask, and whether it is difficult.
+    fn paint(&self, img: &mut RgbImage, mask: &mut GrayImage, difficult: &mut GrayImage, noise: &mut Rng) {
+        let ((cx, cy), r, (rc, rs), size) = (self.centre, self.r, self.rot, self.size);
         let (x0, x1) = ((cx - r).max(0.0) as u32, ((cx + r).ceil().max(0.0) as u32).min(size));
         let (y0, y1) = ((cy - r).max(0.0) as u32, ((cy + r).ceil().max(0.0) as u32).min(size));
         for y in y0..y1 {
@@ -967,44 +1057,17 @@ fn corpus_sample(size: u32, classes: usize, rng: &mut Rng) -> (RgbImage, GrayIma
                 let (dx, dy) = (x as f32 - cx, y as f32 - cy);
                 // Rotated coordinates, normalised by the radius.
                 let (u, v) = ((dx * rc + dy * rs) / r, (-dx * rs + dy * rc) / r);
-                let d = (u * u + v * v).sqrt();
-                let a = v.atan2(u);
-                let inside = match shape {
-                    0 => (u * u) + (v / aspect).powi(2) <= 1.0, // ellipse
-                    1 => (0.55..=1.0).contains(&d),             // ring
-                    2 => (u.abs() <= 0.3 && v.abs() <= 1.0) || (v.abs() <= 0.3 && u.abs() <= 1.0), // cross
-                    3 => d <= 0.45 + 0.55 * (0.5 + 0.5 * (5.0 * a).cos()).powi(3), // star
-                    4 => u.abs() <= 1.0 && v.abs() <= 0.22,     // bar
-                    5 => d <= 1.0 && ((u - 0.45).powi(2) + v * v).sqrt() > 0.75, // crescent
-                    6 => {
-                        // hexagon
-                        let (au, av) = (u.abs(), v.abs());
-                        av <= 0.866 && 0.866 * au + 0.5 * av <= 0.866
-                    }
-                    _ => d <= 0.75 + lobes[0] * (3.0 * a + lobes[2]).sin() + lobes[1] * (5.0 * a).cos(), // blob
-                };
-                if !inside {
+                if !self.inside(u, v) {
                     continue;
                 }
-                let shade = match texture {
-                    0 => 1.0,
-                    1 => 0.75 + 0.25 * (((x as f32 / period) as u32 + (y as f32 / period) as u32) % 2) as f32,
-                    2 => 0.8 + 0.2 * (u * 2.0 * period).sin(),
-                    3 => 0.7 + 0.3 * (1.0 - d.min(1.0)),
-                    _ => 0.8 + 0.2 * (((x / 2) ^ (y / 2)) % 3) as f32 / 2.0,
-                };
+                let shade = self.shade(x, y, u, (u * u + v * v).sqrt());
                 let n = noise.range(-6.0, 6.0);
-                img.put_pixel(x, y, Rgb(color.map(|c| (c * shade * 255.0 + n).clamp(0.0, 255.0) as u8)));
-                mask.put_pixel(x, y, image::Luma([class as u8]));
-                difficult.put_pixel(x, y, image::Luma([hard as u8]));
+                img.put_pixel(x, y, Rgb(self.color.map(|c| (c * shade * 255.0 + n).clamp(0.0, 255.0) as u8)));
+                mask.put_pixel(x, y, image::Luma([self.class as u8]));
+                difficult.put_pixel(x, y, image::Luma([self.hard as u8]));
             }
         }
     }
-    // Boundary bands (every pixel within Manhattan distance 1 or 2 of another label), and
-    // difficult objects marked 255 as a whole.
-    let band = 1 + rng.below(2) as i32;
-    ignore_boundaries(&mut mask, band, |x, y| difficult.get_pixel(x, y)[0] == 1);
-    (img, mask)
 }
 
 /// Marks 255 ("ignore") every pixel within Manhattan distance `band` of a pixel with another
