@@ -76,19 +76,34 @@ fn node(op: &str, name: &str, inputs: &[&str], output: &str, axis: Option<i64>) 
     }
 }
 
+/// Each Conv's output → the Conv's node index.
+fn conv_producers(graph: &GraphProto) -> HashMap<String, usize> {
+    graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.op_type() == "Conv")
+        .map(|(i, n)| (n.output[0].clone(), i))
+        .collect()
+}
+
+/// Drops the nodes at `removed` and what nothing reads any more.
+fn remove_nodes(graph: &mut GraphProto, removed: &HashSet<usize>) {
+    let mut i = 0;
+    graph.node.retain(|_| {
+        i += 1;
+        !removed.contains(&(i - 1))
+    });
+    prune(graph);
+}
+
 /// Folds each BatchNormalization whose input is a Conv's output read by nothing else into that
 /// Conv's weights and bias (new initializers; shared ones are left to other readers). Returns how
 /// many it folded.
 pub fn fold_batchnorm(model: &mut ModelProto) -> Result<usize, String> {
     let graph = model.graph.as_mut().ok_or("no graph")?;
     let counts = readers(graph);
-    let producer: HashMap<String, usize> = graph
-        .node
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.op_type() == "Conv")
-        .map(|(i, n)| (n.output[0].clone(), i))
-        .collect();
+    let producer = conv_producers(graph);
     let mut folds = vec![];
     for (b, bn) in graph.node.iter().enumerate().filter(|(_, n)| n.op_type() == "BatchNormalization") {
         let Some(&c) = producer.get(&bn.input[0]) else { continue };
@@ -143,13 +158,7 @@ pub fn fold_batchnorm(model: &mut ModelProto) -> Result<usize, String> {
         removed.insert(b);
     }
     let n = removed.len();
-    graph.node = std::mem::take(&mut graph.node)
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !removed.contains(i))
-        .map(|(_, n)| n)
-        .collect();
-    prune(graph);
+    remove_nodes(graph, &removed);
     Ok(n)
 }
 
@@ -177,13 +186,7 @@ fn merges_into_conv(graph: &GraphProto, act: &NodeProto) -> bool {
 pub fn merge_activations(model: &mut ModelProto) -> Result<usize, String> {
     let graph = model.graph.as_mut().ok_or("no graph")?;
     let counts = readers(graph);
-    let conv_of: HashMap<String, usize> = graph
-        .node
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.op_type() == "Conv")
-        .map(|(i, n)| (n.output[0].clone(), i))
-        .collect();
+    let conv_of = conv_producers(graph);
     let mut merges = vec![];
     for (a, act) in graph.node.iter().enumerate() {
         let Some(&c) = act.input.first().and_then(|i| conv_of.get(i)) else { continue };
@@ -195,13 +198,7 @@ pub fn merge_activations(model: &mut ModelProto) -> Result<usize, String> {
     for (c, _, out) in merges {
         graph.node[c].output[0] = out;
     }
-    graph.node = std::mem::take(&mut graph.node)
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !removed.contains(i))
-        .map(|(_, n)| n)
-        .collect();
-    prune(graph);
+    remove_nodes(graph, &removed);
     Ok(removed.len())
 }
 

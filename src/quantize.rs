@@ -111,7 +111,8 @@ pub fn quantize(model: &Path, out: &Path, opts: &QuantizeOptions) -> Result<Quan
     describe(&mut merged, opts, files.len());
 
     let bytes = merged.encode_to_vec();
-    let argmax_agreement = agreement(&proto, &bytes, &inputs[..inputs.len().min(8)], &norm, &origin, opts.threads)?;
+    let sample = &inputs[..inputs.len().min(8)];
+    let (_, argmax_agreement) = against_fp32(&proto, &bytes, "int8", sample, &norm, &origin, opts.threads)?;
     write_model(out, &bytes)?;
     Ok(QuantizeReport {
         model: origin,
@@ -188,17 +189,7 @@ pub fn half_precision(model: &Path, out: &Path, opts: &QuantizeOptions) -> Resul
     half.metadata_props
         .push(onnx::proto::StringStringEntryProto { key: Some(QUANTIZATION_KEY.into()), value: Some(value) });
     let bytes = half.encode_to_vec();
-    let mut reference = OrtModel::from_bytes(&proto.encode_to_vec(), &origin, opts.threads)?;
-    let mut converted = OrtModel::from_bytes(&bytes, &format!("{origin} (fp16)"), opts.threads)?;
-    let (mut max_abs_diff, mut same, mut total) = (0f32, 0usize, 0usize);
-    for x in &inputs {
-        let (a, b) = (reference.run_logits(x.view(), norm.layout)?, converted.run_logits(x.view(), norm.layout)?);
-        let (diff, _, _) = crate::tensors::compare_logits(&a, &b);
-        max_abs_diff = max_abs_diff.max(diff);
-        let (pa, pb) = (crate::tensors::argmax_classes(a.view()), crate::tensors::argmax_classes(b.view()));
-        same += pa.iter().zip(&pb).filter(|(p, q)| p == q).count();
-        total += pa.len();
-    }
+    let (max_abs_diff, argmax_agreement) = against_fp32(&proto, &bytes, "fp16", &inputs, &norm, &origin, opts.threads)?;
     write_model(out, &bytes)?;
     Ok(HalfReport {
         model: origin,
@@ -208,7 +199,7 @@ pub fn half_precision(model: &Path, out: &Path, opts: &QuantizeOptions) -> Resul
         bytes_in: proto.encoded_len(),
         bytes_out: bytes.len(),
         max_abs_diff,
-        argmax_agreement: same as f64 / total.max(1) as f64,
+        argmax_agreement,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -389,25 +380,29 @@ fn quantile_bin(h: &[u64], q: f64) -> usize {
     h.len()
 }
 
-/// Share of pixels whose argmax the quantized `bytes` keep against `fp32`, on `inputs`.
-fn agreement(
+/// How the converted `bytes` (described by `what`: "int8", "fp16") compare with `fp32` on
+/// `inputs`: the largest |Δ| of the logits and the share of pixels whose argmax they keep.
+fn against_fp32(
     fp32: &ModelProto,
     bytes: &[u8],
+    what: &str,
     inputs: &[Array4<f32>],
     norm: &Normalization,
     origin: &str,
     threads: usize,
-) -> Result<f64> {
+) -> Result<(f32, f64)> {
     let mut reference = OrtModel::from_bytes(&fp32.encode_to_vec(), origin, threads)?;
-    let mut quantized = OrtModel::from_bytes(bytes, &format!("{origin} (int8)"), threads)?;
-    let (mut same, mut total) = (0usize, 0usize);
+    let mut converted = OrtModel::from_bytes(bytes, &format!("{origin} ({what})"), threads)?;
+    let (mut max_abs_diff, mut same, mut total) = (0f32, 0f64, 0usize);
     for x in inputs {
-        let a = crate::tensors::argmax_classes(reference.run_logits(x.view(), norm.layout)?.view());
-        let b = crate::tensors::argmax_classes(quantized.run_logits(x.view(), norm.layout)?.view());
-        same += a.iter().zip(&b).filter(|(p, q)| p == q).count();
-        total += a.len();
+        let (a, b) = (reference.run_logits(x.view(), norm.layout)?, converted.run_logits(x.view(), norm.layout)?);
+        let (diff, _, agree) = crate::tensors::compare_logits(&a, &b);
+        let pixels = a.len() / a.shape()[1].max(1);
+        max_abs_diff = max_abs_diff.max(diff);
+        same += agree * pixels as f64;
+        total += pixels;
     }
-    Ok(same as f64 / total.max(1) as f64)
+    Ok((max_abs_diff, same / total.max(1) as f64))
 }
 
 #[cfg(test)]

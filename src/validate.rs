@@ -351,7 +351,6 @@ pub fn validate_with(
         first: vec![],
         keep_first: opts.parity.is_some(),
         worst: opts.report.map(|_| crate::report::Worst::new(opts.worst)),
-        file,
     };
     score(&mut model, &ds, &pipeline, &opts.test_time, &mut scoring)?;
     let parity = match opts.parity {
@@ -453,39 +452,36 @@ fn open_for_validation(
 }
 
 /// What validation accumulates over the images.
-struct Scoring<'a> {
+struct Scoring {
     cm: crate::metrics::ConfusionMatrix,
     /// The first inputs and logits, for the parity check.
-    first: Vec<(Array4<f32>, Array4<f32>)>,
+    first: Vec<Run>,
     keep_first: bool,
     /// The report's worst images, when a report is written.
     worst: Option<crate::report::Worst>,
-    file: &'a std::path::Path,
 }
 
-impl Scoring<'_> {
+impl Scoring {
     /// One image: its labels against the prediction; `picture` draws image | truth | prediction
     /// where the report wants it.
+    /// `run` is the input and logits of a single forward pass (kept for the parity check), `None`
+    /// for tiles and augmented views. The logits' channels are checked where they are made.
     fn add(
         &mut self,
         id: &str,
-        (input, logits): (Array4<f32>, Array4<f32>),
+        run: Option<Run>,
         (masks, pred): (&[u8], &[u8]),
         picture: impl FnOnce() -> image::RgbImage,
     ) -> Result<()> {
         let classes = self.cm.classes;
-        if logits.shape()[1] != classes {
-            let found = logits.shape()[1];
-            return Err(Error::bad_file(self.file, format!("expected {classes} output channels, found {found}")));
-        }
         self.cm.update(masks, pred);
         if let Some(worst) = self.worst.as_mut() {
             let mut one = crate::metrics::ConfusionMatrix::new(classes);
             one.update(masks, pred);
             worst.offer(one.scores().miou, id, picture);
         }
-        if self.keep_first && self.first.len() < 2 {
-            self.first.push((input, logits));
+        if let Some(run) = run.filter(|_| self.keep_first && self.first.len() < 2) {
+            self.first.push(run);
         }
         Ok(())
     }
@@ -498,10 +494,9 @@ fn score(
     ds: &crate::data::Dataset,
     pipeline: &crate::pipeline::Pipeline,
     test_time: &crate::predict::TestTimeArgs,
-    scoring: &mut Scoring<'_>,
+    scoring: &mut Scoring,
 ) -> Result<()> {
     use rayon::prelude::*;
-    let norm = model.norm;
     for chunk in ds.items.chunks(8) {
         let prepared: Vec<_> = chunk
             .par_iter()
@@ -512,56 +507,46 @@ fn score(
             })
             .collect::<Result<_>>()?;
         for (item, image, mask, boxed, inner) in prepared {
-            if let (Some(tile), true) = (test_time.tile, test_time.single_view()) {
-                let pred = crate::predict::tiled_image_mask(
-                    &mut model.session,
-                    pipeline,
-                    &image,
-                    tile,
-                    test_time.overlap,
-                    model.classes,
-                )?;
-                let picture = || crate::plots::panel(&image, &mask, &pred);
-                let logits = Array4::zeros((1, model.classes, 0, 0));
-                scoring.add(
-                    &item.id,
-                    (Array4::zeros((0, 0, 0, 0)), logits),
-                    (mask.as_raw(), pred.as_raw()),
-                    picture,
-                )?;
-                continue;
-            }
-            if !test_time.is_plain() {
-                let (scores, inner) = crate::predict::scores(&mut model.session, pipeline, &image, test_time)?;
-                let (mw, mh) = mask.dimensions();
-                let pred = crate::imaging::upsample_argmax(scores.view(), inner, mw as usize, mh as usize);
-                let picture = || crate::plots::panel(&image, &mask, &pred);
-                let logits = scores.insert_axis(ndarray::Axis(0));
-                scoring.add(
-                    &item.id,
-                    (Array4::zeros((0, 0, 0, 0)), logits),
-                    (mask.as_raw(), pred.as_raw()),
-                    picture,
-                )?;
-                continue;
-            }
-            let (bw, bh) = (boxed.width() as usize, boxed.height() as usize);
-            let mut input = Array4::<f32>::zeros(norm.layout.shape(1, bh, bw));
-            crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), &boxed, &norm);
-            let logits = model.session.run_logits(input.view(), norm.layout)?;
-            crate::runtime::check_channels(logits.shape()[1], model.classes, model.session.origin())?;
-            let (mw, mh) = mask.dimensions();
-            let pred = crate::imaging::upsample_argmax(
-                logits.index_axis(ndarray::Axis(0), 0),
-                inner,
-                mw as usize,
-                mh as usize,
-            );
+            let (mw, mh) = (mask.width() as usize, mask.height() as usize);
+            let (pred, run) = predict_one(model, pipeline, test_time, &image, (&boxed, inner), (mw, mh))?;
             let picture = || crate::plots::panel(&image, &mask, &pred);
-            scoring.add(&item.id, (input, logits), (mask.as_raw(), pred.as_raw()), picture)?;
+            scoring.add(&item.id, run, (mask.as_raw(), pred.as_raw()), picture)?;
         }
     }
     Ok(())
+}
+
+/// A single forward pass's input and logits.
+type Run = (Array4<f32>, Array4<f32>);
+
+/// One image's prediction at `mask_size`: from tiles band by band, from augmented views, or
+/// from one forward pass of its prepared input `boxed` (whose input and logits come back too).
+fn predict_one(
+    model: &mut crate::runtime::OpenedModel,
+    pipeline: &crate::pipeline::Pipeline,
+    test_time: &crate::predict::TestTimeArgs,
+    image: &image::RgbImage,
+    (boxed, inner): (&image::RgbImage, (usize, usize)),
+    (mw, mh): (usize, usize),
+) -> Result<(image::GrayImage, Option<Run>)> {
+    let (classes, norm) = (model.classes, model.norm);
+    if let (Some(tile), true) = (test_time.tile, test_time.single_view()) {
+        let session = &mut model.session;
+        let pred = crate::predict::tiled_image_mask(session, pipeline, image, tile, test_time.overlap, classes)?;
+        return Ok((pred, None));
+    }
+    if !test_time.is_plain() {
+        let (scores, inner) = crate::predict::scores(&mut model.session, pipeline, image, test_time)?;
+        crate::runtime::check_channels(scores.dim().0, classes, model.session.origin())?;
+        return Ok((crate::imaging::upsample_argmax(scores.view(), inner, mw, mh), None));
+    }
+    let (bw, bh) = (boxed.width() as usize, boxed.height() as usize);
+    let mut input = Array4::<f32>::zeros(norm.layout.shape(1, bh, bw));
+    crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), boxed, &norm);
+    let logits = model.session.run_logits(input.view(), norm.layout)?;
+    crate::runtime::check_channels(logits.shape()[1], classes, model.session.origin())?;
+    let pred = crate::imaging::upsample_argmax(logits.index_axis(ndarray::Axis(0), 0), inner, mw, mh);
+    Ok((pred, Some((input, logits))))
 }
 
 /// `--report DIR`.
