@@ -1,0 +1,56 @@
+//! onnxruntime through segtune's own session (`OpenedModel::open`, as infer opens it), alone:
+//! the same batch run again and again, timed per run, to tell whether onnxruntime is slower
+//! inside `segtune infer` because of how segtune opens and feeds it or because of what runs
+//! beside it. Used by bench/infer_contention.sh.
+//!
+//! Usage: ort_alone MODEL INPUT.f32 N C H W THREADS SPIN(0|1) FEED(view|fresh|held) RUNS
+//! INPUT.f32 holds N·C·H·W little-endian f32 (NCHW). `view` runs one input array again and again
+//! (as infer's reused buffer), `fresh` allocates and copies a new one for each run (timed with
+//! the run), `held` runs fresh inputs and keeps the last two outputs alive, as infer's writer
+//! does while the next batch runs. Prints the median ms per image.
+
+use std::time::Instant;
+
+use ndarray::Array4;
+use segtune::runtime::{OpenedModel, Provider};
+
+fn main() -> anyhow::Result<()> {
+    let a: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(a.len() == 11, "usage: ort_alone MODEL INPUT.f32 N C H W THREADS SPIN FEED RUNS");
+    let dim = |i: usize| -> anyhow::Result<usize> { Ok(a[i].parse()?) };
+    let (n, c, h, w) = (dim(3)?, dim(4)?, dim(5)?, dim(6)?);
+    let (threads, spin, runs) = (dim(7)?, a[8] == "1", dim(10)?);
+    let bytes = std::fs::read(&a[2])?;
+    anyhow::ensure!(bytes.len() == n * c * h * w * 4, "{}: expected {} bytes", a[2], n * c * h * w * 4);
+    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let input = Array4::from_shape_vec((n, c, h, w), values)?;
+    let mut opened = OpenedModel::open(std::path::Path::new(&a[1]), threads, spin, Provider::Cpu)?;
+    let layout = opened.norm.layout;
+    let (mut times, mut held) = (vec![], std::collections::VecDeque::new());
+    for i in 0..runs + 2 {
+        let t = Instant::now();
+        let out = if a[9] != "view" {
+            let mut fresh = Array4::<f32>::zeros((n, c, h, w));
+            fresh.assign(&input);
+            opened.session.run_output(fresh.view(), layout)?
+        } else {
+            opened.session.run_output(input.view(), layout)?
+        };
+        let elapsed = t.elapsed().as_secs_f64();
+        if a[9] == "held" {
+            // As in infer: the output goes to the writer, which holds it while the next runs.
+            held.push_back(out);
+            if held.len() > 2 {
+                held.pop_front();
+            }
+        } else {
+            drop(out);
+        }
+        if i >= 2 {
+            times.push(elapsed);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!("{:.1}", times[times.len() / 2] / n as f64 * 1000.0);
+    Ok(())
+}
