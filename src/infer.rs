@@ -181,6 +181,8 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
 type Decoded = (Vec<Prepared>, Vec<(String, String)>);
 /// A group of one input shape and its scores.
 type Ran = (Vec<Prepared>, Scores);
+/// The writer's results and the time it spent.
+type Written = Result<(Vec<ImageResult>, f64)>;
 
 /// Stage 1 (thread): decodes and prepares each batch's images in parallel.
 /// Returns the time it spent.
@@ -228,9 +230,9 @@ fn spawn_writer(
     overlay: bool,
     classes: usize,
     pool: Arc<rayon::ThreadPool>,
-) -> (mpsc::SyncSender<Ran>, std::thread::JoinHandle<Result<(Vec<ImageResult>, f64)>>) {
+) -> (mpsc::SyncSender<Ran>, std::thread::JoinHandle<Written>) {
     let (wtx, wrx) = mpsc::sync_channel::<Ran>(2);
-    let writer = std::thread::spawn(move || -> Result<(Vec<ImageResult>, f64)> {
+    let writer = std::thread::spawn(move || -> Written {
         let palette = voc_palette();
         let (mut results, mut seconds) = (vec![], 0.0);
         for (prepared, scores) in wrx {
