@@ -115,6 +115,16 @@ fn probe(kind: DeviceKind) -> std::result::Result<(), String> {
     }
 }
 
+/// The CPU backend's options from segtune's environment, passed to vendor/burn-flex (which reads
+/// none itself): `SEGTUNE_UPSTREAM_FLEX=1` runs burn-backend's upstream convolution backward
+/// passes and BatchNorm instead of the patch's kernels (to measure the patch in one binary:
+/// `UPSTREAM=1 bench/train_vs_torch.sh`), `SEGTUNE_GEMM_TRACE` set prints each GEMM call's
+/// shape and time (`bench/gemm_trace.sh`).
+pub fn configure_cpu_kernels() {
+    burn_flex::ops::patch::set_upstream_only(std::env::var_os("SEGTUNE_UPSTREAM_FLEX").is_some_and(|v| v == "1"));
+    burn_flex::ops::patch::set_gemm_trace(std::env::var_os("SEGTUNE_GEMM_TRACE").is_some());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

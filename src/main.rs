@@ -459,6 +459,7 @@ fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    segtune::device::configure_cpu_kernels();
     match run(cli, model_given(&matches)) {
         Ok(code) => code,
         Err(e) => {

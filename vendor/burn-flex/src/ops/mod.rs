@@ -124,17 +124,39 @@ mod transaction;
 pub mod unary;
 pub mod unfold;
 
-/// `SEGTUNE_UPSTREAM_FLEX=1` turns segtune's patch off (`VENDORED.md`): burn-backend's defaults
-/// for convolution backward passes and BatchNorm, to measure or compare against upstream in the
-/// same binary.
-pub(crate) fn upstream_only() -> bool {
-    #[cfg(feature = "std")]
-    {
-        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OFF.get_or_init(|| std::env::var_os("SEGTUNE_UPSTREAM_FLEX").is_some_and(|v| v == "1"))
+/// segtune's patch: its options, set by the application (this crate reads no environment).
+pub mod patch {
+    use core::sync::atomic::{AtomicBool, Ordering};
+
+    static UPSTREAM_ONLY: AtomicBool = AtomicBool::new(false);
+    static GEMM_TRACE: AtomicBool = AtomicBool::new(false);
+
+    /// `true` turns the patch's convolution backward passes and BatchNorm off: burn-backend's
+    /// defaults run instead, to measure or compare against upstream in the same binary
+    /// (`VENDORED.md`). Ops already running are not affected.
+    pub fn set_upstream_only(on: bool) {
+        UPSTREAM_ONLY.store(on, Ordering::Relaxed);
     }
-    #[cfg(not(feature = "std"))]
-    false
+
+    /// Whether [`set_upstream_only`] turned the patch's kernels off.
+    pub fn upstream_only() -> bool {
+        UPSTREAM_ONLY.load(Ordering::Relaxed)
+    }
+
+    /// `true` makes each traced GEMM call print its shape and wall time to stderr
+    /// (`crate::ops::gemm_trace`).
+    pub fn set_gemm_trace(on: bool) {
+        GEMM_TRACE.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn gemm_trace_on() -> bool {
+        GEMM_TRACE.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether segtune's patch is off ([`patch::set_upstream_only`]).
+pub(crate) fn upstream_only() -> bool {
+    patch::upstream_only()
 }
 
 /// `f(i, chunk)` for each `size`-element chunk of `buf` (segtune's patch), in parallel with
@@ -161,18 +183,16 @@ pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
     gemm::Parallelism::None
 }
 
-/// One GEMM call's trace (segtune's patch): with `SEGTUNE_GEMM_TRACE` set, each call site's
+/// One GEMM call's trace (segtune's patch): with [`patch::set_gemm_trace`] on, each call site's
 /// guard prints `GEMM <site> <m> <n> <k> <wall ns>` to stderr when dropped, after the call;
-/// `bench/gemm_trace.sh` sums them per shape. Unset, a guard is one cached flag check.
+/// `bench/gemm_trace.sh` sums them per shape. Off, a guard is one flag load.
 #[cfg(feature = "std")]
 pub(crate) struct GemmTrace(Option<(std::time::Instant, &'static str, [usize; 3])>);
 
 /// Starts the trace of a `[m, k] · [k, n]` product at `site` (see [`GemmTrace`]).
 #[cfg(feature = "std")]
 pub(crate) fn gemm_trace(site: &'static str, m: usize, n: usize, k: usize) -> GemmTrace {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var_os("SEGTUNE_GEMM_TRACE").is_some());
-    GemmTrace(on.then(|| (std::time::Instant::now(), site, [m, n, k])))
+    GemmTrace(patch::gemm_trace_on().then(|| (std::time::Instant::now(), site, [m, n, k])))
 }
 
 /// Without std there is nothing to print to: no trace.
