@@ -17,7 +17,8 @@
 //! - [`device`]: the burn device and what a GPU needs;
 //! - [`data`]: dataset layouts, masks, synth, transforms, the loader; [`labels`]: label maps and
 //!   class lists; [`layout`]: tensor layout and normalization; [`pipeline`]: the test-time
-//!   pipeline validate and infer share, as the export records it; [`imaging`]: letterbox, resize,
+//!   pipeline validate and infer share, as the export records it; [`predict`]: sliding-window
+//!   tiles and test-time augmentation (scales, flips); [`imaging`]: letterbox, resize,
 //!   upsampled argmax; [`tensors`]: tensor and array helpers; [`rng`]: the seeded RNG;
 //! - [`loss`], [`metrics`], [`plots`], [`report`] (validation's HTML report), [`tensorboard`]
 //!   (event files), [`inputs`] (the image files named by files, folders, globs), [`glob`], [`error`].

@@ -134,18 +134,7 @@ fn cross_entropy_fused(logits: Tensor<4>, target: Tensor<3, Int>, class_weights:
     let device = logits.device();
     let x = logits.clone().detach().into_data().try_into_vec::<f32>().expect("float logits");
     let t: Vec<i64> = target.into_data().iter::<i64>().collect();
-    // The weight of pixel i: 0 where ignored; w_t (0 for a label outside the classes) with
-    // class weights, else 1.
-    let weight = |label: i64| -> f32 {
-        if label == IGNORE_INDEX as i64 {
-            0.0
-        } else {
-            match class_weights {
-                Some(cw) => usize::try_from(label).ok().and_then(|l| cw.get(l).copied()).unwrap_or(0.0),
-                None => 1.0,
-            }
-        }
-    };
+    let weight = |label: i64| pixel_weight(label, class_weights);
     let total: f64 = t.iter().map(|&l| weight(l) as f64).sum();
     let scale = 1.0 / total.max(f32::MIN_POSITIVE as f64);
     let mut g = vec![0f32; x.len()];
@@ -166,48 +155,9 @@ fn cross_entropy_fused(logits: Tensor<4>, target: Tensor<3, Int>, class_weights:
         nll_sum += pieces
             .into_par_iter()
             .enumerate()
-            .map(|(i, mut out)| {
-                let p0 = i * BLOCK;
-                let len = out[0].len();
-                let plane = |k: usize| &xb[k * hw + p0..][..len];
-                let mut max = plane(0).to_vec();
-                for k in 1..c {
-                    for (m, &v) in max.iter_mut().zip(plane(k)) {
-                        *m = if v > *m { v } else { *m };
-                    }
-                }
-                // exp(x − max) into the gradient planes, summed per pixel.
-                let mut denom = vec![0f32; len];
-                for (k, e) in out.iter_mut().enumerate() {
-                    for (((e, &v), &m), d) in e.iter_mut().zip(plane(k)).zip(&max).zip(denom.iter_mut()) {
-                        *e = exp(v - m);
-                        *d += *e;
-                    }
-                }
-                let mut sum = 0f64;
-                // Per counted pixel: its label and w·scale; gw = w·scale/Σe (0 elsewhere).
-                let mut counted = Vec::with_capacity(len);
-                let mut gw = vec![0f32; len];
-                for j in 0..len {
-                    let (l, wi) = (tb[p0 + j], weight(tb[p0 + j]));
-                    if let Some(l) = usize::try_from(l).ok().filter(|&l| l < c && wi != 0.0) {
-                        let lse = max[j] + denom[j].ln();
-                        sum += wi as f64 * (lse - xb[l * hw + p0 + j]) as f64;
-                        let ws = (wi as f64 * scale) as f32;
-                        gw[j] = ws / denom[j];
-                        counted.push((j, l, ws));
-                    }
-                }
-                // G = w·scale·(e/Σe − onehot).
-                for e in out.iter_mut() {
-                    for (e, &f) in e.iter_mut().zip(&gw) {
-                        *e *= f;
-                    }
-                }
-                for (j, l, ws) in counted {
-                    out[l][j] -= ws;
-                }
-                sum
+            .map(|(i, out)| {
+                let block = Block { logits: xb, target: tb, start: i * BLOCK, plane: hw, classes: c };
+                block_loss(&block, out, &weight, scale)
             })
             .sum::<f64>();
     }
@@ -215,6 +165,76 @@ fn cross_entropy_fused(logits: Tensor<4>, target: Tensor<3, Int>, class_weights:
     let g = Tensor::<4>::from_data(burn::tensor::TensorData::new(g, [n, c, h, w]), &device);
     let s = logits.mul(g).sum();
     s.clone().sub(s.detach()).add_scalar(loss)
+}
+
+/// The weight of a pixel labelled `label`: 0 where ignored; with class weights `w_t` (0 for a
+/// label outside the classes), else 1.
+fn pixel_weight(label: i64, class_weights: Option<&[f32]>) -> f32 {
+    if label == IGNORE_INDEX as i64 {
+        return 0.0;
+    }
+    match class_weights {
+        Some(cw) => usize::try_from(label).ok().and_then(|l| cw.get(l).copied()).unwrap_or(0.0),
+        None => 1.0,
+    }
+}
+
+/// One block of pixels of one image for [`cross_entropy_fused`]: `start..start + len` of each
+/// class plane (`plane` pixels each) of `logits`, with their `target` labels.
+struct Block<'a> {
+    logits: &'a [f32],
+    target: &'a [i64],
+    start: usize,
+    plane: usize,
+    classes: usize,
+}
+
+/// The block's weighted loss sum, with its gradient `w·scale·(softmax − onehot)` written into
+/// `out` (one slice per class plane). Every pass runs over contiguous pixels of one class plane,
+/// which the compiler vectorizes.
+fn block_loss(b: &Block<'_>, mut out: Vec<&mut [f32]>, weight: &impl Fn(i64) -> f32, scale: f64) -> f64 {
+    let (c, hw, p0) = (b.classes, b.plane, b.start);
+    let (xb, tb) = (b.logits, b.target);
+    let len = out[0].len();
+    let plane = |k: usize| &xb[k * hw + p0..][..len];
+    let mut max = plane(0).to_vec();
+    for k in 1..c {
+        for (m, &v) in max.iter_mut().zip(plane(k)) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    // exp(x − max) into the gradient planes, summed per pixel.
+    let mut denom = vec![0f32; len];
+    for (k, e) in out.iter_mut().enumerate() {
+        for (((e, &v), &m), d) in e.iter_mut().zip(plane(k)).zip(&max).zip(denom.iter_mut()) {
+            *e = exp(v - m);
+            *d += *e;
+        }
+    }
+    let mut sum = 0f64;
+    // Per counted pixel: its label and w·scale; gw = w·scale/Σe (0 elsewhere).
+    let mut counted = Vec::with_capacity(len);
+    let mut gw = vec![0f32; len];
+    for j in 0..len {
+        let (l, wi) = (tb[p0 + j], weight(tb[p0 + j]));
+        if let Some(l) = usize::try_from(l).ok().filter(|&l| l < c && wi != 0.0) {
+            let lse = max[j] + denom[j].ln();
+            sum += wi as f64 * (lse - xb[l * hw + p0 + j]) as f64;
+            let ws = (wi as f64 * scale) as f32;
+            gw[j] = ws / denom[j];
+            counted.push((j, l, ws));
+        }
+    }
+    // G = w·scale·(e/Σe − onehot).
+    for e in out.iter_mut() {
+        for (e, &f) in e.iter_mut().zip(&gw) {
+            *e *= f;
+        }
+    }
+    for (j, l, ws) in counted {
+        out[l][j] -= ws;
+    }
+    sum
 }
 
 /// `e^x` for x ≤ 0 (what a softmax needs after subtracting the maximum), branch-free so loops

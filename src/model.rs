@@ -329,7 +329,26 @@ pub fn match_architecture(
     {
         cl.remove(pos);
     }
-    for (k, (&ri, &ci)) in rl.iter().zip(&cl).enumerate() {
+    match_nodes(info, rg, cg, &rl, &cl)?;
+    let mut map = vec![None; rg.node.len()];
+    for (&ri, &ci) in rl.iter().zip(&cl) {
+        map[ri] = Some(ci);
+    }
+    check_parameter_shapes(info, rg, cg, &map, 2 * rl.len())?;
+    Ok(map)
+}
+
+/// The checkpoint's data nodes `cl` against the reference's `rl`, pairwise: the same op and
+/// domain and the same attributes, then the same count. The error's score is how far it got
+/// (two points per node: its op, then its attributes).
+fn match_nodes(
+    info: &ModelInfo,
+    rg: &onnx::GraphProto,
+    cg: &onnx::GraphProto,
+    rl: &[usize],
+    cl: &[usize],
+) -> Result<(), (usize, String)> {
+    for (k, (&ri, &ci)) in rl.iter().zip(cl).enumerate() {
         let (rn, cn) = (&rg.node[ri], &cg.node[ci]);
         if rn.op_type() != cn.op_type() || rn.domain() != cn.domain() {
             return Err((
@@ -363,10 +382,19 @@ pub fn match_architecture(
             ),
         ));
     }
-    let mut map = vec![None; rg.node.len()];
-    for (&ri, &ci) in rl.iter().zip(&cl) {
-        map[ri] = Some(ci);
-    }
+    Ok(())
+}
+
+/// Every parameter of `info` is an initializer in the checkpoint (through `map`, reference node
+/// → checkpoint node) with the reference's shape, except the classifier's class count, which
+/// may differ (the same for its weight and bias). Errors score `score`.
+fn check_parameter_shapes(
+    info: &ModelInfo,
+    rg: &onnx::GraphProto,
+    cg: &onnx::GraphProto,
+    map: &[Option<usize>],
+    score: usize,
+) -> Result<(), (usize, String)> {
     let shapes: std::collections::HashMap<&str, &[i64]> =
         cg.initializer.iter().map(|t| (t.name(), t.dims.as_slice())).collect();
     let resolver = IdentityResolver::new(cg);
@@ -377,7 +405,7 @@ pub fn match_architecture(
     for e in info.params {
         let cn = &cg.node[map[e.node].expect("param nodes are never Identity")];
         // Every parameter difference is reported after all nodes matched.
-        let fail = |problem: String| Err((2 * rl.len(), format!("node {:?} ({}): {problem}", cn.name(), cn.op_type())));
+        let fail = |problem: String| Err((score, format!("node {:?} ({}): {problem}", cn.name(), cn.op_type())));
         let Some(value) = cn.input.get(e.input).filter(|v| !v.is_empty()) else {
             return fail(format!("expected input {} ({}), found none", e.input, e.burn));
         };
@@ -412,7 +440,7 @@ pub fn match_architecture(
             ));
         }
     }
-    Ok(map)
+    Ok(())
 }
 
 /// A checkpoint: an ONNX file (or a compiled-in model's own graph) whose architecture matches a

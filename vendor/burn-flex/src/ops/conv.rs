@@ -697,6 +697,7 @@ fn conv3d_1x1_impl<
                     let w_offset = g * out_channels_per_group * k;
                     let out_offset =
                         b * channels_out * spatial + g * out_channels_per_group * spatial;
+                    // segtune's patch: the GEMM trace (crate::ops::gemm_trace).
                     let _trace = crate::ops::gemm_trace("fwd1x1", m, n, k);
                     unsafe {
                         gemm::gemm(
@@ -1772,6 +1773,7 @@ macro_rules! gemm_typed {
     ($fn_name:ident, $T:ty, $zero:expr, $one:expr) => {
         fn $fn_name(a: &[$T], b: &[$T], m: usize, k: usize, n: usize) -> Vec<$T> {
             let mut c = vec![$zero; m * n];
+            // segtune's patch: the GEMM trace (crate::ops::gemm_trace).
             let _trace = crate::ops::gemm_trace("fwd_im2col", m, n, k);
             #[cfg(feature = "rayon")]
             let parallelism = if m * n * k >= 192 * 192 * 192 {

@@ -305,6 +305,7 @@ unsafe fn gemm_call<T: GemmScalar>(
     rhs_rs: isize,
     parallelism: gemm::Parallelism,
 ) {
+    // segtune's patch: the GEMM trace (crate::ops::gemm_trace).
     let _trace = crate::ops::gemm_trace("matmul", m, n, k);
     unsafe {
         gemm::gemm(

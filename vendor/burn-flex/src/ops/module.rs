@@ -75,6 +75,8 @@ impl ModuleOps<Flex> for Flex {
         }
     }
 
+    // segtune's patch: from here to `conv2d_weight_backward`, methods that upstream leaves to
+    // burn-backend's defaults call segtune's kernels (batch_norm.rs, conv_backward.rs).
     fn batch_norm(
         x: FloatTensor<Flex>,
         gamma: FloatTensor<Flex>,
