@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use segtune::data;
@@ -98,20 +97,14 @@ fn every_subcommand_refuses_bad_input_cleanly() {
 
     // A good run and export for the commands that need one.
     let run = root.join("run");
-    let status = Command::new(env!("CARGO_BIN_EXE_segtune"))
+    let status = common::command()
         .args(["train", "--data", &s(&good), "--out", &s(&run), "--classes", "4", "--epochs", "1", "--batch", "2"])
         .args(["--crop", "32", "--bn", "train"])
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let model = root.join("model.onnx");
-    assert!(
-        Command::new(env!("CARGO_BIN_EXE_segtune"))
-            .args(["export", &s(&run), "--out", &s(&model)])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(common::command().args(["export", &s(&run), "--out", &s(&model)]).status().unwrap().success());
 
     let a_file = root.join("a_file");
     std::fs::write(&a_file, b"not a directory").unwrap();
@@ -348,7 +341,7 @@ fn every_subcommand_refuses_bad_input_cleanly() {
 
     let mut failures = vec![];
     for case in &cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_segtune")).args(&case.args).output().unwrap();
+        let out = common::command().args(&case.args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let mut problems = vec![];

@@ -4,7 +4,6 @@
 mod common;
 
 use common::{assert_bad_input, segtune};
-use std::process::Command;
 
 fn text(o: &[u8]) -> String {
     String::from_utf8_lossy(o).into_owned()
@@ -204,7 +203,7 @@ fn unknown_model_is_a_usage_error() {
 fn onnxruntime_is_provisioned_into_an_empty_cache_once() {
     let cache = tempfile::tempdir().unwrap();
     let run = || {
-        Command::new(env!("CARGO_BIN_EXE_segtune"))
+        common::command()
             .args(["parity", "--size", "32", "--batch", "1", "--repeat", "0"])
             .env("SEGTUNE_CACHE_DIR", cache.path())
             .env_remove("ORT_DYLIB_PATH")
@@ -226,7 +225,7 @@ fn onnxruntime_is_provisioned_into_an_empty_cache_once() {
 
 #[test]
 fn a_wrong_ort_dylib_path_says_how_to_fix_it() {
-    let out = Command::new(env!("CARGO_BIN_EXE_segtune"))
+    let out = common::command()
         .args(["parity", "--size", "32", "--batch", "1"])
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
         .output()
@@ -247,7 +246,7 @@ fn training_without_onnxruntime_evaluates_in_burn() {
     let synth =
         segtune(&["synth", data.to_str().unwrap(), "--classes", "3", "--train", "4", "--val", "2", "--size", "64"]);
     assert!(synth.status.success());
-    let out = Command::new(env!("CARGO_BIN_EXE_segtune"))
+    let out = common::command()
         .args(["train", "--data", data.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap()])
         .args([
             "--classes",

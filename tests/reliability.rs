@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 use burn::store::burn_pack::Reader;
 mod common;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_segtune"))
-}
-
 fn train_args(data: &Path, out: &Path) -> Vec<String> {
     [
         "train",
@@ -84,18 +80,18 @@ fn sigkill_mid_epoch_and_mid_checkpoint_then_resume_gives_the_same_weights() {
     let data = dir.path().join("data");
     common::synth_set(&data, 4, 16, 2, 64, 4);
     let whole = dir.path().join("whole");
-    assert!(bin().args(train_args(&data, &whole)).output().unwrap().status.success());
+    assert!(common::command().args(train_args(&data, &whole)).output().unwrap().status.success());
 
     let run = dir.path().join("killed");
     // 1. Killed in the middle of epoch 2 (epoch 1's checkpoint is complete).
-    let child = bin().args(train_args(&data, &run)).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let child = common::command().args(train_args(&data, &run)).stdout(std::process::Stdio::null()).spawn().unwrap();
     wait_for("epoch 1's checkpoint", Duration::from_secs(120), || run.join("checkpoints/latest").is_file());
     std::thread::sleep(Duration::from_millis(400));
     kill(child);
     assert_checkpoints_readable(&run);
 
     // 2. Resumed, and killed while writing a checkpoint.
-    let child = bin()
+    let child = common::command()
         .args(["train", "--resume", &run.display().to_string()])
         .env("SEGTUNE_TEST_CHECKPOINT_PAUSE_MS", "5000")
         .stdout(std::process::Stdio::null())
@@ -114,7 +110,7 @@ fn sigkill_mid_epoch_and_mid_checkpoint_then_resume_gives_the_same_weights() {
     assert_checkpoints_readable(&run);
 
     // 3. Resumed to the end.
-    let out = bin().args(["train", "--resume", &run.display().to_string()]).output().unwrap();
+    let out = common::command().args(["train", "--resume", &run.display().to_string()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_checkpoints_readable(&run);
     assert!(tmp_dir().is_none(), "the temporary checkpoint was cleaned up");
@@ -148,7 +144,7 @@ fn a_full_disk_mid_write_keeps_the_previous_file() {
     args[8] = "1".into(); // --epochs 1
     args[10] = "2".into(); // --batch 2
     args[12] = "32".into(); // --crop 32
-    assert!(bin().args(&args).output().unwrap().status.success());
+    assert!(common::command().args(&args).output().unwrap().status.success());
 
     // Export over a previous file, with room for 1 MiB of the 17 MB export.
     let target = dir.path().join("model.onnx");

@@ -6,9 +6,14 @@ use std::process::{Command, Output};
 
 use segtune::onnx::{self, ModelProto};
 
+/// The `segtune` binary as a command, for a test that sets its environment or how it runs.
+pub fn command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_segtune"))
+}
+
 /// Runs the `segtune` binary with `args`.
 pub fn segtune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_segtune")).args(args).output().expect("segtune runs")
+    command().args(args).output().expect("segtune runs")
 }
 
 /// A command's stderr as text.
