@@ -243,9 +243,7 @@ fn a_wrong_ort_dylib_path_says_how_to_fix_it() {
 fn training_without_onnxruntime_evaluates_in_burn() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let synth =
-        segtune(&["synth", data.to_str().unwrap(), "--classes", "3", "--train", "4", "--val", "2", "--size", "64"]);
-    assert!(synth.status.success());
+    common::synth_set(&data, 3, 4, 2, 64, 0);
     let out = common::command()
         .args(["train", "--data", data.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap()])
         .args([

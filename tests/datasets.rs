@@ -8,17 +8,16 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use image::GrayImage;
-use segtune::data::{self, Dataset, DatasetLayout, SynthOptions};
+use segtune::data::{self, Dataset, DatasetLayout};
 use segtune::doctor::{self, DoctorOptions, Status};
 use segtune::labels::LabelMap;
 use segtune::train::{self, BnMode, Freeze, TrainConfig};
 use segtune::{export, onnx, validate};
 
-/// A synthetic VOC-layout set of `classes` classes (background 0, objects 1.., 255 bands).
+/// A synthetic VOC-layout set of `classes` classes (background 0, objects 1.., 255 bands), 64²,
+/// at `dir/synth`.
 fn synth(dir: &Path, classes: usize, train: usize, val: usize) -> PathBuf {
-    let out = dir.join("synth");
-    data::synth(&out, &SynthOptions { classes, train, val, size: 64, seed: 9, ..Default::default() }).unwrap();
-    out
+    common::synth_set(&dir.join("synth"), classes, train, val, 64, 9)
 }
 
 /// The ids of a VOC-layout split.
