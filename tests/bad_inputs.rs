@@ -47,16 +47,39 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn every_subcommand_refuses_bad_input_cleanly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let good = root.join("good");
-    common::synth_set(&good, 4, 4, 2, 32, 8);
-    let reference = common::reference_path();
-    let bytes = std::fs::read(&reference).unwrap();
+/// The good set, its broken variants, broken models, and a trained run and its export.
+struct Fixture {
+    root: PathBuf,
+    good: PathBuf,
+    truncated: PathBuf,
+    empty: PathBuf,
+    png_onnx: PathBuf,
+    foreign: PathBuf,
+    trunc_jpeg: PathBuf,
+    jpeg_mask: PathBuf,
+    wrong_size: PathBuf,
+    value_37: PathBuf,
+    rgb_mask: PathBuf,
+    missing: PathBuf,
+    empty_dir: PathBuf,
+    run: PathBuf,
+    model: PathBuf,
+    a_file: PathBuf,
+    /// A location no one may write, root included (CI runs as root, which ignores chmod).
+    read_only: PathBuf,
+}
 
-    // Broken models.
+fn first_jpg(d: &Path) -> PathBuf {
+    d.join("JPEGImages/train_00001.jpg")
+}
+
+fn first_mask(d: &Path) -> PathBuf {
+    d.join("SegmentationClass/train_00001.png")
+}
+
+/// Broken models: truncated, empty, a PNG named .onnx, a foreign graph.
+fn broken_models(root: &Path) -> [PathBuf; 4] {
+    let bytes = std::fs::read(common::reference_path()).unwrap();
     let truncated = root.join("truncated.onnx");
     std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
     let empty = root.join("empty.onnx");
@@ -66,56 +89,82 @@ fn every_subcommand_refuses_bad_input_cleanly() {
     std::fs::rename(root.join("p.png"), &png_onnx).unwrap();
     let foreign = root.join("foreign.onnx");
     common::write_model(&common::two_conv_model(&[1, 3, 8, 8]), &foreign);
+    [truncated, empty, png_onnx, foreign]
+}
 
-    // Broken data sets.
-    let first_jpg = |d: &Path| d.join("JPEGImages/train_00001.jpg");
-    let first_mask = |d: &Path| d.join("SegmentationClass/train_00001.png");
-    let trunc_jpeg = variant(&good, root, "trunc_jpeg", |d| {
-        let b = std::fs::read(first_jpg(d)).unwrap();
-        std::fs::write(first_jpg(d), &b[..b.len() / 2]).unwrap();
-    });
-    let jpeg_mask = variant(&good, root, "jpeg_mask", |d| {
-        GrayImage::new(32, 32).save(d.join("m.jpg")).unwrap();
-        std::fs::rename(d.join("m.jpg"), first_mask(d)).unwrap();
-    });
-    let wrong_size = variant(&good, root, "wrong_size", |d| {
-        data::write_index_png(&first_mask(d), &GrayImage::new(32, 20), &data::voc_palette()).unwrap();
-    });
-    let value_37 = variant(&good, root, "value_37", |d| {
-        let mut m = data::load_mask(&first_mask(d), 4).unwrap();
-        m.put_pixel(3, 4, Luma([37]));
-        data::write_index_png(&first_mask(d), &m, &data::voc_palette()).unwrap();
-    });
-    let rgb_mask = variant(&good, root, "rgb_mask", |d| {
-        RgbImage::from_pixel(32, 32, Rgb([128, 0, 0])).save(first_mask(d)).unwrap();
-    });
-    let missing = variant(&good, root, "missing", |d| {
-        std::fs::remove_file(first_jpg(d)).unwrap();
-    });
-    let empty_dir = root.join("empty_dir");
-    std::fs::create_dir_all(&empty_dir).unwrap();
-
-    // A good run and export for the commands that need one.
+/// A good run (1 epoch) and its export.
+fn trained(root: &Path, good: &Path) -> (PathBuf, PathBuf) {
     let run = root.join("run");
     let status = common::command()
-        .args(["train", "--data", &s(&good), "--out", &s(&run), "--classes", "4", "--epochs", "1", "--batch", "2"])
+        .args(["train", "--data", &s(good), "--out", &s(&run), "--classes", "4", "--epochs", "1", "--batch", "2"])
         .args(["--crop", "32", "--bn", "train"])
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let model = root.join("model.onnx");
     assert!(common::command().args(["export", &s(&run), "--out", &s(&model)]).status().unwrap().success());
+    (run, model)
+}
 
+fn fixture(root: &Path) -> Fixture {
+    let good = root.join("good");
+    common::synth_set(&good, 4, 4, 2, 32, 8);
+    let [truncated, empty, png_onnx, foreign] = broken_models(root);
+    let copy_with = |name, change: &dyn Fn(&Path)| variant(&good, root, name, change);
+    let trunc_jpeg = copy_with("trunc_jpeg", &|d| {
+        let b = std::fs::read(first_jpg(d)).unwrap();
+        std::fs::write(first_jpg(d), &b[..b.len() / 2]).unwrap();
+    });
+    let jpeg_mask = copy_with("jpeg_mask", &|d| {
+        GrayImage::new(32, 32).save(d.join("m.jpg")).unwrap();
+        std::fs::rename(d.join("m.jpg"), first_mask(d)).unwrap();
+    });
+    let wrong_size = copy_with("wrong_size", &|d| {
+        data::write_index_png(&first_mask(d), &GrayImage::new(32, 20), &data::voc_palette()).unwrap();
+    });
+    let value_37 = copy_with("value_37", &|d| {
+        let mut m = data::load_mask(&first_mask(d), 4).unwrap();
+        m.put_pixel(3, 4, Luma([37]));
+        data::write_index_png(&first_mask(d), &m, &data::voc_palette()).unwrap();
+    });
+    let rgb_mask = copy_with("rgb_mask", &|d| {
+        RgbImage::from_pixel(32, 32, Rgb([128, 0, 0])).save(first_mask(d)).unwrap();
+    });
+    let missing = copy_with("missing", &|d| std::fs::remove_file(first_jpg(d)).unwrap());
+    let empty_dir = root.join("empty_dir");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    let (run, model) = trained(root, &good);
     let a_file = root.join("a_file");
     std::fs::write(&a_file, b"not a directory").unwrap();
-    // A location no one may write, root included (CI runs as root, which ignores chmod).
     let read_only = PathBuf::from("/sys/segtune-test-output");
+    Fixture {
+        root: root.to_path_buf(),
+        good,
+        truncated,
+        empty,
+        png_onnx,
+        foreign,
+        trunc_jpeg,
+        jpeg_mask,
+        wrong_size,
+        value_37,
+        rgb_mask,
+        missing,
+        empty_dir,
+        run,
+        model,
+        a_file,
+        read_only,
+    }
+}
 
-    let train = |data: &Path, out: &str| {
+impl Fixture {
+    fn train(&self, data: &Path, out: &str) -> Vec<String> {
+        let data = s(data);
         args(&[
             "train",
             "--data",
-            &s(data),
+            &data,
             "--out",
             out,
             "--classes",
@@ -127,54 +176,64 @@ fn every_subcommand_refuses_bad_input_cleanly() {
             "--crop",
             "32",
         ])
-    };
-    let validate = |data: &Path| args(&["validate", &s(&model), "--data", &s(data), "--split", "train"]);
-    let doctor = |data: &Path| {
-        args(&["doctor", "--data", &s(data), "--classes", "4", "--batch", "2", "--crop", "32", "--bn", "train"])
-    };
-    let new_run = |n: &str| root.join(format!("new_run_{n}"));
+    }
 
-    let mut cases = vec![
+    fn validate(&self, data: &Path) -> Vec<String> {
+        args(&["validate", &s(&self.model), "--data", &s(data), "--split", "train"])
+    }
+
+    fn doctor(&self, data: &Path) -> Vec<String> {
+        args(&["doctor", "--data", &s(data), "--classes", "4", "--batch", "2", "--crop", "32", "--bn", "train"])
+    }
+
+    fn new_run(&self, n: &str) -> PathBuf {
+        self.root.join(format!("new_run_{n}"))
+    }
+}
+
+/// Broken models given to import, inspect and parity.
+fn model_cases(f: &Fixture) -> Vec<Case> {
+    vec![
         Case {
             name: "import truncated",
-            args: args(&["import", &s(&truncated)]),
-            expect: vec![s(&truncated), "truncated or corrupt".into()],
+            args: args(&["import", &s(&f.truncated)]),
+            expect: vec![s(&f.truncated), "truncated or corrupt".into()],
             absent: vec![],
         },
         Case {
             name: "import zero bytes",
-            args: args(&["import", &s(&empty)]),
-            expect: vec![s(&empty), "empty file (0 bytes)".into()],
+            args: args(&["import", &s(&f.empty)]),
+            expect: vec![s(&f.empty), "empty file (0 bytes)".into()],
             absent: vec![],
         },
         Case {
             name: "import png",
-            args: args(&["import", &s(&png_onnx)]),
-            expect: vec![s(&png_onnx), "found a PNG image".into()],
+            args: args(&["import", &s(&f.png_onnx)]),
+            expect: vec![s(&f.png_onnx), "found a PNG image".into()],
             absent: vec![],
         },
         Case {
             name: "import foreign graph",
-            args: args(&["import", &s(&foreign)]),
-            expect: vec![s(&foreign), "expected the architecture".into()],
+            args: args(&["import", &s(&f.foreign)]),
+            expect: vec![s(&f.foreign), "expected the architecture".into()],
             absent: vec![],
         },
         Case {
             name: "inspect truncated",
-            args: args(&["inspect", &s(&truncated)]),
-            expect: vec![s(&truncated), "truncated".into()],
+            args: args(&["inspect", &s(&f.truncated)]),
+            expect: vec![s(&f.truncated), "truncated".into()],
             absent: vec![],
         },
         Case {
             name: "inspect png",
-            args: args(&["inspect", &s(&png_onnx)]),
-            expect: vec![s(&png_onnx), "PNG".into()],
+            args: args(&["inspect", &s(&f.png_onnx)]),
+            expect: vec![s(&f.png_onnx), "PNG".into()],
             absent: vec![],
         },
         Case {
             name: "parity foreign weights",
-            args: args(&["parity", "--weights", &s(&foreign), "--size", "32"]),
-            expect: vec![s(&foreign), "expected the architecture".into()],
+            args: args(&["parity", "--weights", &s(&f.foreign), "--size", "32"]),
+            expect: vec![s(&f.foreign), "expected the architecture".into()],
             absent: vec![],
         },
         Case {
@@ -183,161 +242,196 @@ fn every_subcommand_refuses_bad_input_cleanly() {
             expect: vec!["--size 250".into(), "multiple of 16".into()],
             absent: vec![],
         },
+    ]
+}
+
+/// Broken data sets and outputs given to train.
+fn train_cases(f: &Fixture) -> Vec<Case> {
+    vec![
         Case {
             name: "train truncated jpeg",
-            args: train(&trunc_jpeg, &s(&new_run("a"))),
-            expect: vec![s(&first_jpg(&trunc_jpeg)), "expected a readable image".into()],
-            absent: vec![new_run("a")],
+            args: f.train(&f.trunc_jpeg, &s(&f.new_run("a"))),
+            expect: vec![s(&first_jpg(&f.trunc_jpeg)), "expected a readable image".into()],
+            absent: vec![f.new_run("a")],
         },
         Case {
             name: "train jpeg renamed png mask",
-            args: train(&jpeg_mask, &s(&new_run("b"))),
-            expect: vec![s(&first_mask(&jpeg_mask)), "found a JPEG".into()],
-            absent: vec![new_run("b")],
+            args: f.train(&f.jpeg_mask, &s(&f.new_run("b"))),
+            expect: vec![s(&first_mask(&f.jpeg_mask)), "found a JPEG".into()],
+            absent: vec![f.new_run("b")],
         },
         Case {
             name: "train mask of the wrong size",
-            args: train(&wrong_size, &s(&new_run("c"))),
-            expect: vec![s(&first_mask(&wrong_size)), "mask is 32x20 but its image".into()],
-            absent: vec![new_run("c")],
+            args: f.train(&f.wrong_size, &s(&f.new_run("c"))),
+            expect: vec![s(&first_mask(&f.wrong_size)), "mask is 32x20 but its image".into()],
+            absent: vec![f.new_run("c")],
         },
         Case {
             name: "train mask value 37 at 21 classes",
             args: {
-                let mut a = train(&value_37, &s(&new_run("d")));
+                let mut a = f.train(&f.value_37, &s(&f.new_run("d")));
                 a[6] = "21".into();
                 a
             },
-            expect: vec![s(&first_mask(&value_37)), "mask value 37".into(), "outside [0, 21)".into()],
-            absent: vec![new_run("d")],
+            expect: vec![s(&first_mask(&f.value_37)), "mask value 37".into(), "outside [0, 21)".into()],
+            absent: vec![f.new_run("d")],
         },
         Case {
             name: "train rgb mask",
-            args: train(&rgb_mask, &s(&new_run("e"))),
-            expect: vec![s(&first_mask(&rgb_mask)), "found RGB colours".into()],
-            absent: vec![new_run("e")],
+            args: f.train(&f.rgb_mask, &s(&f.new_run("e"))),
+            expect: vec![s(&first_mask(&f.rgb_mask)), "found RGB colours".into()],
+            absent: vec![f.new_run("e")],
         },
         Case {
             name: "train split names a missing file",
-            args: train(&missing, &s(&new_run("f"))),
+            args: f.train(&f.missing, &s(&f.new_run("f"))),
             expect: vec!["train.txt".into(), "train_00001.jpg does not exist".into()],
-            absent: vec![new_run("f")],
+            absent: vec![f.new_run("f")],
         },
         Case {
             name: "train empty data dir",
-            args: train(&empty_dir, &s(&new_run("g"))),
-            expect: vec![s(&empty_dir), "expected a dataset layout".into(), "found none of them".into()],
-            absent: vec![new_run("g")],
+            args: f.train(&f.empty_dir, &s(&f.new_run("g"))),
+            expect: vec![s(&f.empty_dir), "expected a dataset layout".into(), "found none of them".into()],
+            absent: vec![f.new_run("g")],
         },
         Case {
             name: "train output is a file",
-            args: train(&good, &s(&a_file)),
-            expect: vec![s(&a_file), "expected a run directory, found a file".into()],
+            args: f.train(&f.good, &s(&f.a_file)),
+            expect: vec![s(&f.a_file), "expected a run directory, found a file".into()],
             absent: vec![],
         },
         Case {
             name: "train read-only output",
-            args: train(&good, &s(&read_only)),
-            expect: vec![s(&read_only)],
-            absent: vec![read_only.clone()],
+            args: f.train(&f.good, &s(&f.read_only)),
+            expect: vec![s(&f.read_only)],
+            absent: vec![f.read_only.clone()],
         },
+    ]
+}
+
+/// Bad runs, outputs, models and data sets given to export and validate.
+fn export_validate_cases(f: &Fixture) -> Vec<Case> {
+    vec![
         Case {
             name: "export into a missing directory",
-            args: args(&["export", &s(&run), "--out", &s(&root.join("nowhere/m.onnx"))]),
-            expect: vec![s(&root.join("nowhere/m.onnx")), "expected an existing directory".into()],
-            absent: vec![root.join("nowhere")],
+            args: args(&["export", &s(&f.run), "--out", &s(&f.root.join("nowhere/m.onnx"))]),
+            expect: vec![s(&f.root.join("nowhere/m.onnx")), "expected an existing directory".into()],
+            absent: vec![f.root.join("nowhere")],
         },
         Case {
             name: "export into a read-only directory",
-            args: args(&["export", &s(&run), "--out", &s(&read_only.join("m.onnx"))]),
+            args: args(&["export", &s(&f.run), "--out", &s(&f.read_only.join("m.onnx"))]),
             expect: vec!["/sys/segtune-test-output".into()],
             absent: vec![],
         },
         Case {
             name: "export a directory that is no run",
-            args: args(&["export", &s(&empty_dir), "--out", &s(&root.join("x.onnx"))]),
-            expect: vec![s(&empty_dir), "expected a segtune run directory".into()],
-            absent: vec![root.join("x.onnx")],
+            args: args(&["export", &s(&f.empty_dir), "--out", &s(&f.root.join("x.onnx"))]),
+            expect: vec![s(&f.empty_dir), "expected a segtune run directory".into()],
+            absent: vec![f.root.join("x.onnx")],
         },
         Case {
             name: "validate truncated model",
-            args: args(&["validate", &s(&truncated), "--data", &s(&good)]),
-            expect: vec![s(&truncated), "truncated".into()],
+            args: args(&["validate", &s(&f.truncated), "--data", &s(&f.good)]),
+            expect: vec![s(&f.truncated), "truncated".into()],
             absent: vec![],
         },
         Case {
             name: "validate truncated jpeg",
-            args: validate(&trunc_jpeg),
+            args: f.validate(&f.trunc_jpeg),
             expect: vec!["expected a readable image".into()],
             absent: vec![],
         },
         Case {
             name: "validate rgb mask",
-            args: validate(&rgb_mask),
+            args: f.validate(&f.rgb_mask),
             expect: vec!["found RGB colours".into()],
             absent: vec![],
         },
         Case {
             name: "validate empty dir",
-            args: validate(&empty_dir),
-            expect: vec![s(&empty_dir), "expected a dataset layout".into(), "found none of them".into()],
+            args: f.validate(&f.empty_dir),
+            expect: vec![s(&f.empty_dir), "expected a dataset layout".into(), "found none of them".into()],
             absent: vec![],
         },
+    ]
+}
+
+/// Bad models, inputs and outputs given to infer, doctor and synth.
+fn infer_doctor_synth_cases(f: &Fixture) -> Vec<Case> {
+    vec![
         Case {
             name: "infer png as model",
-            args: args(&["infer", &s(&png_onnx), &s(&good.join("JPEGImages")), "--out", &s(&root.join("pred_a"))]),
-            expect: vec![s(&png_onnx), "PNG".into()],
-            absent: vec![root.join("pred_a")],
+            args: args(&[
+                "infer",
+                &s(&f.png_onnx),
+                &s(&f.good.join("JPEGImages")),
+                "--out",
+                &s(&f.root.join("pred_a")),
+            ]),
+            expect: vec![s(&f.png_onnx), "PNG".into()],
+            absent: vec![f.root.join("pred_a")],
         },
         Case {
             name: "infer missing input",
-            args: args(&["infer", &s(&model), &s(&root.join("nope.jpg")), "--out", &s(&root.join("pred_b"))]),
-            expect: vec![s(&root.join("nope.jpg")), "no such file".into()],
-            absent: vec![root.join("pred_b")],
+            args: args(&["infer", &s(&f.model), &s(&f.root.join("nope.jpg")), "--out", &s(&f.root.join("pred_b"))]),
+            expect: vec![s(&f.root.join("nope.jpg")), "no such file".into()],
+            absent: vec![f.root.join("pred_b")],
         },
         Case {
             name: "infer output is a file",
-            args: args(&["infer", &s(&model), &s(&good.join("JPEGImages")), "--out", &s(&a_file)]),
-            expect: vec![s(&a_file), "found a file".into()],
+            args: args(&["infer", &s(&f.model), &s(&f.good.join("JPEGImages")), "--out", &s(&f.a_file)]),
+            expect: vec![s(&f.a_file), "found a file".into()],
             absent: vec![],
         },
         Case {
             name: "infer only a corrupt image",
-            args: args(&["infer", &s(&model), &s(&first_jpg(&trunc_jpeg)), "--out", &s(&root.join("pred_c"))]),
-            expect: vec![s(&first_jpg(&trunc_jpeg)), "skipped".into()],
-            absent: vec![root.join("pred_c/train_00001.png")],
+            args: args(&["infer", &s(&f.model), &s(&first_jpg(&f.trunc_jpeg)), "--out", &s(&f.root.join("pred_c"))]),
+            expect: vec![s(&first_jpg(&f.trunc_jpeg)), "skipped".into()],
+            absent: vec![f.root.join("pred_c/train_00001.png")],
         },
         Case {
             name: "doctor empty dir",
-            args: doctor(&empty_dir),
-            expect: vec![s(&empty_dir), "expected a dataset layout".into(), "found none of them".into()],
+            args: f.doctor(&f.empty_dir),
+            expect: vec![s(&f.empty_dir), "expected a dataset layout".into(), "found none of them".into()],
             absent: vec![],
         },
         Case {
             name: "doctor truncated weights",
             args: {
-                let mut a = doctor(&good);
-                a.extend(args(&["--weights", &s(&truncated)]));
+                let mut a = f.doctor(&f.good);
+                a.extend(args(&["--weights", &s(&f.truncated)]));
                 a
             },
-            expect: vec![s(&truncated), "truncated".into()],
+            expect: vec![s(&f.truncated), "truncated".into()],
             absent: vec![],
         },
         Case {
             name: "synth into a file",
-            args: args(&["synth", &s(&a_file), "--classes", "3", "--train", "1", "--val", "1"]),
-            expect: vec![s(&a_file), "found a file".into()],
+            args: args(&["synth", &s(&f.a_file), "--classes", "3", "--train", "1", "--val", "1"]),
+            expect: vec![s(&f.a_file), "found a file".into()],
             absent: vec![],
         },
         Case {
             name: "synth one class",
-            args: args(&["synth", &s(&root.join("one")), "--classes", "1"]),
+            args: args(&["synth", &s(&f.root.join("one")), "--classes", "1"]),
             expect: vec!["--classes 1".into()],
-            absent: vec![root.join("one")],
+            absent: vec![f.root.join("one")],
         },
-    ];
+    ]
+}
+
+#[test]
+fn every_subcommand_refuses_bad_input_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path());
+    let mut cases: Vec<Case> =
+        [model_cases(&f), train_cases(&f), export_validate_cases(&f), infer_doctor_synth_cases(&f)]
+            .into_iter()
+            .flatten()
+            .collect();
     // The doctor reports bad labels as FAIL lines (exit 1) rather than refusing them.
-    cases.push(Case { name: "doctor rgb mask", args: doctor(&rgb_mask), expect: vec![], absent: vec![] });
+    cases.push(Case { name: "doctor rgb mask", args: f.doctor(&f.rgb_mask), expect: vec![], absent: vec![] });
 
     let mut failures = vec![];
     for case in &cases {
