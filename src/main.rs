@@ -117,6 +117,23 @@ enum Command {
     Parity(ParityArgs),
 }
 
+/// `--threads`: validate, infer, quantize, parity.
+#[derive(clap::Args)]
+struct Threads {
+    /// onnxruntime intra-op threads (0: its default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+/// `--provider`: validate, infer.
+#[derive(clap::Args)]
+struct ProviderArg {
+    /// Where onnxruntime runs the model: cpu, or cuda / tensorrt with an onnxruntime-gpu
+    /// library (ORT_DYLIB_PATH); refused, naming what the library has, where it lacks one.
+    #[arg(long, value_enum, default_value_t = segtune::runtime::Provider::Cpu)]
+    provider: segtune::runtime::Provider,
+}
+
 /// `segtune validate` arguments.
 #[derive(clap::Args)]
 struct ValidateArgs {
@@ -135,9 +152,8 @@ struct ValidateArgs {
     /// Compare the export's logits with the burn model of this run on the first val images.
     #[arg(long, value_name = "RUN_DIR")]
     parity: Option<PathBuf>,
-    /// onnxruntime intra-op threads (0: its default).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    runtime: Threads,
     /// Write a report into this folder: index.html, confusion.png, iou.png and the worst images
     /// (image | truth | prediction) in worst/.
     #[arg(long, value_name = "DIR")]
@@ -149,10 +165,8 @@ struct ValidateArgs {
     /// images with the same flags, and report the mIoU difference.
     #[arg(long, value_name = "FILE.onnx")]
     baseline: Option<PathBuf>,
-    /// Where onnxruntime runs the model: cpu, or cuda / tensorrt with an onnxruntime-gpu
-    /// library (ORT_DYLIB_PATH); refused, naming what the library has, where it lacks one.
-    #[arg(long, value_enum, default_value_t = segtune::runtime::Provider::Cpu)]
-    provider: segtune::runtime::Provider,
+    #[command(flatten)]
+    provider: ProviderArg,
     #[command(flatten)]
     pipeline: segtune::pipeline::PipelineArgs,
     #[command(flatten)]
@@ -186,9 +200,8 @@ struct QuantizeArgs {
     /// The percentile of each activation's histogram kept by --method percentile.
     #[arg(long, default_value_t = 99.999)]
     percentile: f64,
-    /// onnxruntime intra-op threads (0: its default).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    runtime: Threads,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -211,13 +224,10 @@ struct InferArgs {
     /// Images per onnxruntime run.
     #[arg(long, default_value_t = 4)]
     batch: usize,
-    /// onnxruntime intra-op threads (0: its default).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Where onnxruntime runs the model: cpu, or cuda / tensorrt with an onnxruntime-gpu
-    /// library (ORT_DYLIB_PATH); refused, naming what the library has, where it lacks one.
-    #[arg(long, value_enum, default_value_t = segtune::runtime::Provider::Cpu)]
-    provider: segtune::runtime::Provider,
+    #[command(flatten)]
+    runtime: Threads,
+    #[command(flatten)]
+    provider: ProviderArg,
     #[command(flatten)]
     pipeline: segtune::pipeline::PipelineArgs,
     #[command(flatten)]
@@ -246,9 +256,8 @@ struct ParityArgs {
     /// Seed of the random input.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// onnxruntime intra-op threads (0: its default).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    runtime: Threads,
     /// Timed runs of each after one warm-up (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -355,11 +364,11 @@ fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         dataset,
         json,
         parity,
-        threads,
+        runtime: Threads { threads },
         report,
         worst,
         baseline,
-        provider,
+        provider: ProviderArg { provider },
         pipeline,
         test_time,
     } = args;
@@ -395,7 +404,18 @@ fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn quantize_command(args: QuantizeArgs) -> anyhow::Result<ExitCode> {
-    let QuantizeArgs { model, calibrate, fp16, out, split, images, method, percentile, threads, json } = args;
+    let QuantizeArgs {
+        model,
+        calibrate,
+        fp16,
+        out,
+        split,
+        images,
+        method,
+        percentile,
+        runtime: Threads { threads },
+        json,
+    } = args;
     use segtune::quantize::{QuantizeOptions, half_precision, quantize};
     let opts = QuantizeOptions { calibrate, split, images, method, percentile, threads };
     let (text, value) = if fp16 {
@@ -414,7 +434,17 @@ fn quantize_command(args: QuantizeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn infer_command(args: InferArgs) -> anyhow::Result<ExitCode> {
-    let InferArgs { model, inputs, out, overlay, batch, threads, provider, pipeline, test_time } = args;
+    let InferArgs {
+        model,
+        inputs,
+        out,
+        overlay,
+        batch,
+        runtime: Threads { threads },
+        provider: ProviderArg { provider },
+        pipeline,
+        test_time,
+    } = args;
     let (size, square) = (pipeline.size, pipeline.square);
     let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square, provider, test_time };
     let summary = segtune::infer::infer(&model, &inputs, &opts)?;
@@ -437,7 +467,7 @@ fn infer_command(args: InferArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn parity_command(args: ParityArgs) -> anyhow::Result<ExitCode> {
-    let ParityArgs { model, weights, size, batch, tol, seed, threads, repeat, json } = args;
+    let ParityArgs { model, weights, size, batch, tol, seed, runtime: Threads { threads }, repeat, json } = args;
     let mut ckpt = Checkpoint::open(model.as_deref(), weights.as_deref())?;
     segtune::runtime::prepare(&mut ckpt)?;
     let (size, batch) = validate::parity_size(&ckpt, size, batch)?;
