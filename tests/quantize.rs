@@ -1,7 +1,8 @@
 //! `segtune quantize`: the shipped model (pretrained on corpus-style images) quantized to int8
 //! QDQ on a synthetic corpus set, scored by `validate --baseline` against itself in fp32; the
-//! graph's form; the percentile method; and bad input. The int8 model is kept under target/tmp
-//! for .ci/run's check in Python onnxruntime (scripts/check_quantized.py).
+//! graph's form; the percentile method; bad input; fp16; and the export forms users bring.
+//! The int8 model is kept under target/tmp for .ci/run's check in Python onnxruntime
+//! (scripts/check_quantized.py).
 
 mod common;
 
@@ -160,4 +161,49 @@ fn fp16_keeps_fp32_io_and_the_predictions() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(v["baseline"]["miou_delta"].as_f64().unwrap().abs() < 0.005, "{}", v["baseline"]);
+}
+
+/// The export forms users bring (`scripts/make_user_exports.py`: a wrapper's prefix, BatchNorm
+/// folded under a fixed 64×64 input, a fixed height and width, fully static, external data,
+/// dynamo=True) quantize: every Conv, its BatchNorm folded where the graph kept one, a Q/DQ
+/// pair per activation, and argmax agreement with the fp32 model on the calibration images;
+/// the int8 model then runs in `segtune infer`.
+#[test]
+fn the_export_forms_users_bring_quantize_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synth_set(&dir.path().join("data"), 3, 8, 4, 64, 0);
+    let forms = [
+        ("prefix_m", 17),
+        ("prefix_module", 17),
+        ("folded_other", 0),
+        ("fixed_hw", 17),
+        ("static", 17),
+        ("external", 17),
+    ];
+    for (form, batchnorms) in forms.into_iter().chain([("dynamo_other", 0)]) {
+        let fp32 = common::fixture("exports").join(format!("{form}.onnx"));
+        let int8 = dir.path().join(format!("{form}.int8.onnx"));
+        let (fp32, int8_s) = (fp32.to_str().unwrap(), int8.to_str().unwrap());
+        let out = segtune(&["quantize", fp32, "--calibrate", data.to_str().unwrap(), "--out", int8_s, "--json"]);
+        assert!(out.status.success(), "{form}: {}", stderr(&out));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (r["stats"]["convs"].as_u64(), r["folded_batchnorms"].as_u64()),
+            (Some(22), Some(batchnorms)),
+            "{form}"
+        );
+        let agreement = r["argmax_agreement"].as_f64().unwrap();
+        assert!(agreement > 0.9, "{form}: argmax agreement with fp32 {agreement}");
+        let m = onnx::read_model(&int8).unwrap();
+        let count = |op: &str| onnx::graph(&m).node.iter().filter(|n| n.op_type() == op).count();
+        assert_eq!(count("BatchNormalization"), 0, "{form}");
+        assert_eq!(count("QuantizeLinear") as u64, r["stats"]["activations"].as_u64().unwrap(), "{form}");
+        let pred = dir.path().join(format!("pred_{form}"));
+        let images = data.join("JPEGImages");
+        let out = segtune(&["infer", int8_s, images.to_str().unwrap(), "--out", pred.to_str().unwrap()]);
+        assert!(out.status.success(), "{form}: {}", stderr(&out));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(pred.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["images"].as_array().map(Vec::len), Some(12), "{form}");
+    }
 }
