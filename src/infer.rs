@@ -351,15 +351,19 @@ impl Runner<'_> {
             return Ok((Scores::Batch(output), t.elapsed().as_secs_f64()));
         }
         if let (Some(tile), true) = (tt.tile, tt.single_view()) {
+            let norm = self.pipeline.normalization;
             let mask = |p: &Prepared, s: &mut crate::runtime::OrtModel| {
-                crate::predict::tiled_image_mask(s, &self.pipeline, &p.original, tile, tt.overlap, self.classes)
+                let prepared =
+                    crate::predict::Prepared { input: &p.input, inner: p.inner, size: p.original.dimensions() };
+                crate::predict::tiled_prepared_mask(s, &norm, &prepared, (tile, tt.overlap), self.classes)
             };
             let masks = group.iter().map(|p| mask(p, &mut self.session)).collect::<Result<_>>()?;
             return Ok((Scores::Masks(masks), t.elapsed().as_secs_f64()));
         }
         let mut each = vec![];
         for p in group {
-            let (scores, _) = crate::predict::scores(&mut self.session, &self.pipeline, &p.original, tt)?;
+            let norm = self.pipeline.normalization;
+            let (scores, _) = crate::predict::prepared_scores(&mut self.session, &norm, &p.input, p.inner, tt)?;
             crate::runtime::check_channels(scores.dim().0, self.classes, &self.origin.display().to_string())?;
             each.push(scores);
         }

@@ -203,10 +203,31 @@ pub fn tiled_image_mask(
     overlap: f64,
     classes: usize,
 ) -> Result<image::GrayImage> {
-    let (input, (iw, ih)) = pipeline.prepare(image);
-    let mask = tiled_mask(session, &pipeline.normalization, &input, tile, overlap, classes)?;
+    let (input, inner) = pipeline.prepare(image);
+    let prepared = Prepared { input: &input, inner, size: image.dimensions() };
+    tiled_prepared_mask(session, &pipeline.normalization, &prepared, (tile, overlap), classes)
+}
+
+/// An image prepared by the test-time pipeline: the model input, the size of the image inside
+/// it, and the image's own size.
+pub struct Prepared<'a> {
+    pub input: &'a RgbImage,
+    pub inner: (usize, usize),
+    pub size: (u32, u32),
+}
+
+/// [`tiled_image_mask`] of an image already prepared (infer's decoder has done it).
+pub fn tiled_prepared_mask(
+    session: &mut OrtModel,
+    norm: &Normalization,
+    prepared: &Prepared<'_>,
+    (tile, overlap): (usize, f64),
+    classes: usize,
+) -> Result<image::GrayImage> {
+    let (iw, ih) = prepared.inner;
+    let mask = tiled_mask(session, norm, prepared.input, tile, overlap, classes)?;
     let inner = image::imageops::crop_imm(&mask, 0, 0, iw as u32, ih as u32).to_image();
-    let (w, h) = image.dimensions();
+    let (w, h) = prepared.size;
     Ok(if (iw as u32, ih as u32) == (w, h) {
         inner
     } else {
@@ -230,13 +251,24 @@ pub fn scores(
     image: &RgbImage,
     tt: &TestTimeArgs,
 ) -> Result<(Array3<f32>, (usize, usize))> {
-    let norm = pipeline.normalization;
     let (base, inner) = pipeline.prepare(image);
+    prepared_scores(session, &pipeline.normalization, &base, inner, tt)
+}
+
+/// [`scores`] of an image already prepared: `base` the model input, `inner` the size of the
+/// image inside it.
+pub fn prepared_scores(
+    session: &mut OrtModel,
+    norm: &Normalization,
+    base: &RgbImage,
+    inner: (usize, usize),
+    tt: &TestTimeArgs,
+) -> Result<(Array3<f32>, (usize, usize))> {
     if tt.single_view() {
-        return Ok((forward(session, &norm, &base, tt.tile, tt.overlap)?, inner));
+        return Ok((forward(session, norm, base, tt.tile, tt.overlap)?, inner));
     }
     let (iw, ih) = inner;
-    let content = image::imageops::crop_imm(&base, 0, 0, iw as u32, ih as u32).to_image();
+    let content = image::imageops::crop_imm(base, 0, 0, iw as u32, ih as u32).to_image();
     let mut acc: Option<Array3<f32>> = None;
     let mut views = 0;
     for scale in tt.scales() {
@@ -244,7 +276,7 @@ pub fn scores(
         let scaled = crate::imaging::resize_bilinear(&content, sw as u32, sh as u32);
         for flip in [false, true].into_iter().take(if tt.flip { 2 } else { 1 }) {
             let view = if flip { image::imageops::flip_horizontal(&scaled) } else { scaled.clone() };
-            let logits = forward(session, &norm, &padded(&view, &norm), tt.tile, tt.overlap)?;
+            let logits = forward(session, norm, &padded(&view, norm), tt.tile, tt.overlap)?;
             let mut part = logits.slice(s![.., ..sh, ..sw]);
             if flip {
                 part.invert_axis(Axis(2));
