@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::data::{self, load_image, voc_palette};
 use crate::error::{Error, Result};
 use crate::imaging::{normalize_into, upsample_argmax};
-use crate::layout::{Layout, Normalization};
+use crate::layout::Normalization;
 use crate::pipeline::Pipeline;
 use crate::runtime::{OpenedModel, OrtOutput, Provider};
 
@@ -145,7 +145,6 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     let (ran, writer) = spawn_writer(opts.out.clone(), opts.overlay, classes, pool);
     let mut runner = Runner {
         session,
-        pipeline,
         norm,
         rows,
         classes,
@@ -291,7 +290,6 @@ fn lowest_priority() {
 /// Stage 2 (this thread): onnxruntime over each group of one input shape.
 struct Runner<'a> {
     session: crate::runtime::OrtModel,
-    pipeline: Pipeline,
     norm: Normalization,
     rows: usize,
     classes: usize,
@@ -351,19 +349,17 @@ impl Runner<'_> {
             return Ok((Scores::Batch(output), t.elapsed().as_secs_f64()));
         }
         if let (Some(tile), true) = (tt.tile, tt.single_view()) {
-            let norm = self.pipeline.normalization;
             let mask = |p: &Prepared, s: &mut crate::runtime::OrtModel| {
                 let prepared =
                     crate::predict::Prepared { input: &p.input, inner: p.inner, size: p.original.dimensions() };
-                crate::predict::tiled_prepared_mask(s, &norm, &prepared, (tile, tt.overlap), self.classes)
+                crate::predict::tiled_image_mask(s, &self.norm, &prepared, (tile, tt.overlap), self.classes)
             };
             let masks = group.iter().map(|p| mask(p, &mut self.session)).collect::<Result<_>>()?;
             return Ok((Scores::Masks(masks), t.elapsed().as_secs_f64()));
         }
         let mut each = vec![];
         for p in group {
-            let norm = self.pipeline.normalization;
-            let (scores, _) = crate::predict::prepared_scores(&mut self.session, &norm, &p.input, p.inner, tt)?;
+            let (scores, _) = crate::predict::scores(&mut self.session, &self.norm, &p.input, p.inner, tt)?;
             crate::runtime::check_channels(scores.dim().0, self.classes, &self.origin.display().to_string())?;
             each.push(scores);
         }
@@ -400,11 +396,8 @@ fn fill_batch(input: &mut Array4<f32>, group: &[Prepared], rows: usize, norm: &N
     let n = group.len().max(rows);
     let (w, h) = group[0].input.dimensions();
     let (w, h) = (w as usize, h as usize);
-    let shape = match norm.layout {
-        Layout::Nchw => (n, 3, h, w),
-        Layout::Nhwc => (n, h, w, 3),
-    };
-    if input.dim() != shape {
+    let shape = norm.layout.shape(n, h, w);
+    if input.shape() != shape {
         *input = Array4::<f32>::zeros(shape);
     }
     for (i, p) in group.iter().enumerate() {

@@ -8,7 +8,6 @@ use ndarray::{Array3, Array4, ArrayView3, Axis, s};
 
 use crate::error::{Error, Result};
 use crate::layout::Normalization;
-use crate::pipeline::Pipeline;
 use crate::runtime::OrtModel;
 
 /// `--tile`, `--overlap`, `--scales`, `--flip` (validate and infer).
@@ -97,6 +96,12 @@ pub fn tile_starts(len: usize, tile: usize, stride: usize) -> Vec<usize> {
     (0..n).map(|i| (i * stride).min(len - tile)).collect()
 }
 
+/// The step between tiles of `tile` overlapping by `overlap`: a multiple of `multiple`, at
+/// least one.
+fn tile_stride(tile: usize, overlap: f64, multiple: usize) -> usize {
+    ((tile as f64 * (1.0 - overlap)) as usize / multiple * multiple).max(multiple)
+}
+
 /// `input`'s logits (`[classes, H, W]`): one run, or with `tile`, one run per tile and their
 /// average where they overlap.
 pub fn forward(
@@ -108,8 +113,7 @@ pub fn forward(
 ) -> Result<Array3<f32>> {
     let (w, h) = (input.width() as usize, input.height() as usize);
     let Some(t) = tile.filter(|&t| w > t || h > t) else { return run(session, norm, input) };
-    let m = norm.size_multiple;
-    let stride = ((t as f64 * (1.0 - overlap)) as usize / m * m).max(m);
+    let stride = tile_stride(t, overlap, norm.size_multiple);
     let (tw, th) = (t.min(w), t.min(h));
     let mut sum: Option<Array3<f32>> = None;
     let mut count = ndarray::Array2::<f32>::zeros((h, w));
@@ -143,8 +147,7 @@ pub fn tiled_mask(
     classes: usize,
 ) -> Result<image::GrayImage> {
     let (w, h) = (input.width() as usize, input.height() as usize);
-    let m = norm.size_multiple;
-    let stride = ((tile as f64 * (1.0 - overlap)) as usize / m * m).max(m);
+    let stride = tile_stride(tile, overlap, norm.size_multiple);
     let (tw, th) = (tile.min(w), tile.min(h));
     let ys = tile_starts(h, th, stride);
     let mut mask = vec![0u8; w * h];
@@ -163,17 +166,8 @@ pub fn tiled_mask(
         let b = band.as_mut().expect("a band after its tiles");
         // Rows above the next band's top are final.
         let next = ys.get(i + 1).copied().unwrap_or(y + th);
-        for r in 0..next - y {
-            let row = &mut mask[(y + r) * w..][..w];
-            for (x, out) in row.iter_mut().enumerate() {
-                let lane = b.slice(s![.., r, x]);
-                let best = lane
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (k, &v)| if v > best.1 { (k, v) } else { best });
-                *out = best.0 as u8;
-            }
-        }
+        let done = b.slice(s![.., ..next - y, ..]).insert_axis(Axis(0));
+        mask[y * w..next * w].copy_from_slice(&crate::tensors::argmax_classes(done));
         shift_up(b, next - y);
     }
     Ok(image::GrayImage::from_raw(w as u32, h as u32, mask).expect("size matches"))
@@ -192,32 +186,18 @@ fn shift_up(band: &mut Array3<f32>, by: usize) {
     }
 }
 
-/// `image`'s mask at its own size through tiles, as [`tiled_mask`] computes it on the prepared
-/// input: the part holding the image, resized (nearest) to the image's size where the pipeline
-/// scaled it (at native resolution it is the image's own).
-pub fn tiled_image_mask(
-    session: &mut OrtModel,
-    pipeline: &Pipeline,
-    image: &RgbImage,
-    tile: usize,
-    overlap: f64,
-    classes: usize,
-) -> Result<image::GrayImage> {
-    let (input, inner) = pipeline.prepare(image);
-    let prepared = Prepared { input: &input, inner, size: image.dimensions() };
-    tiled_prepared_mask(session, &pipeline.normalization, &prepared, (tile, overlap), classes)
-}
-
-/// An image prepared by the test-time pipeline: the model input, the size of the image inside
-/// it, and the image's own size.
+/// An image prepared by the test-time pipeline (`Pipeline::prepare`): the model input, the size
+/// of the image inside it, and the size of the mask wanted (the image's own).
 pub struct Prepared<'a> {
     pub input: &'a RgbImage,
     pub inner: (usize, usize),
     pub size: (u32, u32),
 }
 
-/// [`tiled_image_mask`] of an image already prepared (infer's decoder has done it).
-pub fn tiled_prepared_mask(
+/// A prepared image's mask at its own size through tiles, as [`tiled_mask`] computes it on the
+/// prepared input: the part holding the image, resized (nearest) to the image's size where the
+/// pipeline scaled it (at native resolution it is the image's own).
+pub fn tiled_image_mask(
     session: &mut OrtModel,
     norm: &Normalization,
     prepared: &Prepared<'_>,
@@ -242,22 +222,10 @@ fn run(session: &mut OrtModel, norm: &Normalization, input: &RgbImage) -> Result
     Ok(session.run_logits(x.view(), norm.layout)?.index_axis_move(Axis(0), 0))
 }
 
-/// `image`'s class scores at its prepared input's resolution, and the size of the image inside
-/// it: the logits of one view (tiled with `--tile`), or, with scales or flips, the softmax of
-/// every view resized to that resolution and averaged.
+/// A prepared image's class scores at its input's resolution (`base`, the image inside it
+/// `inner`), and `inner`: the logits of one view (tiled with `--tile`), or, with scales or
+/// flips, the softmax of every view resized to that resolution and averaged.
 pub fn scores(
-    session: &mut OrtModel,
-    pipeline: &Pipeline,
-    image: &RgbImage,
-    tt: &TestTimeArgs,
-) -> Result<(Array3<f32>, (usize, usize))> {
-    let (base, inner) = pipeline.prepare(image);
-    prepared_scores(session, &pipeline.normalization, &base, inner, tt)
-}
-
-/// [`scores`] of an image already prepared: `base` the model input, `inner` the size of the
-/// image inside it.
-pub fn prepared_scores(
     session: &mut OrtModel,
     norm: &Normalization,
     base: &RgbImage,

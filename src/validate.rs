@@ -508,7 +508,7 @@ fn score(
             .collect::<Result<_>>()?;
         for (item, image, mask, boxed, inner) in prepared {
             let (mw, mh) = (mask.width() as usize, mask.height() as usize);
-            let (pred, run) = predict_one(model, pipeline, test_time, &image, (&boxed, inner), (mw, mh))?;
+            let (pred, run) = predict_one(model, test_time, (&boxed, inner), (mw, mh))?;
             let picture = || crate::plots::panel(&image, &mask, &pred);
             scoring.add(&item.id, run, (mask.as_raw(), pred.as_raw()), picture)?;
         }
@@ -523,20 +523,19 @@ type Run = (Array4<f32>, Array4<f32>);
 /// from one forward pass of its prepared input `boxed` (whose input and logits come back too).
 fn predict_one(
     model: &mut crate::runtime::OpenedModel,
-    pipeline: &crate::pipeline::Pipeline,
     test_time: &crate::predict::TestTimeArgs,
-    image: &image::RgbImage,
     (boxed, inner): (&image::RgbImage, (usize, usize)),
     (mw, mh): (usize, usize),
 ) -> Result<(image::GrayImage, Option<Run>)> {
     let (classes, norm) = (model.classes, model.norm);
     if let (Some(tile), true) = (test_time.tile, test_time.single_view()) {
-        let session = &mut model.session;
-        let pred = crate::predict::tiled_image_mask(session, pipeline, image, tile, test_time.overlap, classes)?;
+        let prepared = crate::predict::Prepared { input: boxed, inner, size: (mw as u32, mh as u32) };
+        let pred =
+            crate::predict::tiled_image_mask(&mut model.session, &norm, &prepared, (tile, test_time.overlap), classes)?;
         return Ok((pred, None));
     }
     if !test_time.is_plain() {
-        let (scores, inner) = crate::predict::scores(&mut model.session, pipeline, image, test_time)?;
+        let (scores, inner) = crate::predict::scores(&mut model.session, &norm, boxed, inner, test_time)?;
         crate::runtime::check_channels(scores.dim().0, classes, model.session.origin())?;
         return Ok((crate::imaging::upsample_argmax(scores.view(), inner, mw, mh), None));
     }

@@ -66,7 +66,8 @@ fn tiles_and_flips_of_a_pointwise_model_give_back_its_whole_image_logits() {
     // A mirrored view, mirrored back, is the same softmax: the average is the plain softmax.
     let pipeline = segtune::pipeline::Pipeline::recorded(&Default::default(), norm).unwrap();
     let flip = TestTimeArgs { flip: true, ..Default::default() };
-    let (scores, inner) = predict::scores(&mut session, &pipeline, &img, &flip).unwrap();
+    let (base, inner) = pipeline.prepare(&img);
+    let (scores, inner) = predict::scores(&mut session, &norm, &base, inner, &flip).unwrap();
     assert_eq!(inner, (208, 144));
     let diff = (&scores - &predict::softmax(whole.view())).iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(diff < 1e-5, "flip: max |Δ| {diff}");
