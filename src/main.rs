@@ -125,13 +125,20 @@ struct Threads {
     threads: usize,
 }
 
-/// `--provider`: validate, infer.
+/// How validate and infer run a model: onnxruntime's threads and provider, the test-time
+/// pipeline's overrides, tiles and augmented views.
 #[derive(clap::Args)]
-struct ProviderArg {
+struct PredictArgs {
+    #[command(flatten)]
+    threads: Threads,
     /// Where onnxruntime runs the model: cpu, or cuda / tensorrt with an onnxruntime-gpu
     /// library (ORT_DYLIB_PATH); refused, naming what the library has, where it lacks one.
     #[arg(long, value_enum, default_value_t = segtune::runtime::Provider::Cpu)]
     provider: segtune::runtime::Provider,
+    #[command(flatten)]
+    pipeline: segtune::pipeline::PipelineArgs,
+    #[command(flatten)]
+    test_time: segtune::predict::TestTimeArgs,
 }
 
 /// `segtune validate` arguments.
@@ -152,8 +159,6 @@ struct ValidateArgs {
     /// Compare the export's logits with the burn model of this run on the first val images.
     #[arg(long, value_name = "RUN_DIR")]
     parity: Option<PathBuf>,
-    #[command(flatten)]
-    runtime: Threads,
     /// Write a report into this folder: index.html, confusion.png, iou.png and the worst images
     /// (image | truth | prediction) in worst/.
     #[arg(long, value_name = "DIR")]
@@ -166,11 +171,7 @@ struct ValidateArgs {
     #[arg(long, value_name = "FILE.onnx")]
     baseline: Option<PathBuf>,
     #[command(flatten)]
-    provider: ProviderArg,
-    #[command(flatten)]
-    pipeline: segtune::pipeline::PipelineArgs,
-    #[command(flatten)]
-    test_time: segtune::predict::TestTimeArgs,
+    predict: PredictArgs,
 }
 
 /// `segtune quantize` arguments.
@@ -201,7 +202,7 @@ struct QuantizeArgs {
     #[arg(long, default_value_t = 99.999)]
     percentile: f64,
     #[command(flatten)]
-    runtime: Threads,
+    threads: Threads,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -225,13 +226,7 @@ struct InferArgs {
     #[arg(long, default_value_t = 4)]
     batch: usize,
     #[command(flatten)]
-    runtime: Threads,
-    #[command(flatten)]
-    provider: ProviderArg,
-    #[command(flatten)]
-    pipeline: segtune::pipeline::PipelineArgs,
-    #[command(flatten)]
-    test_time: segtune::predict::TestTimeArgs,
+    predict: PredictArgs,
 }
 
 /// `segtune parity` arguments.
@@ -257,7 +252,7 @@ struct ParityArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
-    runtime: Threads,
+    threads: Threads,
     /// Timed runs of each after one warm-up (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -364,13 +359,10 @@ fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         dataset,
         json,
         parity,
-        runtime: Threads { threads },
         report,
         worst,
         baseline,
-        provider: ProviderArg { provider },
-        pipeline,
-        test_time,
+        predict: PredictArgs { threads: Threads { threads }, provider, pipeline, test_time },
     } = args;
     let opts = validate::ValidateOptions {
         spec: dataset.spec(),
@@ -413,7 +405,7 @@ fn quantize_command(args: QuantizeArgs) -> anyhow::Result<ExitCode> {
         images,
         method,
         percentile,
-        runtime: Threads { threads },
+        threads: Threads { threads },
         json,
     } = args;
     use segtune::quantize::{QuantizeOptions, half_precision, quantize};
@@ -440,10 +432,7 @@ fn infer_command(args: InferArgs) -> anyhow::Result<ExitCode> {
         out,
         overlay,
         batch,
-        runtime: Threads { threads },
-        provider: ProviderArg { provider },
-        pipeline,
-        test_time,
+        predict: PredictArgs { threads: Threads { threads }, provider, pipeline, test_time },
     } = args;
     let (size, square) = (pipeline.size, pipeline.square);
     let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square, provider, test_time };
@@ -467,7 +456,7 @@ fn infer_command(args: InferArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn parity_command(args: ParityArgs) -> anyhow::Result<ExitCode> {
-    let ParityArgs { model, weights, size, batch, tol, seed, runtime: Threads { threads }, repeat, json } = args;
+    let ParityArgs { model, weights, size, batch, tol, seed, threads: Threads { threads }, repeat, json } = args;
     let mut ckpt = Checkpoint::open(model.as_deref(), weights.as_deref())?;
     segtune::runtime::prepare(&mut ckpt)?;
     let (size, batch) = validate::parity_size(&ckpt, size, batch)?;
