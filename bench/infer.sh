@@ -4,7 +4,7 @@
 # square letterboxes (512x512 inputs: `--square`, the export issue's pipeline) and segtune's
 # default aspect-preserving inputs (512x384), each against the Python pipeline doing the same;
 # then the int8 model (segtune quantize) the same way, and onnxruntime alone per image.
-# Creates bench/.venv-infer (onnxruntime 1.31.1, pillow, numpy) on first use.
+# Creates bench/.venv-infer (onnxruntime 1.31.1, pillow, numpy; bench/lib.sh) on first use.
 # Usage: bench/infer.sh [MODEL=models/deeplabv3plus_mobilenetv2.onnx]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,19 +12,10 @@ model=${1:-models/deeplabv3plus_mobilenetv2.onnx}
 threads=$(nproc)
 work=target/bench-infer
 cargo build -q
-[ -x bench/.venv-infer/bin/python ] || { python3 -m venv bench/.venv-infer && bench/.venv-infer/bin/pip install -q onnxruntime==1.31.1 pillow numpy; }
-py=bench/.venv-infer/bin/python
-rm -rf "$work" && mkdir -p "$work/images"
-"$py" - "$work/images" <<'PY'
-import sys, numpy as np
-from PIL import Image
-rng = np.random.default_rng(0)
-for i in range(200):
-    a = (rng.random((375, 500, 3)) * 60 + rng.integers(40, 180, 3)).astype(np.uint8)
-    y, x = rng.integers(0, 300), rng.integers(0, 400)
-    a[y:y + 75, x:x + 100] = rng.integers(0, 255, 3)
-    Image.fromarray(a).save(f"{sys.argv[1]}/img_{i:03d}.jpg", quality=90)
-PY
+source bench/lib.sh
+py=$(infer_python)
+rm -rf "$work"
+"$py" bench/infer_images.py "$work/images" "$work/batch.f32"
 # The int8 model: segtune quantize on 32 of the bench images (bench/quantize.sh compares it
 # with onnxruntime's own tool).
 target/debug/segtune quantize "$model" --calibrate "$work/images" --images 32 --out "$work/int8.onnx" >/dev/null
@@ -59,16 +50,6 @@ printf 'segtune (rect) / python (square, the export issue pipeline): %.2fx\n' "$
 compare int8 "$work/int8.onnx" rect
 printf 'segtune int8 (rect) / python fp32 (rect, the same pipeline): %.2fx\n' "$(echo "$seg / $rect_py" | bc -l)"
 # onnxruntime alone, batches of 4 at 512x384 (what infer runs), the same threads, no other work.
-"$py" - "$model" "$work/int8.onnx" "$threads" <<'PY'
-import statistics, sys, time
-import numpy as np, onnxruntime as ort
-for path in sys.argv[1:3]:
-    so = ort.SessionOptions(); so.intra_op_num_threads = int(sys.argv[3])
-    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    x = {s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((4, 3, 384, 512)).astype(np.float32)}
-    for _ in range(2): s.run(None, x)
-    t = []
-    for _ in range(8):
-        a = time.perf_counter(); s.run(None, x); t.append(time.perf_counter() - a)
-    print(f"onnxruntime alone, {path}: {statistics.median(t) / 4 * 1000:.1f} ms per image")
-PY
+for m in "$model" "$work/int8.onnx"; do
+  echo "onnxruntime alone, $m: $("$py" bench/ort_alone_python.py "$m" "$work/batch.f32" "$threads" 8) ms per image"
+done

@@ -12,11 +12,8 @@ cd "$(dirname "$0")/.."
 threads=${1:-$(nproc)}
 work=target/bench-quantize
 cargo build -q
-[ -x bench/.venv-quantize/bin/python ] || {
-  python3 -m venv bench/.venv-quantize
-  bench/.venv-quantize/bin/pip install -q onnxruntime==1.31.1 onnx pillow numpy sympy
-}
-py=bench/.venv-quantize/bin/python
+source bench/lib.sh
+py=$(quantize_python)
 seg=target/debug/segtune
 rm -rf "$work" && mkdir -p "$work"
 $seg demo --out "$work/demo" >/dev/null

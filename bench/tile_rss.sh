@@ -11,11 +11,8 @@ cd "$(dirname "$0")/.."
 model=${1:-models/deeplabv3plus_mobilenetv2.onnx}
 work=target/bench-tile
 cargo build -q
-[ -x bench/.venv-quantize/bin/python ] || {
-  python3 -m venv bench/.venv-quantize
-  bench/.venv-quantize/bin/pip install -q onnxruntime==1.31.1 onnx pillow numpy sympy
-}
-py=bench/.venv-quantize/bin/python
+source bench/lib.sh
+py=$(quantize_python)
 seg=target/debug/segtune
 rm -rf "$work" && mkdir -p "$work"
 $seg synth "$work/corpus" --classes 21 --style corpus --train 1 --val 12 --size 1000 --seed 4 >/dev/null
