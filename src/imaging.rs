@@ -1,6 +1,7 @@
 //! Image and logit geometry shared by `validate` and `infer`: letterboxing an image into the
 //! model's input (Pillow's bilinear filter), normalizing it into an input tensor in either
-//! layout, and upsampling logits back to the image's own size fused with the argmax.
+//! layout, and upsampling logits back to the image's own size (half-pixel bilinear taps) fused
+//! with the argmax.
 
 use image::{GrayImage, RgbImage};
 use ndarray::s;
@@ -47,48 +48,126 @@ pub fn resize_bilinear(image: &RgbImage, w: u32, h: u32) -> RgbImage {
     RgbImage::from_raw(w, h, dst.into_vec()).expect("size matches")
 }
 
+/// The two source taps and the second one's weight of each of `out` positions resampled from
+/// `len` with half-pixel centres (`src = (i + 0.5) · len / out − 0.5`, clamped to the edges), as
+/// PyTorch's `interpolate(mode="bilinear", align_corners=False)` and onnxruntime's Resize take them.
+pub fn bilinear_taps(out: usize, len: usize) -> Vec<(usize, usize, f32)> {
+    let scale = len as f32 / out as f32;
+    (0..out)
+        .map(|i| {
+            let f = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, len.saturating_sub(1) as f32);
+            let i0 = f.floor() as usize;
+            (i0, (i0 + 1).min(len.saturating_sub(1)), f - i0 as f32)
+        })
+        .collect()
+}
+
+/// A source pixel whose highest class is not strictly above all the others ([`source_labels`]).
+const TIED: u8 = u8::MAX;
+
 /// Bilinear (half-pixel) upsampling of `logits[.., :ih, :iw]` of one image to `w × h`, fused
-/// with the argmax over classes (ties go to the lower class). Separable: each output row first
-/// blends its two source rows of every class into a class-interleaved row, then each pixel blends
-/// two neighbours of that row; both passes read contiguous memory.
+/// with the argmax over classes (ties go to the lower class).
+///
+/// Where the four source pixels an output pixel blends all have the same class strictly above
+/// the others, so has their blend (the weights are the same for every class and non-negative,
+/// and rounded sums and products are monotone), and that class is the answer without blending
+/// the scores: only pixels near a class boundary are blended ([`blended_argmax`]). The result is
+/// the full blend's argmax except where rounding makes two classes' blends exactly equal.
 pub fn upsample_argmax(logits: ndarray::ArrayView3<'_, f32>, inner: (usize, usize), w: usize, h: usize) -> GrayImage {
     let logits = logits.as_standard_layout();
-    let (c, lh, lw) = logits.dim();
-    let data = logits.as_slice().expect("standard layout is contiguous");
+    let scores = Planes::new(&logits);
     let (iw, ih) = inner;
-    let (sx, sy) = (iw as f32 / w as f32, ih as f32 / h as f32);
-    let coords = |i: usize, scale: f32, max: usize| {
-        let f = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, (max - 1) as f32);
-        let i0 = f.floor() as usize;
-        (i0, (i0 + 1).min(max - 1), f - i0 as f32)
-    };
-    let xs: Vec<_> = (0..w).map(|x| coords(x, sx, iw)).collect();
+    let labels = source_labels(&scores, iw, ih);
+    let (xs, ys) = (bilinear_taps(w, iw), bilinear_taps(h, ih));
     let mut mask = vec![0u8; w * h];
-    mask.par_chunks_mut(w.max(1)).enumerate().for_each_init(
-        || vec![0f32; iw * c],
-        |blend, (y, out)| {
-            let (y0, y1, fy) = coords(y, sy, ih);
-            for k in 0..c {
-                let r0 = &data[(k * lh + y0) * lw..][..iw];
-                let r1 = &data[(k * lh + y1) * lw..][..iw];
-                for (x, (a, b)) in r0.iter().zip(r1).enumerate() {
-                    blend[x * c + k] = (1.0 - fy) * a + fy * b;
-                }
-            }
-            for (o, &(x0, x1, fx)) in out.iter_mut().zip(&xs) {
-                let (a, b) = (&blend[x0 * c..][..c], &blend[x1 * c..][..c]);
-                let mut best = (0u8, f32::NEG_INFINITY);
-                for (k, (a, b)) in a.iter().zip(b).enumerate() {
-                    let v = (1.0 - fx) * a + fx * b;
-                    if v > best.1 {
-                        best = (k as u8, v);
+    mask.par_chunks_mut(w.max(1)).zip(&ys).for_each(|(out, &ty)| {
+        let (r0, r1) = (&labels[ty.0 * iw..][..iw], &labels[ty.1 * iw..][..iw]);
+        for (o, &tx) in out.iter_mut().zip(&xs) {
+            let l = r0[tx.0];
+            let same = l != TIED && r0[tx.1] == l && r1[tx.0] == l && r1[tx.1] == l;
+            *o = if same { l } else { blended_argmax(&scores, ty, tx) };
+        }
+    });
+    GrayImage::from_raw(w as u32, h as u32, mask).expect("size matches")
+}
+
+/// `[classes, H, W]` scores in standard layout, read by class plane.
+struct Planes<'a> {
+    data: &'a [f32],
+    classes: usize,
+    plane: usize,
+    width: usize,
+}
+
+impl<'a> Planes<'a> {
+    fn new(logits: &'a ndarray::CowArray<'_, f32, ndarray::Ix3>) -> Self {
+        let (classes, lh, width) = logits.dim();
+        Planes { data: logits.as_slice().expect("standard layout is contiguous"), classes, plane: lh * width, width }
+    }
+
+    /// Row `y`'s first `n` scores of class `k`.
+    fn row(&self, k: usize, y: usize, n: usize) -> &[f32] {
+        &self.data[k * self.plane + y * self.width..][..n]
+    }
+}
+
+/// Rows of source pixels labelled together by [`source_labels`]: a band's scores (8 rows of
+/// 512 pixels of 21 classes: 344 KB) stay in the L2 cache from its first pass to its second.
+const BAND: usize = 8;
+
+/// Each source pixel's class in `[:ih, :iw]`, or [`TIED`] where no class is strictly above the
+/// others. Band by band: the highest score of each pixel, then the classes that reach it
+/// (lowest last, so it stays); loops of selects over contiguous rows, which vectorize.
+fn source_labels(scores: &Planes<'_>, iw: usize, ih: usize) -> Vec<u8> {
+    let mut labels = vec![0u8; iw * ih];
+    labels.par_chunks_mut((iw * BAND).max(1)).enumerate().for_each_init(
+        || (vec![0f32; iw * BAND], vec![0u32; iw * BAND], vec![0u32; iw * BAND]),
+        |(best, label, reach), (band, out)| {
+            let n = out.len();
+            let (best, label, reach) = (&mut best[..n], &mut label[..n], &mut reach[..n]);
+            let rows = |k: usize| (0..n / iw).map(move |r| scores.row(k, band * BAND + r, iw));
+            best.fill(f32::NEG_INFINITY);
+            for k in 0..scores.classes {
+                for (best, row) in best.chunks_exact_mut(iw).zip(rows(k)) {
+                    for (b, &v) in best.iter_mut().zip(row) {
+                        *b = if v > *b { v } else { *b };
                     }
                 }
-                *o = best.0;
+            }
+            reach.fill(0);
+            for k in (0..scores.classes).rev() {
+                let bands = best.chunks_exact(iw).zip(reach.chunks_exact_mut(iw)).zip(label.chunks_exact_mut(iw));
+                for (((best, reach), label), row) in bands.zip(rows(k)) {
+                    for (((&v, &b), r), l) in row.iter().zip(best).zip(reach.iter_mut()).zip(label.iter_mut()) {
+                        let at = (v == b) as u32;
+                        *r += at;
+                        *l = if at != 0 { k as u32 } else { *l };
+                    }
+                }
+            }
+            for ((o, &l), &n) in out.iter_mut().zip(label.iter()).zip(reach.iter()) {
+                *o = if n != 1 || l >= TIED as u32 { TIED } else { l as u8 };
             }
         },
     );
-    GrayImage::from_raw(w as u32, h as u32, mask).expect("size matches")
+    labels
+}
+
+/// The argmax over classes of the bilinear blend of one output pixel's four source pixels
+/// (`ty`, `tx`: [`bilinear_taps`]); rows first, then columns; ties go to the lower class.
+fn blended_argmax(scores: &Planes<'_>, ty: (usize, usize, f32), tx: (usize, usize, f32)) -> u8 {
+    let ((y0, y1, fy), (x0, x1, fx)) = (ty, tx);
+    let at = |k: usize, y: usize, x: usize| scores.data[k * scores.plane + y * scores.width + x];
+    let mut best = (0u8, f32::NEG_INFINITY);
+    for k in 0..scores.classes {
+        let a = (1.0 - fy) * at(k, y0, x0) + fy * at(k, y1, x0);
+        let b = (1.0 - fy) * at(k, y0, x1) + fy * at(k, y1, x1);
+        let v = (1.0 - fx) * a + fx * b;
+        if v > best.1 {
+            best = (k as u8, v);
+        }
+    }
+    best.0
 }
 
 /// Writes `image` normalized into `dst` (`[3, H, W]` for NCHW, `[H, W, 3]` for NHWC, at least
@@ -165,6 +244,50 @@ mod tests {
                 assert_eq!(m.get_pixel(x as u32, y as u32)[0] as usize, best, "pixel ({x}, {y})");
             }
         }
+    }
+
+    #[test]
+    fn the_region_shortcut_gives_the_full_blends_argmax() {
+        // 4 classes in blobs (a winner per source pixel, noisy runners-up), two planes tied
+        // along a stripe: down, up and to the same size, every pixel equals the blend of all.
+        let (c, lh, lw) = (4, 30, 40);
+        let mut state = 7u32;
+        let logits = ndarray::Array3::from_shape_fn((c, lh, lw), |(k, y, x)| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let winner = ((x / 9 + y / 7) % c == k) as u8 as f32 * 3.0;
+            if y == 12 && k < 2 { 5.0 } else { winner + (state >> 8) as f32 / (1u32 << 24) as f32 }
+        });
+        let logits = logits.as_standard_layout();
+        let scores = Planes::new(&logits);
+        for (iw, ih, w, h) in [(37, 29, 23, 17), (37, 29, 111, 64), (40, 30, 40, 30)] {
+            let m = upsample_argmax(logits.view(), (iw, ih), w, h);
+            let labels = source_labels(&scores, iw, ih);
+            let (xs, ys) = (bilinear_taps(w, iw), bilinear_taps(h, ih));
+            let mut shortcut = 0;
+            for (y, &ty) in ys.iter().enumerate() {
+                for (x, &tx) in xs.iter().enumerate() {
+                    assert_eq!(m.get_pixel(x as u32, y as u32)[0], blended_argmax(&scores, ty, tx), "({x}, {y})");
+                    let corners =
+                        [(ty.0, tx.0), (ty.0, tx.1), (ty.1, tx.0), (ty.1, tx.1)].map(|(y, x)| labels[y * iw + x]);
+                    shortcut += (corners[0] != TIED && corners.iter().all(|&l| l == corners[0])) as usize;
+                }
+            }
+            assert!(shortcut > w * h / 2 && shortcut < w * h, "{shortcut} of {} by the shortcut", w * h);
+            assert!(labels[12 * iw..13 * iw].iter().all(|&l| l == TIED), "the tied stripe");
+            assert!(labels[..12 * iw].iter().all(|&l| l != TIED), "strict winners above it");
+        }
+    }
+
+    #[test]
+    fn half_pixel_taps_match_pytorchs_bilinear_coordinates() {
+        // interpolate(size=5, mode="bilinear", align_corners=False) from 2: src = (i + 0.5) · 0.4 − 0.5.
+        let taps = bilinear_taps(5, 2);
+        let want = [(0, 1, 0.0), (0, 1, 0.1), (0, 1, 0.5), (0, 1, 0.9), (1, 1, 0.0)];
+        for ((a0, a1, af), (b0, b1, bf)) in taps.into_iter().zip(want) {
+            assert_eq!((a0, a1), (b0, b1));
+            assert!((af - bf).abs() < 1e-6, "{af} vs {bf}");
+        }
+        assert_eq!(bilinear_taps(3, 3), vec![(0, 1, 0.0), (1, 2, 0.0), (2, 2, 0.0)]);
     }
 
     #[test]

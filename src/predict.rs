@@ -292,13 +292,7 @@ pub fn resize_scores(src: ArrayView3<'_, f32>, out_w: usize, out_h: usize) -> Ar
     if (h, w) == (out_h, out_w) {
         return src.to_owned();
     }
-    let coords = |i: usize, from: usize, to: usize| {
-        let f = ((i as f32 + 0.5) * from as f32 / to as f32 - 0.5).clamp(0.0, (from - 1) as f32);
-        let i0 = f.floor() as usize;
-        (i0, (i0 + 1).min(from - 1), f - i0 as f32)
-    };
-    let xs: Vec<_> = (0..out_w).map(|x| coords(x, w, out_w)).collect();
-    let ys: Vec<_> = (0..out_h).map(|y| coords(y, h, out_h)).collect();
+    let (xs, ys) = (crate::imaging::bilinear_taps(out_w, w), crate::imaging::bilinear_taps(out_h, h));
     Array3::from_shape_fn((c, out_h, out_w), |(k, y, x)| {
         let ((y0, y1, fy), (x0, x1, fx)) = (ys[y], xs[x]);
         let top = (1.0 - fx) * src[[k, y0, x0]] + fx * src[[k, y0, x1]];
