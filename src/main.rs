@@ -201,6 +201,10 @@ struct QuantizeArgs {
     /// The percentile of each activation's histogram kept by --method percentile.
     #[arg(long, default_value_t = 99.999)]
     percentile: f64,
+    /// Keep these Convs in float (weights and output): wildcard patterns (`*`, `?`) of a Conv's
+    /// node name, weight or output name, e.g. 'segmentation_head*' for the classifier.
+    #[arg(long, num_args = 1.., value_name = "PATTERN", conflicts_with = "fp16")]
+    exclude: Vec<String>,
     #[command(flatten)]
     threads: Threads,
     /// Print JSON instead of text.
@@ -405,11 +409,12 @@ fn quantize_command(args: QuantizeArgs) -> anyhow::Result<ExitCode> {
         images,
         method,
         percentile,
+        exclude,
         threads: Threads { threads },
         json,
     } = args;
     use segtune::quantize::{QuantizeOptions, half_precision, quantize};
-    let opts = QuantizeOptions { calibrate, split, images, method, percentile, threads };
+    let opts = QuantizeOptions { calibrate, split, images, method, percentile, threads, exclude };
     let (text, value) = if fp16 {
         let r = half_precision(&model, &out, &opts)?;
         (r.to_string(), serde_json::to_value(&r))

@@ -6,7 +6,7 @@
 //! integer kernel (QLinearConv, QLinearAdd, QLinearConcat, …). The
 //! activation ranges come from the caller (`segtune quantize` calibrates them in onnxruntime).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::onnx::proto::attribute_proto::AttributeType;
 use crate::onnx::{self, AttributeProto, GraphProto, IdentityResolver, ModelProto, NodeProto, TensorProto};
@@ -85,6 +85,11 @@ fn conv_producers(graph: &GraphProto) -> HashMap<String, usize> {
         .filter(|(_, n)| n.op_type() == "Conv")
         .map(|(i, n)| (n.output[0].clone(), i))
         .collect()
+}
+
+/// The node indices of the Convs, in node order (ordinal → index).
+fn conv_indices(graph: &GraphProto) -> Vec<usize> {
+    (0..graph.node.len()).filter(|&i| graph.node[i].op_type() == "Conv").collect()
 }
 
 /// Drops the nodes at `removed` and what nothing reads any more.
@@ -181,15 +186,21 @@ fn merges_into_conv(graph: &GraphProto, act: &NodeProto) -> bool {
 
 /// Merges each ReLU / ReLU6 (Clip at 0) that follows a Conv into it: the Conv then produces the
 /// activation's output, whose calibrated range (at least 0, at most the clip) a uint8 with zero
-/// point 0 represents, so quantizing it applies the activation. Call on a graph calibrated
+/// point 0 represents, so quantizing it applies the activation. The Convs `kept` (ordinals
+/// among the Convs, [`matching_convs`]) stay float, so keep theirs. Call on a graph calibrated
 /// before the merge. Returns how many it merged.
-pub fn merge_activations(model: &mut ModelProto) -> Result<usize, String> {
+pub fn merge_activations(model: &mut ModelProto, kept: &BTreeMap<usize, String>) -> Result<usize, String> {
     let graph = model.graph.as_mut().ok_or("no graph")?;
     let counts = readers(graph);
     let conv_of = conv_producers(graph);
+    let conv_nodes = conv_indices(graph);
+    let float: HashSet<usize> = kept.keys().filter_map(|&k| conv_nodes.get(k).copied()).collect();
     let mut merges = vec![];
     for (a, act) in graph.node.iter().enumerate() {
         let Some(&c) = act.input.first().and_then(|i| conv_of.get(i)) else { continue };
+        if float.contains(&c) {
+            continue;
+        }
         if counts.get(&act.input[0]) == Some(&1) && merges_into_conv(graph, act) {
             merges.push((c, a, act.output[0].clone()));
         }
@@ -275,16 +286,55 @@ pub fn int8_per_channel(w: &[f32], channels: usize) -> (Vec<i8>, Vec<f32>) {
     (q, scales)
 }
 
+/// A Conv's name in messages: its node name, else its output's.
+fn conv_label(n: &NodeProto) -> &str {
+    if n.name().is_empty() { &n.output[0] } else { n.name() }
+}
+
+/// The Convs `patterns` (`--exclude`: wildcards `*`, `?`) match, by a Conv's node name, weight
+/// or output name, as ordinals among the graph's Convs in node order (which folding BatchNorms
+/// and merging activations keep) with their labels. A pattern matching no Conv is an error
+/// naming a few.
+pub fn matching_convs(model: &ModelProto, patterns: &[String]) -> Result<BTreeMap<usize, String>, String> {
+    let convs: Vec<&NodeProto> = onnx::graph(model).node.iter().filter(|n| n.op_type() == "Conv").collect();
+    let hits = |p: &str, n: &NodeProto| {
+        [n.name(), n.input.get(1).map_or("", String::as_str), n.output[0].as_str()]
+            .iter()
+            .any(|name| !name.is_empty() && crate::glob::glob_match(p, name))
+    };
+    let mut out = BTreeMap::new();
+    for p in patterns {
+        let matched: Vec<usize> = (0..convs.len()).filter(|&i| hits(p, convs[i])).collect();
+        if matched.is_empty() {
+            let some: Vec<&str> = convs[convs.len().saturating_sub(3)..].iter().map(|n| conv_label(n)).collect();
+            return Err(format!(
+                "--exclude {p:?} matches no Conv (its node name, weight or output name); the last Convs are {}",
+                some.join(", ")
+            ));
+        }
+        out.extend(matched.into_iter().map(|i| (i, conv_label(convs[i]).to_string())));
+    }
+    Ok(out)
+}
+
 /// What [`quantize`] did.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct QdqStats {
+    /// Convs with int8 weights.
     pub convs: usize,
+    /// Convs kept in float (`--exclude`): float weights and output.
+    pub excluded: usize,
     pub activations: usize,
 }
 
 /// Rewrites `model` (BatchNorm folded, activations merged) into QDQ form with the calibrated
-/// `ranges` of [`activation_targets`]. Needs opset 13 (per-channel DequantizeLinear).
-pub fn quantize(model: &mut ModelProto, ranges: &HashMap<String, (f32, f32)>) -> Result<QdqStats, String> {
+/// `ranges` of [`activation_targets`], except the Convs `excluded` ([`matching_convs`]'s
+/// ordinals), whose weights and outputs stay float. Needs opset 13 (per-channel DequantizeLinear).
+pub fn quantize(
+    model: &mut ModelProto,
+    ranges: &HashMap<String, (f32, f32)>,
+    excluded: &BTreeMap<usize, String>,
+) -> Result<QdqStats, String> {
     if let Some(v) = onnx::opset(model).filter(|&v| v < 13) {
         return Err(format!(
             "opset {v}: per-channel QuantizeLinear needs opset 13 or later; re-export with opset_version=17"
@@ -301,8 +351,13 @@ pub fn quantize(model: &mut ModelProto, ranges: &HashMap<String, (f32, f32)>) ->
         })
         .collect::<Result<_, _>>()?;
     let graph = model.graph.as_mut().ok_or("no graph")?;
-    // A Resize (or MaxPool) keeps its input's parameters, so that onnxruntime runs it on uint8.
+    let conv_nodes = conv_indices(graph);
+    let float_convs: HashSet<usize> = excluded.keys().filter_map(|&k| conv_nodes.get(k).copied()).collect();
     let mut params = params;
+    for &i in &float_convs {
+        params.remove(&graph.node[i].output[0]);
+    }
+    // A Resize (or MaxPool) keeps its input's parameters, so that onnxruntime runs it on uint8.
     for n in graph.node.iter().filter(|n| matches!(n.op_type(), "Resize" | "MaxPool")) {
         if let (Some(&p), true) = (params.get(&n.input[0]), params.contains_key(&n.output[0])) {
             params.insert(n.output[0].clone(), p);
@@ -311,10 +366,7 @@ pub fn quantize(model: &mut ModelProto, ranges: &HashMap<String, (f32, f32)>) ->
     let mut weight_nodes = vec![];
     let mut initializers = vec![];
     let mut convs = 0;
-    for i in 0..graph.node.len() {
-        if graph.node[i].op_type() != "Conv" {
-            continue;
-        }
+    for &i in conv_nodes.iter().filter(|i| !float_convs.contains(i)) {
         let x_scale = params.get(&graph.node[i].input[0]).map(|p| p.0);
         let (nodes, inits, inputs) = quantized_weights(graph, &graph.node[i], x_scale)?;
         weight_nodes.extend(nodes);
@@ -355,7 +407,7 @@ pub fn quantize(model: &mut ModelProto, ranges: &HashMap<String, (f32, f32)>) ->
     graph.initializer.extend(initializers);
     graph.value_info.clear();
     prune(graph);
-    Ok(QdqStats { convs, activations: params.len() })
+    Ok(QdqStats { convs, excluded: float_convs.len(), activations: params.len() })
 }
 
 type Quantized = (Vec<NodeProto>, Vec<TensorProto>, Vec<String>);

@@ -46,6 +46,8 @@ pub struct QuantizeOptions {
     pub percentile: f64,
     /// onnxruntime intra-op threads (0: its default).
     pub threads: usize,
+    /// Convs kept in float: wildcard patterns of a Conv's node name, weight or output name.
+    pub exclude: Vec<String>,
 }
 
 /// What `segtune quantize` did.
@@ -58,6 +60,8 @@ pub struct QuantizeReport {
     pub folded_batchnorms: usize,
     pub merged_activations: usize,
     pub stats: crate::qdq::QdqStats,
+    /// The Convs `--exclude` kept in float, by node name (else output name).
+    pub excluded: Vec<String>,
     pub bytes_in: usize,
     pub bytes_out: usize,
     /// Share of pixels whose argmax the int8 model keeps, on up to 8 calibration images.
@@ -77,6 +81,9 @@ impl fmt::Display for QuantizeReport {
             self.folded_batchnorms,
             self.merged_activations
         )?;
+        if !self.excluded.is_empty() {
+            writeln!(f, "kept {} Convs in float (--exclude): {}", self.excluded.len(), self.excluded.join(", "))?;
+        }
         writeln!(
             f,
             "{:.1} MB -> {:.1} MB; argmax agrees with the fp32 model on {:.2}% of pixels",
@@ -100,15 +107,17 @@ pub fn quantize(model: &Path, out: &Path, opts: &QuantizeOptions) -> Result<Quan
     let files = calibration_files(&opts.calibrate, &opts.split, opts.images)?;
     let inputs = prepared_inputs(&files, &pipeline, &norm)?;
     let bad = |e: String| Error::bad_file(model, e);
+    let excluded = crate::qdq::matching_convs(&proto, &opts.exclude).map_err(bad)?;
 
     let mut folded = proto.clone();
     let folded_batchnorms = crate::qdq::fold_batchnorm(&mut folded).map_err(bad)?;
     let mut merged = folded.clone();
-    let merged_activations = crate::qdq::merge_activations(&mut merged).map_err(bad)?;
+    let merged_activations = crate::qdq::merge_activations(&mut merged, &excluded).map_err(bad)?;
     let targets = crate::qdq::activation_targets(&merged);
     let ranges = calibrate(&folded, &targets, &inputs, opts, &origin)?;
-    let stats = crate::qdq::quantize(&mut merged, &ranges).map_err(bad)?;
-    describe(&mut merged, opts, files.len());
+    let stats = crate::qdq::quantize(&mut merged, &ranges, &excluded).map_err(bad)?;
+    let excluded: Vec<String> = excluded.into_values().collect();
+    describe(&mut merged, opts, files.len(), &excluded);
 
     let bytes = merged.encode_to_vec();
     let sample = &inputs[..inputs.len().min(8)];
@@ -122,6 +131,7 @@ pub fn quantize(model: &Path, out: &Path, opts: &QuantizeOptions) -> Result<Quan
         folded_batchnorms,
         merged_activations,
         stats,
+        excluded,
         bytes_in: proto.encoded_len(),
         bytes_out: bytes.len(),
         argmax_agreement,
@@ -232,15 +242,18 @@ fn open(path: &Path) -> Result<(ModelProto, Normalization, Pipeline)> {
 /// The metadata key that records how a model was quantized.
 pub const QUANTIZATION_KEY: &str = "segtune.quantization";
 
-fn describe(model: &mut ModelProto, opts: &QuantizeOptions, images: usize) {
+fn describe(model: &mut ModelProto, opts: &QuantizeOptions, images: usize, excluded: &[String]) {
     let method = match opts.method {
         Calibration::Minmax => "MinMax".to_string(),
         Calibration::Percentile => format!("percentile {}", opts.percentile),
     };
-    let value = format!(
+    let mut value = format!(
         "int8 QDQ by segtune {}: weights per-channel symmetric int8, activations uint8 asymmetric, {method} calibration on {images} images",
         env!("CARGO_PKG_VERSION")
     );
+    if !excluded.is_empty() {
+        value += &format!("; Convs kept in float: {}", excluded.join(", "));
+    }
     model.metadata_props.retain(|p| p.key() != QUANTIZATION_KEY);
     model
         .metadata_props

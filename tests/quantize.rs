@@ -129,6 +129,51 @@ fn percentile_calibration_and_bad_input() {
     refused(&none, "--images 0");
 }
 
+/// `--exclude`: the matched Convs keep float weights, their ReLU (no longer applied by a uint8
+/// output) and a float output; the rest is int8 as before. A pattern that matches no Conv, or
+/// `--exclude` with `--fp16`, is refused before anything is written.
+#[test]
+fn excluded_convs_stay_float_with_their_activation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let fp32 = common::reference_path();
+    let int8 = dir.path().join("mixed.onnx");
+    let (fp32_s, data_s, int8_s) = (fp32.to_str().unwrap(), data.to_str().unwrap(), int8.to_str().unwrap());
+    let patterns = ["/segmentation_head*", "/decoder/block2/*"];
+    let args = [&["quantize", fp32_s, "--calibrate", data_s, "--exclude"], &patterns[..]].concat();
+    let out = segtune(&[&args[..], &["--out", int8_s, "--json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((r["stats"]["convs"].as_u64(), r["stats"]["excluded"].as_u64()), (Some(64), Some(3)), "{r}");
+    let names: Vec<&str> = r["excluded"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(names.last(), Some(&"/segmentation_head/segmentation_head.0/Conv"));
+    assert!(r["argmax_agreement"].as_f64().unwrap() > 0.99, "{r}");
+
+    let m = onnx::read_model(&int8).unwrap();
+    let g = onnx::graph(&m);
+    let float_init = |name: &str| g.initializer.iter().any(|t| t.name() == name && t.data_type() == 1);
+    let quantized: std::collections::HashSet<&str> =
+        g.node.iter().filter(|n| n.op_type() == "QuantizeLinear").map(|n| n.input[0].as_str()).collect();
+    for conv in g.node.iter().filter(|n| names.contains(&n.name())) {
+        assert!(float_init(&conv.input[1]), "{}: float weight {}", conv.name(), conv.input[1]);
+        assert!(!quantized.contains(conv.output[0].as_str()), "{}: float output", conv.name());
+    }
+    let relus = g.node.iter().filter(|n| n.op_type() == "Relu").count();
+    assert_eq!(relus, 1, "block2's pointwise Conv keeps its ReLU; every other one merged into a uint8 output");
+    assert!(onnx::metadata(&m)["segtune.quantization"].contains("Convs kept in float: /decoder/block2"));
+
+    let refused = |extra: &[&str], problem: &str| {
+        let out = segtune(&[&["quantize", fp32_s, "--calibrate", data_s, "--out", int8_s], extra].concat());
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(problem), "{}", stderr(&out));
+    };
+    let before = std::fs::read(&int8).unwrap();
+    refused(&["--exclude", "/decoder/head*"], "--exclude \"/decoder/head*\" matches no Conv");
+    refused(&["--exclude", "/decoder/head*"], "the last Convs are /decoder/block2/block2.0/block2.0.0/Conv");
+    refused(&["--fp16", "--exclude", "/segmentation_head*"], "cannot be used with");
+    assert_eq!(std::fs::read(&int8).unwrap(), before, "the existing output is untouched");
+}
+
 /// `--fp16`: float16 weights and compute behind fp32 inputs and outputs; onnxruntime (here its
 /// CPU, through casts) gives the fp32 model's predictions and scores.
 #[test]
