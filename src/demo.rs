@@ -93,6 +93,7 @@ pub fn demo(out: &Path, epochs: usize) -> Result<DemoReport> {
         size: None,
         square: false,
         provider: Default::default(),
+        spin: false,
         test_time: Default::default(),
     };
     let inferred = infer::infer(&model_path, &inputs, &opts)?;

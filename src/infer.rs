@@ -40,6 +40,9 @@ pub struct InferOptions {
     pub square: bool,
     /// Where onnxruntime runs the model.
     pub provider: Provider,
+    /// Let onnxruntime's threads spin-wait between parallel sections (default off: on few
+    /// cores the stages beside it then get less time and the whole run is slower).
+    pub spin: bool,
     /// Sliding-window tiles, test-time scales and flips.
     pub test_time: crate::predict::TestTimeArgs,
 }
@@ -67,6 +70,8 @@ pub struct InferSummary {
     pub pipeline: Pipeline,
     /// Where onnxruntime ran the model.
     pub provider: Provider,
+    /// Whether onnxruntime's threads spin-waited (`--spin`).
+    pub spinning: bool,
     /// Tiles, scales and flips beyond one forward pass ("" for none).
     pub test_time: String,
     pub seconds: f64,
@@ -122,7 +127,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     if opts.batch == 0 {
         return Err(Error::BadArgument("--batch 0: expected at least 1".into()));
     }
-    let opened = OpenedModel::open(model, opts.threads, false, opts.provider)?;
+    let opened = OpenedModel::open(model, opts.threads, opts.spin, opts.provider)?;
     let pipeline = opened.pipeline(model, opts.size, opts.square)?;
     opts.test_time.check(pipeline.normalization.size_multiple)?;
     let OpenedModel { session, norm, classes, class_names, input: shape, .. } = opened;
@@ -165,6 +170,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
         class_names,
         pipeline,
         provider: opts.provider,
+        spinning: opts.spin,
         test_time: opts.test_time.describe(),
         seconds,
         run_seconds,

@@ -229,6 +229,10 @@ struct InferArgs {
     /// Images per onnxruntime run.
     #[arg(long, default_value_t = 4)]
     batch: usize,
+    /// Let onnxruntime's threads spin-wait between ops: its own time per image falls, but on
+    /// few cores decoding and writing beside it get less time and the whole run is slower.
+    #[arg(long)]
+    spin: bool,
     #[command(flatten)]
     predict: PredictArgs,
 }
@@ -437,10 +441,11 @@ fn infer_command(args: InferArgs) -> anyhow::Result<ExitCode> {
         out,
         overlay,
         batch,
+        spin,
         predict: PredictArgs { threads: Threads { threads }, provider, pipeline, test_time },
     } = args;
     let (size, square) = (pipeline.size, pipeline.square);
-    let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square, provider, test_time };
+    let opts = segtune::infer::InferOptions { out, overlay, batch, threads, size, square, provider, spin, test_time };
     let summary = segtune::infer::infer(&model, &inputs, &opts)?;
     emit!(
         "wrote {} masks to {} ({:.1} images/s, onnxruntime {:.1} s of {:.1} s){}",

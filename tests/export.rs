@@ -238,7 +238,8 @@ fn infer_writes_masks_and_skips_a_corrupt_image_loudly() {
     let fractions: f64 =
         summary["images"][0]["class_fractions"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
     assert!((fractions - 1.0).abs() < 1e-9);
-    // A glob.
+    assert_eq!(summary["spinning"], false, "onnxruntime's threads block by default");
+    // A glob, with onnxruntime's threads spin-waiting.
     let pattern = imgs.join("v?.jpg");
     let out = segtune(&[
         "infer",
@@ -248,9 +249,13 @@ fn infer_writes_masks_and_skips_a_corrupt_image_loudly() {
         dir.path().join("p2").to_str().unwrap(),
         "--size",
         "64",
+        "--spin",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read_dir(dir.path().join("p2")).unwrap().count(), 4, "3 masks and summary.json");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("p2/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["spinning"], true);
 }
 
 #[test]

@@ -198,6 +198,7 @@ fn infer_masks_are_onnxruntimes_argmax_in_either_layout() {
             size: Some(64),
             square: false,
             provider: Default::default(),
+            spin: false,
             test_time: Default::default(),
         };
         let summary = segtune::infer::infer(&path, &[imgs.display().to_string()], &infer_opts).unwrap();

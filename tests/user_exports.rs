@@ -258,6 +258,7 @@ fn each_form_fine_tunes_exports_validates_and_infers() {
             size: None,
             square: false,
             provider: Default::default(),
+            spin: false,
             test_time: Default::default(),
         };
         let images = data.join("JPEGImages").display().to_string();
@@ -493,6 +494,7 @@ fn inputs_with_the_same_file_name_keep_their_own_masks() {
         size: Some(64),
         square: false,
         provider: Default::default(),
+        spin: false,
         test_time: Default::default(),
     };
     let s = infer::infer(&model, &inputs, &opts).unwrap();
