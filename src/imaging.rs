@@ -109,6 +109,11 @@ impl<'a> Planes<'a> {
     fn row(&self, k: usize, y: usize, n: usize) -> &[f32] {
         &self.data[k * self.plane + y * self.width..][..n]
     }
+
+    /// The score of class `k` at `(x, y)`.
+    fn at(&self, k: usize, y: usize, x: usize) -> f32 {
+        self.data[k * self.plane + y * self.width + x]
+    }
 }
 
 /// Rows of source pixels labelled together by [`source_labels`]: a band's scores (8 rows of
@@ -157,11 +162,10 @@ fn source_labels(scores: &Planes<'_>, iw: usize, ih: usize) -> Vec<u8> {
 /// (`ty`, `tx`: [`bilinear_taps`]); rows first, then columns; ties go to the lower class.
 fn blended_argmax(scores: &Planes<'_>, ty: (usize, usize, f32), tx: (usize, usize, f32)) -> u8 {
     let ((y0, y1, fy), (x0, x1, fx)) = (ty, tx);
-    let at = |k: usize, y: usize, x: usize| scores.data[k * scores.plane + y * scores.width + x];
     let mut best = (0u8, f32::NEG_INFINITY);
     for k in 0..scores.classes {
-        let a = (1.0 - fy) * at(k, y0, x0) + fy * at(k, y1, x0);
-        let b = (1.0 - fy) * at(k, y0, x1) + fy * at(k, y1, x1);
+        let a = (1.0 - fy) * scores.at(k, y0, x0) + fy * scores.at(k, y1, x0);
+        let b = (1.0 - fy) * scores.at(k, y0, x1) + fy * scores.at(k, y1, x1);
         let v = (1.0 - fx) * a + fx * b;
         if v > best.1 {
             best = (k as u8, v);

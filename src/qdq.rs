@@ -92,6 +92,12 @@ fn conv_indices(graph: &GraphProto) -> Vec<usize> {
     (0..graph.node.len()).filter(|&i| graph.node[i].op_type() == "Conv").collect()
 }
 
+/// The node indices of the Convs at `ordinals` ([`matching_convs`]) in `graph`.
+fn conv_nodes_at(graph: &GraphProto, ordinals: &BTreeMap<usize, String>) -> HashSet<usize> {
+    let convs = conv_indices(graph);
+    ordinals.keys().filter_map(|&k| convs.get(k).copied()).collect()
+}
+
 /// Drops the nodes at `removed` and what nothing reads any more.
 fn remove_nodes(graph: &mut GraphProto, removed: &HashSet<usize>) {
     let mut i = 0;
@@ -193,8 +199,7 @@ pub fn merge_activations(model: &mut ModelProto, kept: &BTreeMap<usize, String>)
     let graph = model.graph.as_mut().ok_or("no graph")?;
     let counts = readers(graph);
     let conv_of = conv_producers(graph);
-    let conv_nodes = conv_indices(graph);
-    let float: HashSet<usize> = kept.keys().filter_map(|&k| conv_nodes.get(k).copied()).collect();
+    let float = conv_nodes_at(graph, kept);
     let mut merges = vec![];
     for (a, act) in graph.node.iter().enumerate() {
         let Some(&c) = act.input.first().and_then(|i| conv_of.get(i)) else { continue };
@@ -296,7 +301,8 @@ fn conv_label(n: &NodeProto) -> &str {
 /// and merging activations keep) with their labels. A pattern matching no Conv is an error
 /// naming a few.
 pub fn matching_convs(model: &ModelProto, patterns: &[String]) -> Result<BTreeMap<usize, String>, String> {
-    let convs: Vec<&NodeProto> = onnx::graph(model).node.iter().filter(|n| n.op_type() == "Conv").collect();
+    let graph = onnx::graph(model);
+    let convs: Vec<&NodeProto> = conv_indices(graph).into_iter().map(|i| &graph.node[i]).collect();
     let hits = |p: &str, n: &NodeProto| {
         [n.name(), n.input.get(1).map_or("", String::as_str), n.output[0].as_str()]
             .iter()
@@ -351,8 +357,7 @@ pub fn quantize(
         })
         .collect::<Result<_, _>>()?;
     let graph = model.graph.as_mut().ok_or("no graph")?;
-    let conv_nodes = conv_indices(graph);
-    let float_convs: HashSet<usize> = excluded.keys().filter_map(|&k| conv_nodes.get(k).copied()).collect();
+    let float_convs = conv_nodes_at(graph, excluded);
     let mut params = params;
     for &i in &float_convs {
         params.remove(&graph.node[i].output[0]);
@@ -366,7 +371,7 @@ pub fn quantize(
     let mut weight_nodes = vec![];
     let mut initializers = vec![];
     let mut convs = 0;
-    for &i in conv_nodes.iter().filter(|i| !float_convs.contains(i)) {
+    for i in conv_indices(graph).into_iter().filter(|i| !float_convs.contains(i)) {
         let x_scale = params.get(&graph.node[i].input[0]).map(|p| p.0);
         let (nodes, inits, inputs) = quantized_weights(graph, &graph.node[i], x_scale)?;
         weight_nodes.extend(nodes);

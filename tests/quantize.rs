@@ -13,6 +13,18 @@ use std::path::Path;
 use segtune::data::{self, SynthOptions, SynthStyle};
 use segtune::onnx;
 
+/// `segtune quantize ARGS --out OUT` is refused (exit 2) with each of `problems` in its message,
+/// and `out` is left as it was.
+fn refused(args: &[&str], out: &Path, problems: &[&str]) {
+    let before = std::fs::read(out).unwrap();
+    let run = segtune(&[&["quantize"], args, &["--out", out.to_str().unwrap()]].concat());
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    for problem in problems {
+        assert!(stderr(&run).contains(problem), "{}", stderr(&run));
+    }
+    assert_eq!(std::fs::read(out).unwrap(), before, "the existing output is untouched");
+}
+
 fn corpus(dir: &Path) -> std::path::PathBuf {
     let data = dir.join("corpus");
     let opts = SynthOptions { classes: 21, train: 16, val: 12, size: 128, seed: 3, style: SynthStyle::Corpus };
@@ -112,21 +124,15 @@ fn percentile_calibration_and_bad_input() {
 
     // A quantized model is not quantized again; a missing calibration path is named; a bad
     // percentile is refused. Nothing is written, and the existing output is untouched.
-    let before = std::fs::read(&pct).unwrap();
-    let refused = |args: &[&str], problem: &str| {
-        let out = segtune(&[&["quantize"], args, &["--out", pct.to_str().unwrap()]].concat());
-        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-        assert!(stderr(&out).contains(problem), "{}", stderr(&out));
-        assert_eq!(std::fs::read(&pct).unwrap(), before);
-    };
-    refused(&[pct.to_str().unwrap(), "--calibrate", data.to_str().unwrap()], "already quantized");
+    refused(&[pct.to_str().unwrap(), "--calibrate", data.to_str().unwrap()], &pct, &["already quantized"]);
     let missing = dir.path().join("nowhere");
-    refused(&[fp32.to_str().unwrap(), "--calibrate", missing.to_str().unwrap()], "nowhere: no such file or folder");
+    let args = [fp32.to_str().unwrap(), "--calibrate", missing.to_str().unwrap()];
+    refused(&args, &pct, &["nowhere: no such file or folder"]);
     let bad =
         [fp32.to_str().unwrap(), "--calibrate", data.to_str().unwrap(), "--method", "percentile", "--percentile", "20"];
-    refused(&bad, "--percentile 20");
+    refused(&bad, &pct, &["--percentile 20"]);
     let none = [fp32.to_str().unwrap(), "--calibrate", data.to_str().unwrap(), "--images", "0"];
-    refused(&none, "--images 0");
+    refused(&none, &pct, &["--images 0"]);
 }
 
 /// `--exclude`: the matched Convs keep float weights, their ReLU (no longer applied by a uint8
@@ -162,16 +168,15 @@ fn excluded_convs_stay_float_with_their_activation() {
     assert_eq!(relus, 1, "block2's pointwise Conv keeps its ReLU; every other one merged into a uint8 output");
     assert!(onnx::metadata(&m)["segtune.quantization"].contains("Convs kept in float: /decoder/block2"));
 
-    let refused = |extra: &[&str], problem: &str| {
-        let out = segtune(&[&["quantize", fp32_s, "--calibrate", data_s, "--out", int8_s], extra].concat());
-        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-        assert!(stderr(&out).contains(problem), "{}", stderr(&out));
-    };
-    let before = std::fs::read(&int8).unwrap();
-    refused(&["--exclude", "/decoder/head*"], "--exclude \"/decoder/head*\" matches no Conv");
-    refused(&["--exclude", "/decoder/head*"], "the last Convs are /decoder/block2/block2.0/block2.0.0/Conv");
-    refused(&["--fp16", "--exclude", "/segmentation_head*"], "cannot be used with");
-    assert_eq!(std::fs::read(&int8).unwrap(), before, "the existing output is untouched");
+    let unmatched = [fp32_s, "--calibrate", data_s, "--exclude", "/decoder/head*"];
+    let problems =
+        ["--exclude \"/decoder/head*\" matches no Conv", "the last Convs are /decoder/block2/block2.0/block2.0.0/Conv"];
+    refused(&unmatched, &int8, &problems);
+    refused(
+        &[fp32_s, "--calibrate", data_s, "--fp16", "--exclude", "/segmentation_head*"],
+        &int8,
+        &["cannot be used with"],
+    );
 }
 
 /// `--fp16`: float16 weights and compute behind fp32 inputs and outputs; onnxruntime (here its
