@@ -217,7 +217,7 @@ fn fp16_keeps_fp32_io_and_the_predictions() {
 /// folded under a fixed 64×64 input, a fixed height and width, fully static, external data,
 /// dynamo=True) quantize: every Conv, its BatchNorm folded where the graph kept one, a Q/DQ
 /// pair per activation, and argmax agreement with the fp32 model on the calibration images;
-/// the int8 model then runs in `segtune infer`.
+/// `--exclude` finds the classifier in each; the int8 model then runs in `segtune infer`.
 #[test]
 fn the_export_forms_users_bring_quantize_and_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,6 +244,13 @@ fn the_export_forms_users_bring_quantize_and_run() {
         );
         let agreement = r["argmax_agreement"].as_f64().unwrap();
         assert!(agreement > 0.9, "{form}: argmax agreement with fp32 {agreement}");
+        // The classifier found by name in each form (dynamo's nodes are `node_conv2d_N`: by its weight).
+        let head = dir.path().join(format!("{form}.head.onnx"));
+        let args = ["quantize", fp32, "--calibrate", data.to_str().unwrap(), "--exclude", "*segmentation_head*"];
+        let out = segtune(&[&args[..], &["--out", head.to_str().unwrap(), "--json"]].concat());
+        assert!(out.status.success(), "{form}: {}", stderr(&out));
+        let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((h["stats"]["convs"].as_u64(), h["stats"]["excluded"].as_u64()), (Some(21), Some(1)), "{form}");
         let m = onnx::read_model(&int8).unwrap();
         let count = |op: &str| onnx::graph(&m).node.iter().filter(|n| n.op_type() == op).count();
         assert_eq!(count("BatchNormalization"), 0, "{form}");
