@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # onnxruntime's time per image inside `segtune infer` against onnxruntime alone on the same
 # batches (4 × 3 × 384 × 512, the same threads): alone through segtune's own session
-# (bench/ort_alone.rs, opened as infer opens it, spin-waiting off as in infer) and alone in
-# Python. infer: 200 JPEGs of 500×375, --size 512 --batch 4; fp32 and the int8 model (segtune
+# (bench/ort_alone.rs, opened as infer opens it: spin-waiting off, the final Resize folded into
+# the mask's upsampling; and with the full graph) and alone in Python (the full graph). infer: 200 JPEGs of 500×375, --size 512 --batch 4; fp32 and the int8 model (segtune
 # quantize on 32 of them). Three interleaved rounds (this machine's speed drifts by up to 1.5×
 # between minutes), medians printed. With BEFORE, a segtune binary built before the change
 # under test, its infer runs in the same rounds.
@@ -30,7 +30,8 @@ for round in 1 2 3; do
     m=$model; [ $kind = int8 ] && m=$work/int8.onnx
     echo "$kind inside $(inside target/debug/segtune "$m" "$work/out")" >> "$work/results"
     [ -n "$before" ] && echo "$kind before $(inside "$before" "$m" "$work/out-before")" >> "$work/results"
-    echo "$kind segtune-alone $(target/debug/examples/ort_alone "$m" "$work/batch.f32" 4 3 384 512 "$threads" 0 view 12)" >> "$work/results"
+    echo "$kind segtune-alone $(target/debug/examples/ort_alone "$m" "$work/batch.f32" 4 3 384 512 "$threads" 0 view 12 1)" >> "$work/results"
+    echo "$kind segtune-alone-full-graph $(target/debug/examples/ort_alone "$m" "$work/batch.f32" 4 3 384 512 "$threads" 0 view 12 0)" >> "$work/results"
     echo "$kind python-alone $("$py" bench/ort_alone_python.py "$m" "$work/batch.f32" "$threads")" >> "$work/results"
   done
 done

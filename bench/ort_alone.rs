@@ -3,11 +3,12 @@
 //! inside `segtune infer` because of how segtune opens and feeds it or because of what runs
 //! beside it. Used by bench/infer_contention.sh.
 //!
-//! Usage: ort_alone MODEL INPUT.f32 N C H W THREADS SPIN(0|1) FEED(view|fresh|held) RUNS
+//! Usage: ort_alone MODEL INPUT.f32 N C H W THREADS SPIN(0|1) FEED(view|fresh|held) RUNS FOLD(0|1)
 //! INPUT.f32 holds N·C·H·W little-endian f32 (NCHW). `view` runs one input array again and again
 //! (as infer's reused buffer), `fresh` allocates and copies a new one for each run (timed with
 //! the run), `held` runs fresh inputs and keeps the last two outputs alive, as infer's writer
-//! does while the next batch runs. Prints the median ms per image.
+//! does while the next batch runs. FOLD 1 takes the graph's final bilinear Resize out, as infer
+//! does (`graph::without_final_resize`). Prints the median ms per image.
 
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ use segtune::runtime::{OpenedModel, Provider};
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(a.len() == 11, "usage: ort_alone MODEL INPUT.f32 N C H W THREADS SPIN FEED RUNS");
+    anyhow::ensure!(a.len() == 12, "usage: ort_alone MODEL INPUT.f32 N C H W THREADS SPIN FEED RUNS FOLD");
     let dim = |i: usize| -> anyhow::Result<usize> { Ok(a[i].parse()?) };
     let (n, c, h, w) = (dim(3)?, dim(4)?, dim(5)?, dim(6)?);
     let (threads, spin, runs) = (dim(7)?, a[8] == "1", dim(10)?);
@@ -24,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(bytes.len() == n * c * h * w * 4, "{}: expected {} bytes", a[2], n * c * h * w * 4);
     let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let input = Array4::from_shape_vec((n, c, h, w), values)?;
-    let mut opened = OpenedModel::open(std::path::Path::new(&a[1]), threads, spin, Provider::Cpu)?;
+    let mut opened = OpenedModel::open(std::path::Path::new(&a[1]), threads, spin, Provider::Cpu, a[11] == "1")?;
     let layout = opened.norm.layout;
     let (mut times, mut held) = (vec![], std::collections::VecDeque::new());
     for i in 0..runs + 2 {

@@ -1,4 +1,4 @@
-//! segtune's logits-to-mask step (`imaging::upsample_argmax`: bilinear upsampling fused with
+//! segtune's logits-to-mask step (`upsample::upsample_argmax`: bilinear upsampling fused with
 //! the argmax, as infer and validate use it) on logits written by
 //! bench/upsample_argmax_torch.py, timed per image at THREADS threads, and its masks against
 //! PyTorch's. Used by bench/upsample_argmax.sh.
@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         for round in 0..5 {
             for i in 0..n {
                 let t = Instant::now();
-                let mask = segtune::imaging::upsample_argmax(logits.slice(ndarray::s![i, .., .., ..]), (lw, lh), w, h);
+                let mask = segtune::upsample::upsample_argmax(logits.slice(ndarray::s![i, .., .., ..]), (lw, lh), w, h);
                 times.push(t.elapsed().as_secs_f64());
                 if round == 0 {
                     same += mask.as_raw().iter().zip(&torch[i * h * w..][..h * w]).filter(|(a, b)| a == b).count();

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# segtune's logits-to-mask step (bilinear upsampling fused with the argmax, imaging::upsample_argmax)
+# segtune's logits-to-mask step (bilinear upsampling fused with the argmax, upsample::upsample_argmax)
 # against PyTorch's interpolate(bilinear, align_corners=False) + argmax on the same logits: the
 # shipped model's on 16 synthetic 21-class images at 500x375 (512x384 model input), at 1 thread
 # and at all cores, medians over 5 passes; and how many pixels' classes agree.

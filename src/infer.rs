@@ -16,10 +16,11 @@ use serde::Serialize;
 
 use crate::data::{self, load_image, voc_palette};
 use crate::error::{Error, Result};
-use crate::imaging::{normalize_into, upsample_argmax};
+use crate::imaging::normalize_into;
 use crate::layout::Normalization;
 use crate::pipeline::Pipeline;
 use crate::runtime::{OpenedModel, OrtOutput, Provider};
+use crate::upsample::{Upsampling, upsample_argmax, upsample_argmax_through};
 
 /// Settings of `segtune infer`.
 #[derive(Debug, Clone)]
@@ -74,6 +75,9 @@ pub struct InferSummary {
     pub spinning: bool,
     /// Tiles, scales and flips beyond one forward pass ("" for none).
     pub test_time: String,
+    /// The graph's final upsampling, where segtune did it within the mask's own (the logits
+    /// before it from onnxruntime, never the full-resolution ones): "bilinear ×4×4 (align_corners)".
+    pub folded_resize: Option<String>,
     pub seconds: f64,
     pub images_per_s: f64,
     /// Time onnxruntime spent running, in seconds (with tiles or augmented views, the
@@ -127,10 +131,11 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     if opts.batch == 0 {
         return Err(Error::BadArgument("--batch 0: expected at least 1".into()));
     }
-    let opened = OpenedModel::open(model, opts.threads, opts.spin, opts.provider)?;
+    // One forward pass per image: the graph's final upsampling goes into the mask's own.
+    let opened = OpenedModel::open(model, opts.threads, opts.spin, opts.provider, opts.test_time.is_plain())?;
     let pipeline = opened.pipeline(model, opts.size, opts.square)?;
     opts.test_time.check(pipeline.normalization.size_multiple)?;
-    let OpenedModel { session, norm, classes, class_names, input: shape, .. } = opened;
+    let OpenedModel { session, norm, classes, class_names, input: shape, upsampling, .. } = opened;
     let class_names = class_names.unwrap_or_else(|| (0..classes).map(|i| format!("class_{i}")).collect());
     // A graph fixed at one batch size gets exactly that many rows (the last batch padded).
     let (batch, rows) = match shape.batch {
@@ -147,7 +152,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     let named: Vec<(PathBuf, PathBuf)> = files.iter().cloned().zip(names).collect();
     let pool = Arc::new(side_pool()?);
     let (decoded, producer) = spawn_decoder(named.chunks(batch).map(|c| c.to_vec()).collect(), pipeline, pool.clone());
-    let (ran, writer) = spawn_writer(opts.out.clone(), opts.overlay, classes, pool);
+    let (ran, writer) = spawn_writer(opts.out.clone(), opts.overlay, (classes, upsampling), pool);
     let mut runner = Runner {
         session,
         norm,
@@ -172,6 +177,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
         provider: opts.provider,
         spinning: opts.spin,
         test_time: opts.test_time.describe(),
+        folded_resize: upsampling.map(|u| u.describe()),
         seconds,
         run_seconds,
         decode_seconds,
@@ -233,7 +239,7 @@ fn spawn_decoder(
 fn spawn_writer(
     out_dir: PathBuf,
     overlay: bool,
-    classes: usize,
+    (classes, upsampling): (usize, Option<Upsampling>),
     pool: Arc<rayon::ThreadPool>,
 ) -> (mpsc::SyncSender<Ran>, std::thread::JoinHandle<Written>) {
     let (wtx, wrx) = mpsc::sync_channel::<Ran>(2);
@@ -244,9 +250,13 @@ fn spawn_writer(
             let t = Instant::now();
             let write =
                 |p: &Prepared, mask: &image::GrayImage| write_outputs(p, mask, &out_dir, overlay, &palette, classes);
-            let upsampled = |p: &Prepared, v: ndarray::ArrayView3<'_, f32>| {
+            let upsampled = |p: &Prepared, v: ndarray::ArrayView3<'_, f32>, up: Option<&Upsampling>| {
                 let (w, h) = p.original.dimensions();
-                write(p, &upsample_argmax(v, p.inner, w as usize, h as usize))
+                let mask = match up {
+                    Some(up) => upsample_argmax_through(v, up, p.inner, w as usize, h as usize),
+                    None => upsample_argmax(v, p.inner, w as usize, h as usize),
+                };
+                write(p, &mask)
             };
             let batch: Result<Vec<ImageResult>> = pool.install(|| match &scores {
                 Scores::Batch(output) => {
@@ -254,10 +264,12 @@ fn spawn_writer(
                     prepared
                         .par_iter()
                         .enumerate()
-                        .map(|(i, p)| upsampled(p, logits.slice(s![i, .., .., ..])))
+                        .map(|(i, p)| upsampled(p, logits.slice(s![i, .., .., ..]), upsampling.as_ref()))
                         .collect()
                 }
-                Scores::Each(each) => prepared.par_iter().zip(each).map(|(p, a)| upsampled(p, a.view())).collect(),
+                Scores::Each(each) => {
+                    prepared.par_iter().zip(each).map(|(p, a)| upsampled(p, a.view(), None)).collect()
+                }
                 Scores::Masks(masks) => prepared.par_iter().zip(masks).map(|(p, m)| write(p, m)).collect(),
             });
             results.extend(batch?);

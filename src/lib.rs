@@ -19,7 +19,8 @@
 //!   class lists; [`layout`]: tensor layout and normalization; [`pipeline`]: the test-time
 //!   pipeline validate and infer share, as the export records it; [`predict`]: sliding-window
 //!   tiles and test-time augmentation (scales, flips); [`imaging`]: letterbox, resize,
-//!   upsampled argmax; [`tensors`]: tensor and array helpers; [`rng`]: the seeded RNG;
+//!   normalize; [`upsample`]: logits to a mask (bilinear upsampling fused with the argmax, a
+//!   graph's final Resize folded in); [`tensors`]: tensor and array helpers; [`rng`]: the seeded RNG;
 //! - [`loss`], [`metrics`], [`plots`], [`report`] (validation's HTML report), [`tensorboard`]
 //!   (event files), [`inputs`] (the image files named by files, folders, globs), [`glob`], [`error`].
 
@@ -57,6 +58,7 @@ pub mod setup;
 pub mod tensorboard;
 pub mod tensors;
 pub mod train;
+pub mod upsample;
 pub mod validate;
 
 pub use error::{Error, Result};

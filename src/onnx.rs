@@ -113,6 +113,17 @@ pub fn attr_f32(node: &NodeProto, name: &str, default: f32) -> f32 {
     attr(node, name).and_then(|a| a.f).unwrap_or(default)
 }
 
+/// The constant value of `name`: an initializer or a Constant node's `value`, through Identity.
+pub fn constant<'a>(graph: &'a GraphProto, name: &str) -> Option<&'a TensorProto> {
+    let resolver = IdentityResolver::new(graph);
+    let name = resolver.resolve(name);
+    graph.initializer.iter().find(|t| t.name() == name).or_else(|| {
+        let node =
+            graph.node.iter().find(|n| n.op_type() == "Constant" && n.output.first().is_some_and(|o| o == name))?;
+        attr(node, "value").and_then(|a| a.t.as_ref())
+    })
+}
+
 /// Key → value of the model's `metadata_props`.
 pub fn metadata(model: &ModelProto) -> BTreeMap<String, String> {
     model.metadata_props.iter().map(|p| (p.key().to_string(), p.value().to_string())).collect()

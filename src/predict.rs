@@ -292,7 +292,7 @@ pub fn resize_scores(src: ArrayView3<'_, f32>, out_w: usize, out_h: usize) -> Ar
     if (h, w) == (out_h, out_w) {
         return src.to_owned();
     }
-    let (xs, ys) = (crate::imaging::bilinear_taps(out_w, w), crate::imaging::bilinear_taps(out_h, h));
+    let (xs, ys) = (crate::upsample::bilinear_taps(out_w, w), crate::upsample::bilinear_taps(out_h, h));
     Array3::from_shape_fn((c, out_h, out_w), |(k, y, x)| {
         let ((y0, y1, fy), (x0, x1, fx)) = (ys[y], xs[x]);
         let top = (1.0 - fx) * src[[k, y0, x0]] + fx * src[[k, y0, x1]];

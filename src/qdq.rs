@@ -9,23 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::onnx::proto::attribute_proto::AttributeType;
-use crate::onnx::{self, AttributeProto, GraphProto, IdentityResolver, ModelProto, NodeProto, TensorProto};
+use crate::onnx::{self, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, constant};
 
 /// ONNX data types used here.
 const UINT8: i32 = 2;
 const INT8: i32 = 3;
 const INT32: i32 = 6;
-
-/// The constant value of `name`: an initializer or a Constant node's `value`, through Identity.
-fn constant<'a>(graph: &'a GraphProto, name: &str) -> Option<&'a TensorProto> {
-    let resolver = IdentityResolver::new(graph);
-    let name = resolver.resolve(name);
-    graph.initializer.iter().find(|t| t.name() == name).or_else(|| {
-        let node =
-            graph.node.iter().find(|n| n.op_type() == "Constant" && n.output.first().is_some_and(|o| o == name))?;
-        onnx::attr(node, "value").and_then(|a| a.t.as_ref())
-    })
-}
 
 fn constant_f32(graph: &GraphProto, name: &str) -> Result<Vec<f32>, String> {
     let t = constant(graph, name).ok_or_else(|| format!("{name:?} is not a constant"))?;

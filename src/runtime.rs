@@ -410,12 +410,16 @@ pub struct OpenedModel {
     pub input: InputShape,
     /// The test-time pipeline its metadata records (native where none).
     pub recorded: crate::pipeline::Pipeline,
+    /// The graph's final bilinear Resize, where it was taken out for the mask's upsampling to
+    /// do (the session's output is then the logits before it: [`crate::graph::without_final_resize`]).
+    pub upsampling: Option<crate::upsample::Upsampling>,
 }
 
 impl OpenedModel {
     /// Opens `path` with `threads` onnxruntime threads (0: its default) on `provider`;
-    /// `spinning` as in [`OrtModel::with_options`].
-    pub fn open(path: &Path, threads: usize, spinning: bool, provider: Provider) -> Result<Self> {
+    /// `spinning` as in [`OrtModel::with_options`]; with `fold_resize`, an NCHW graph's final
+    /// bilinear Resize is left to the caller ([`upsampling`](Self::upsampling)).
+    pub fn open(path: &Path, threads: usize, spinning: bool, provider: Provider, fold_resize: bool) -> Result<Self> {
         use prost::Message;
         let mut proto = crate::onnx::read_model(path)?;
         crate::graph::inline_external(&mut proto, path.parent()).map_err(|e| Error::bad_file(path, e))?;
@@ -429,10 +433,15 @@ impl OpenedModel {
             .filter(|n| n.len() == classes);
         let origin = path.display().to_string();
         let (runnable, input) = runnable(&proto, &norm, &origin)?;
-        let bytes = runnable.as_ref().unwrap_or(&proto).encode_to_vec();
+        let graph = runnable.as_ref().unwrap_or(&proto);
+        let folded = (fold_resize && norm.layout == Layout::Nchw).then(|| crate::graph::without_final_resize(graph));
+        let (bytes, upsampling) = match folded.flatten() {
+            Some((cut, up)) => (cut.encode_to_vec(), Some(up)),
+            None => (graph.encode_to_vec(), None),
+        };
         let session = OrtModel::build(&bytes, &origin, threads, spinning, false, provider)?;
         let recorded = crate::pipeline::Pipeline::recorded(&meta, norm).map_err(|e| Error::bad_file(path, e))?;
-        Ok(OpenedModel { session, norm, classes, class_names, input, recorded })
+        Ok(OpenedModel { session, norm, classes, class_names, input, recorded, upsampling })
     }
 
     /// The pipeline to run `path` (this model) with: the recorded one, `--size`/`--square`

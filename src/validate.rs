@@ -428,7 +428,7 @@ fn open_for_validation(
     split: &str,
     opts: &ValidateOptions<'_>,
 ) -> Result<(crate::runtime::OpenedModel, crate::data::Dataset, Vec<String>)> {
-    let model = crate::runtime::OpenedModel::open(file, opts.threads, true, opts.provider)?;
+    let model = crate::runtime::OpenedModel::open(file, opts.threads, true, opts.provider, false)?;
     let classes = model.classes;
     let ds = crate::data::Dataset::open_with(data, split, &opts.spec)?;
     let names = match (opts.class_names, &model.class_names) {
@@ -537,14 +537,14 @@ fn predict_one(
     if !test_time.is_plain() {
         let (scores, inner) = crate::predict::scores(&mut model.session, &norm, boxed, inner, test_time)?;
         crate::runtime::check_channels(scores.dim().0, classes, model.session.origin())?;
-        return Ok((crate::imaging::upsample_argmax(scores.view(), inner, mw, mh), None));
+        return Ok((crate::upsample::upsample_argmax(scores.view(), inner, mw, mh), None));
     }
     let (bw, bh) = (boxed.width() as usize, boxed.height() as usize);
     let mut input = Array4::<f32>::zeros(norm.layout.shape(1, bh, bw));
     crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), boxed, &norm);
     let logits = model.session.run_logits(input.view(), norm.layout)?;
     crate::runtime::check_channels(logits.shape()[1], classes, model.session.origin())?;
-    let pred = crate::imaging::upsample_argmax(logits.index_axis(ndarray::Axis(0), 0), inner, mw, mh);
+    let pred = crate::upsample::upsample_argmax(logits.index_axis(ndarray::Axis(0), 0), inner, mw, mh);
     Ok((pred, Some((input, logits))))
 }
 

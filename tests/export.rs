@@ -411,6 +411,10 @@ fn infer_by_default_scores_what_validate_reports() {
     let summary = run("default", &[]);
     assert_eq!(summary["pipeline"]["resize"], "native");
     assert_eq!(summary["pipeline"]["source"], "metadata");
+    assert_eq!(
+        summary["folded_resize"], "bilinear ×4×4 (align_corners)",
+        "the head's Resize, in the mask's upsampling"
+    );
     let mut cm = segtune::metrics::ConfusionMatrix::new(4);
     for i in 0..3 {
         let truth = segtune::data::load_mask(&data.join(format!("SegmentationClass/val_{i:05}.png")), 4).unwrap();

@@ -142,5 +142,43 @@ fn infer_tiles_a_large_image_and_writes_its_full_size_mask() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
     assert!(summary["test_time"].as_str().unwrap().contains("tiles of 256×256"), "{summary}");
+    assert!(summary["folded_resize"].is_null(), "tiles run the full graph: {summary}");
     assert_eq!(onnx::metadata(&common::reference()).get("segtune.resize"), None, "the shipped model records none");
+}
+
+/// infer takes the shipped graph's final Resize (bilinear ×4, align_corners) out and folds it
+/// into the mask's upsampling: on corpus images letterboxed to 250 and to 128, masked back to
+/// their own 160×160 and to 300×200, the masks equal the ones from the full graph's logits.
+#[test]
+fn folding_the_final_resize_gives_the_full_graphs_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let model = common::reference();
+    let (cut, up) = segtune::graph::without_final_resize(&model).expect("the shipped head ends in a Resize");
+    assert_eq!(up.describe(), "bilinear ×4×4 (align_corners)");
+    let bytes = |m: &onnx::ModelProto| prost::Message::encode_to_vec(m);
+    let mut full = OrtModel::from_bytes(&bytes(&model), "full", 2).unwrap();
+    let mut folded = OrtModel::from_bytes(&bytes(&cut), "folded", 2).unwrap();
+    let norm = Normalization::IMAGENET;
+    let (mut pixels, mut differ) = (0, 0);
+    for i in 0..4 {
+        let img = data::load_image(&data.join(format!("JPEGImages/val_{i:05}.jpg"))).unwrap();
+        for (side, (w, h)) in [(250, (160, 160)), (128, (300, 200))] {
+            let (input, inner) = segtune::imaging::letterbox(&img, (side, side), false, &norm);
+            let (iw, ih) = (input.width() as usize, input.height() as usize);
+            let mut x = ndarray::Array4::<f32>::zeros((1, 3, ih, iw));
+            segtune::imaging::normalize_into(x.index_axis_mut(ndarray::Axis(0), 0), &input, &norm);
+            let logits = full.run_logits(x.view(), norm.layout).unwrap();
+            let small = folded.run_logits(x.view(), norm.layout).unwrap();
+            assert_eq!(small.shape()[2..], [ih / 4, iw / 4], "the cut graph gives the logits before the Resize");
+            assert_eq!(up.output_size((iw / 4, ih / 4)), (iw, ih));
+            let want = segtune::upsample::upsample_argmax(logits.index_axis(ndarray::Axis(0), 0), inner, w, h);
+            let got =
+                segtune::upsample::upsample_argmax_through(small.index_axis(ndarray::Axis(0), 0), &up, inner, w, h);
+            pixels += want.len();
+            differ += want.pixels().zip(got.pixels()).filter(|(a, b)| a != b).count();
+        }
+    }
+    eprintln!("{differ} of {pixels} mask pixels differ");
+    assert!(differ * 100_000 <= pixels, "{differ} of {pixels} mask pixels differ (at most 1 in 100,000)");
 }
