@@ -182,3 +182,30 @@ fn folding_the_final_resize_gives_the_full_graphs_masks() {
     eprintln!("{differ} of {pixels} mask pixels differ");
     assert!(differ * 100_000 <= pixels, "{differ} of {pixels} mask pixels differ (at most 1 in 100,000)");
 }
+
+/// Only a bilinear upsampling is folded: the same head with nearest mode or a crop-and-resize
+/// coordinate mode keeps its Resize (a downsampling: `upsample`'s unit tests).
+#[test]
+fn a_final_resize_that_is_not_a_bilinear_upsampling_stays_in_the_graph() {
+    let model = common::reference();
+    let edited = |f: &dyn Fn(&mut proto::NodeProto)| {
+        let mut m = model.clone();
+        let g = m.graph.as_mut().unwrap();
+        let out = g.output[0].name().to_string();
+        f(g.node.iter_mut().find(|n| n.output.first() == Some(&out)).unwrap());
+        m
+    };
+    let set = |name: &'static str, value: &'static str| {
+        move |n: &mut proto::NodeProto| {
+            n.attribute.iter_mut().find(|a| a.name() == name).unwrap().s = Some(value.as_bytes().to_vec())
+        }
+    };
+    assert!(segtune::graph::without_final_resize(&edited(&set("mode", "nearest"))).is_none());
+    let crop = edited(&set("coordinate_transformation_mode", "tf_crop_and_resize"));
+    assert!(segtune::graph::without_final_resize(&crop).is_none());
+    let (cut, _) = segtune::graph::without_final_resize(&edited(&set("coordinate_transformation_mode", "half_pixel")))
+        .expect("half_pixel folds");
+    let g = cut.graph.unwrap();
+    assert!(g.node.iter().all(|n| n.op_type() != "Resize" || n.output[0] != g.output[0].name()));
+    assert!(g.node.iter().any(|n| n.output.first().map(String::as_str) == Some(g.output[0].name())), "output made");
+}
