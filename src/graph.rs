@@ -157,13 +157,12 @@ pub fn without_final_resize(model: &ModelProto) -> Option<(ModelProto, Upsamplin
         .iter()
         .enumerate()
         .find(|(_, n)| n.op_type() == "Resize" && n.output.first().is_some_and(|o| o == out))?;
-    let read = |name: &str| g.node.iter().flat_map(|n| &n.input).filter(|i| *i == name).count();
     let input = node.input.first()?.as_str();
     let io = g.input.iter().chain(&g.output).any(|v| v.name() == input);
     let plain = onnx::attr_str(node, "mode", "nearest") == "linear"
         && onnx::attr(node, "antialias").and_then(|a| a.i).unwrap_or(0) == 0
         && onnx::attr(node, "axes").is_none();
-    if io || !plain || read(out) > 0 {
+    if io || !plain || onnx::readers(g).get(out) != Some(&1) {
         return None;
     }
     // Resize-10 takes (X, scales) and maps coordinates asymmetrically; later ones (X, roi,
@@ -197,9 +196,7 @@ pub fn without_final_resize(model: &ModelProto) -> Option<(ModelProto, Upsamplin
 /// Removes the Constant node or initializer that makes `name` where nothing reads it any more
 /// (onnxruntime warns of unused initializers).
 fn drop_if_unread(g: &mut onnx::GraphProto, name: &str) {
-    let mut read =
-        g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).chain(g.output.iter().map(|o| o.name()));
-    if read.any(|i| i == name) {
+    if onnx::readers(g).contains_key(name) {
         return;
     }
     g.node.retain(|n| !(n.op_type() == "Constant" && n.output.first().is_some_and(|o| o == name)));

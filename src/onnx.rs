@@ -124,6 +124,16 @@ pub fn constant<'a>(graph: &'a GraphProto, name: &str) -> Option<&'a TensorProto
     })
 }
 
+/// How many nodes read each value, plus one for each graph output that is it.
+pub fn readers(graph: &GraphProto) -> HashMap<String, usize> {
+    let mut n: HashMap<String, usize> = HashMap::new();
+    let inputs = graph.node.iter().flat_map(|node| node.input.iter().map(String::as_str));
+    for name in inputs.chain(graph.output.iter().map(|o| o.name())) {
+        *n.entry(name.to_string()).or_default() += 1;
+    }
+    n
+}
+
 /// Key → value of the model's `metadata_props`.
 pub fn metadata(model: &ModelProto) -> BTreeMap<String, String> {
     model.metadata_props.iter().map(|p| (p.key().to_string(), p.value().to_string())).collect()

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::onnx::proto::attribute_proto::AttributeType;
-use crate::onnx::{self, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, constant};
+use crate::onnx::{self, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, constant, readers};
 
 /// ONNX data types used here.
 const UINT8: i32 = 2;
@@ -19,16 +19,6 @@ const INT32: i32 = 6;
 fn constant_f32(graph: &GraphProto, name: &str) -> Result<Vec<f32>, String> {
     let t = constant(graph, name).ok_or_else(|| format!("{name:?} is not a constant"))?;
     onnx::tensor_f32(t, None)
-}
-
-/// How many nodes read each value, plus one for each graph output that is it.
-fn readers(graph: &GraphProto) -> HashMap<String, usize> {
-    let mut n: HashMap<String, usize> = HashMap::new();
-    let inputs = graph.node.iter().flat_map(|node| node.input.iter().map(String::as_str));
-    for name in inputs.chain(graph.output.iter().map(|o| o.name())) {
-        *n.entry(name.to_string()).or_default() += 1;
-    }
-    n
 }
 
 fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {

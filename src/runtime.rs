@@ -434,8 +434,9 @@ impl OpenedModel {
         let origin = path.display().to_string();
         let (runnable, input) = runnable(&proto, &norm, &origin)?;
         let graph = runnable.as_ref().unwrap_or(&proto);
-        let folded = (fold_resize && norm.layout == Layout::Nchw).then(|| crate::graph::without_final_resize(graph));
-        let (bytes, upsampling) = match folded.flatten() {
+        let folded =
+            if fold_resize && norm.layout == Layout::Nchw { crate::graph::without_final_resize(graph) } else { None };
+        let (bytes, upsampling) = match folded {
             Some((cut, up)) => (cut.encode_to_vec(), Some(up)),
             None => (graph.encode_to_vec(), None),
         };

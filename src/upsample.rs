@@ -4,20 +4,22 @@
 
 use image::GrayImage;
 use rayon::prelude::*;
-use serde::Serialize;
 
 /// The two source taps and the second one's weight of each of `out` positions resampled from
 /// `len` with half-pixel centres (`src = (i + 0.5) · len / out − 0.5`, clamped to the edges), as
 /// PyTorch's `interpolate(mode="bilinear", align_corners=False)` and onnxruntime's Resize take them.
 pub fn bilinear_taps(out: usize, len: usize) -> Vec<(usize, usize, f32)> {
     let scale = len as f32 / out as f32;
-    (0..out)
-        .map(|i| {
-            let f = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, len.saturating_sub(1) as f32);
-            let i0 = f.floor() as usize;
-            (i0, (i0 + 1).min(len.saturating_sub(1)), f - i0 as f32)
-        })
-        .collect()
+    (0..out).map(|i| clamped_taps((i as f32 + 0.5) * scale - 0.5, len)).collect()
+}
+
+/// The two taps of source coordinate `x` on `len` positions, clamped to the edges, and the
+/// second one's weight.
+fn clamped_taps(x: f32, len: usize) -> (usize, usize, f32) {
+    let last = len.saturating_sub(1);
+    let x = x.clamp(0.0, last as f32);
+    let i0 = x.floor() as usize;
+    (i0, (i0 + 1).min(last), x - i0 as f32)
 }
 
 /// The source positions one output position blends along an axis, and their weights: `w[j]`
@@ -63,8 +65,7 @@ fn half_pixel(out: usize, len: usize) -> Vec<Taps> {
 
 /// How an ONNX Resize in `linear` mode maps an output coordinate to its input
 /// (`coordinate_transformation_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coordinates {
     HalfPixel,
     PytorchHalfPixel,
@@ -73,15 +74,22 @@ pub enum Coordinates {
 }
 
 impl Coordinates {
+    /// Each mode and its ONNX attribute value.
+    const NAMES: [(Coordinates, &'static str); 4] = [
+        (Coordinates::HalfPixel, "half_pixel"),
+        (Coordinates::PytorchHalfPixel, "pytorch_half_pixel"),
+        (Coordinates::AlignCorners, "align_corners"),
+        (Coordinates::Asymmetric, "asymmetric"),
+    ];
+
     /// The ONNX attribute value's mode, where it is one of these.
     pub fn from_onnx(mode: &str) -> Option<Self> {
-        Some(match mode {
-            "half_pixel" => Coordinates::HalfPixel,
-            "pytorch_half_pixel" => Coordinates::PytorchHalfPixel,
-            "align_corners" => Coordinates::AlignCorners,
-            "asymmetric" => Coordinates::Asymmetric,
-            _ => return None,
-        })
+        Self::NAMES.iter().find(|(_, name)| *name == mode).map(|&(c, _)| c)
+    }
+
+    /// The ONNX attribute value.
+    pub fn onnx_name(self) -> &'static str {
+        Self::NAMES.iter().find(|(c, _)| *c == self).map_or("", |&(_, name)| name)
     }
 }
 
@@ -89,7 +97,7 @@ impl Coordinates {
 /// graph's final Resize (mode `linear`) does it: output length `floor(len × scale)`, source
 /// coordinates by `coordinates`, clamped to the edges. [`upsample_argmax_through`] folds it into
 /// the mask's own upsampling, so that the full-resolution logits are never made.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Upsampling {
     coordinates: Coordinates,
     /// Height and width factors.
@@ -111,8 +119,7 @@ impl Upsampling {
 
     /// "bilinear ×4×4 (align_corners)".
     pub fn describe(&self) -> String {
-        let mode = serde_json::to_value(self.coordinates).ok().and_then(|v| v.as_str().map(String::from));
-        format!("bilinear ×{}×{} ({})", self.scale.0, self.scale.1, mode.unwrap_or_default())
+        format!("bilinear ×{}×{} ({})", self.scale.0, self.scale.1, self.coordinates.onnx_name())
     }
 
     /// The two source taps and the second one's weight of upsampled position `i` along an axis
@@ -127,10 +134,7 @@ impl Upsampling {
             Coordinates::Asymmetric => i / scale,
             Coordinates::PytorchHalfPixel | Coordinates::AlignCorners => 0.0,
         };
-        let last = len.saturating_sub(1);
-        let x = x.clamp(0.0, last as f32);
-        let i0 = x.floor() as usize;
-        (i0, (i0 + 1).min(last), x - i0 as f32)
+        clamped_taps(x, len)
     }
 
     /// The taps of `out` positions resampled (half-pixel) from the first `inner` of the
@@ -296,6 +300,15 @@ fn blended_argmax(scores: &Planes<'_>, ty: &Taps, tx: &Taps) -> u8 {
 mod tests {
     use super::*;
 
+    /// A seeded generator of scores in [0, 1) (a linear congruential one).
+    fn noise(seed: u32) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32
+        }
+    }
+
     #[test]
     fn upsampling_a_constant_argmax_keeps_it_and_splits_halves() {
         // 2 classes on a 2x2 input: class 1 wins on the right column.
@@ -312,11 +325,8 @@ mod tests {
         // 5 classes on a 9×7 crop of an 11×8 logits map, up to 23×17: every output pixel's
         // argmax equals the one of the four-tap formula evaluated directly.
         let (c, lh, lw, iw, ih, w, h) = (5, 8, 11, 9, 7, 23, 17);
-        let mut state = 12345u32;
-        let logits = ndarray::Array3::from_shape_fn((c, lh, lw), |_| {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1u32 << 24) as f32
-        });
+        let mut noise = noise(12345);
+        let logits = ndarray::Array3::from_shape_fn((c, lh, lw), |_| noise());
         let m = upsample_argmax(logits.view(), (iw, ih), w, h);
         let coords = |i: usize, scale: f32, max: usize| {
             let f = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, (max - 1) as f32);
@@ -343,11 +353,10 @@ mod tests {
         // 4 classes in blobs (a winner per source pixel, noisy runners-up), two planes tied
         // along a stripe: down, up and to the same size, every pixel equals the blend of all.
         let (c, lh, lw) = (4, 30, 40);
-        let mut state = 7u32;
+        let mut noise = noise(7);
         let logits = ndarray::Array3::from_shape_fn((c, lh, lw), |(k, y, x)| {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let winner = ((x / 9 + y / 7) % c == k) as u8 as f32 * 3.0;
-            if y == 12 && k < 2 { 5.0 } else { winner + (state >> 8) as f32 / (1u32 << 24) as f32 }
+            if y == 12 && k < 2 { 5.0 } else { winner + noise() }
         });
         let logits = logits.as_standard_layout();
         let scores = Planes::new(&logits);
@@ -412,10 +421,9 @@ mod tests {
         // to 96×72, then to masks of 93×70 (down), 200×150 (up) and 96×72 (same), from the image
         // part 90×68 or the whole: folded in, the mask equals the one of upsampling first.
         let (c, lh, lw) = (6, 18, 24);
-        let mut state = 99u32;
+        let mut noise = noise(99);
         let logits = ndarray::Array3::from_shape_fn((c, lh, lw), |(k, y, x)| {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            ((x / 5 + y / 4) % c == k) as u8 as f32 * 2.0 + (state >> 8) as f32 / (1u32 << 24) as f32
+            ((x / 5 + y / 4) % c == k) as u8 as f32 * 2.0 + noise()
         });
         let modes =
             [Coordinates::HalfPixel, Coordinates::PytorchHalfPixel, Coordinates::AlignCorners, Coordinates::Asymmetric];
