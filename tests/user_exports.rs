@@ -522,3 +522,32 @@ fn doctor_on_a_folded_model_does_not_blame_batchnorm_it_does_not_have() {
     }
     assert!(report.checks.iter().any(|c| c.name == "train.overfit"), "the overfit check runs at batch 1 without BN");
 }
+
+/// infer folds the head's final ×4 Resize into the mask's upsampling in every form users bring
+/// (prefixes, BN folded into Conv, fixed sizes, external data, dynamo).
+#[test]
+fn every_forms_final_resize_is_folded() {
+    for form in FORMS {
+        let path = file_of(form);
+        let mut model = segtune::onnx::read_model(&path).unwrap();
+        segtune::graph::inline_external(&mut model, path.parent()).unwrap();
+        let folded = segtune::graph::without_final_resize(&model).map(|(_, up)| up.describe());
+        assert!(folded.as_ref().is_some_and(|d| d.starts_with("bilinear ×4×4")), "{}: {folded:?}", form.name);
+        // As infer opens it, against the full graph: the same mask of a 64×64 input, at 50×40.
+        let open = |fold| segtune::runtime::OpenedModel::open(&path, 1, true, segtune::runtime::Provider::Cpu, fold);
+        let (mut full, mut cut) = (open(false).unwrap(), open(true).unwrap());
+        assert!(full.upsampling.is_none() && cut.upsampling.is_some(), "{}", form.name);
+        let x = ndarray::Array4::<f32>::from_shape_fn((1, 3, 64, 64), |(_, c, y, x)| {
+            ((c * 7 + y * 3 + x) % 11) as f32 / 5.0 - 1.0
+        });
+        let logits = full.session.run_logits(x.view(), full.norm.layout).unwrap();
+        let small = cut.session.run_logits(x.view(), cut.norm.layout).unwrap();
+        let up = cut.upsampling.unwrap();
+        let want = segtune::upsample::upsample_argmax(logits.index_axis(ndarray::Axis(0), 0), (64, 64), 50, 40);
+        let got =
+            segtune::upsample::upsample_argmax_through(small.index_axis(ndarray::Axis(0), 0), &up, (64, 64), 50, 40);
+        let classes: std::collections::HashSet<u8> = want.pixels().map(|p| p[0]).collect();
+        assert!(classes.len() >= 4, "{}: {} classes, boundaries to blend", form.name, classes.len());
+        assert_eq!(want, got, "{}: the folded mask", form.name);
+    }
+}
