@@ -17,7 +17,13 @@
 #         3. segtune on each device, (a) and (b), each bounded by SEG_TIMEOUT (60 s): images/s from
 #            the median step of its last finished epoch, ratios to PyTorch, peak GPU memory
 #            (nvidia-smi, sampled);
-#         4. a kernel-time profile of segtune's cuda step (cubecl's profiling), kernels by family.
+#         4. a kernel-time profile of segtune's cuda step (cubecl's profiling), kernels by family;
+#         then `providers` (below), under 3 minutes.
+#   on the GPU host:         [OUT=DIR] bench/gpu.sh providers
+#       `segtune infer` and `validate` with --provider cuda and tensorrt through the host's
+#       onnxruntime (its Python package's library, the nvidia-* wheels' CUDA libraries on the
+#       loader path), against the CPU provider and Python onnxruntime alone on the same provider:
+#       onnxruntime ms per image, images/s, identical masks, the mIoU difference to the CPU's.
 #   on the GPU host:         bench/gpu.sh pretrain | export RUN_DIR OUT.onnx | profile OUT_DIR DEVICE
 #   anywhere (no GPU):       DEVICES=cpu TORCH_DEVICE=cpu bench/gpu.sh run 2 128
 #       the same logic with the device names swapped for the CPU (what a session without a GPU
@@ -71,7 +77,8 @@ cuda_env() { # libnvrtc from PyTorch's nvidia-cuda-nvrtc package; the headers fr
   echo "cuda: nvrtc from ${d:-the system}, headers from ${CUDA_PATH:-/usr (nvcc)}"
 }
 
-ort_lib() { # onnxruntime from the host's Python package
+ort_lib() { # onnxruntime from the host's Python package, unless ORT_DYLIB_PATH names one
+  [ -n "${ORT_DYLIB_PATH:-}" ] && return 0
   local d
   d=$(python3 -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))' 2>/dev/null) || return 0
   export ORT_DYLIB_PATH
@@ -84,6 +91,53 @@ smp_site() { # segmentation-models-pytorch from the carried wheel where the host
   site=$(mktemp -d)
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$here"/whl/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+cuda_libs() { # the CUDA, cuDNN and TensorRT libraries of the host's nvidia-* / tensorrt wheels
+  local d
+  d=$(python3 -c 'import glob, os, nvidia; p = list(nvidia.__path__)[0]; print(":".join(sorted(glob.glob(p + "/*/lib") + glob.glob(p + "/cu*/lib"))))' 2>/dev/null) || d=
+  local t
+  t=$(python3 -c 'import os, tensorrt_libs; print(list(tensorrt_libs.__path__)[0])' 2>/dev/null) || t=
+  for x in $t $d; do LD_LIBRARY_PATH="$x${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; done
+  export LD_LIBRARY_PATH
+  echo "cuda libraries: ${d:-none from wheels}${t:+; tensorrt $t}"
+}
+
+# infer and validate on PROVIDER over the synth set in WORK (512² images, batch 4), against the
+# CPU's masks and mIoU and Python onnxruntime alone on the same provider and batch.
+provider_run() {
+  local provider=$1 work=$2 model=models/deeplabv3plus_mobilenetv2.onnx status=0
+  local dir=$work/infer_$provider
+  timeout 120 "$bin" infer "$model" "$work/data/JPEGImages" --out "$dir" --batch 4 --size 512 --provider "$provider" \
+    >"$out/infer_$provider.log" 2>&1 || status=$?
+  if [ ! -f "$dir/summary.json" ]; then
+    say "infer --provider $provider: failed (exit $status): $(grep -m1 error "$out/infer_$provider.log" || tail -n 1 "$out/infer_$provider.log")"
+    return 0
+  fi
+  timeout 120 "$bin" validate "$model" --data "$work/data" --provider "$provider" --json "$out/validate_$provider.json" \
+    >"$out/validate_$provider.log" 2>&1 || say "validate --provider $provider: failed (exit $?)"
+  local alone
+  alone=$(timeout 60 python3 bench/ort_alone_python.py "$model" "$work/batch.f32" "$(nproc)" 12 "$provider" 512x512 2>/dev/null) || alone=
+  python3 - "$dir/summary.json" "$work/infer_cpu" "$dir" "$out/validate_cpu.json" "$out/validate_$provider.json" "$provider" "${alone:-}" >>"$results" <<'PY'
+import filecmp, json, os, sys
+s, cpu, here, vcpu, vthis, provider, alone = json.load(open(sys.argv[1])), *sys.argv[2:]
+n = len(s["images"]) if "images" in s else s.get("count", 0)
+ms = s["run_seconds"] / max(n, 1) * 1000
+masks = sorted(f for f in os.listdir(here) if f.endswith(".png"))
+same = sum(os.path.exists(os.path.join(cpu, f)) and filecmp.cmp(os.path.join(cpu, f), os.path.join(here, f), shallow=False) for f in masks)
+line = f"infer --provider {provider}: onnxruntime {ms:.2f} ms per image, whole run {s['images_per_s']:.1f} images/s"
+if alone:
+    line += f"; Python onnxruntime alone {alone} ms per image ({ms / float(alone):.2f}x)"
+if provider != "cpu":
+    line += f"; masks identical to the CPU's: {same} of {len(masks)}"
+try:
+    a, b = json.load(open(vcpu))["miou"], json.load(open(vthis))["miou"]
+    line += f"; validate mIoU {b:.4f}" + (f" vs CPU {a:.4f} ({b - a:+.4f})" if provider != "cpu" else "")
+except (OSError, KeyError, ValueError) as e:
+    line += f"; validate: no report ({e})"
+print(line)
+PY
+  tail -n 1 "$results"
 }
 
 gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -n 1 || echo 0; }
@@ -184,7 +238,17 @@ case "${1:-run}" in
     first=${devices%% *}
     "$0" profile "$out/profile" "$first" "$batch" "$crop" 2 >/dev/null 2>&1 || true
     [ -f "$out/profile/kernels.txt" ] && { say "kernel profile ($first, (a)): $out/profile/kernels.txt"; head -n 14 "$out/profile/kernels.txt" | tee -a "$results"; }
+    OUT=$out "$0" providers
     say "done $(date -u +%FT%TZ)"
+    ;;
+  providers)
+    [ "$devices" = cpu ] && bin=${SEGTUNE:-target/debug/segtune} || { unpack; cuda_env; }
+    ort_lib; cuda_libs
+    say "providers: onnxruntime ${ORT_DYLIB_PATH:-the one segtune fetches}; Python's has $(python3 -c 'import onnxruntime as o; print(", ".join(o.get_available_providers()))' 2>/dev/null || echo none)"
+    work=$(mktemp -d)
+    "$bin" synth "$work/data" --classes 21 --train 4 --val 64 --size 512 --seed 1 >/dev/null
+    python3 -c 'import numpy as np, sys; np.random.default_rng(0).random((4, 3, 512, 512), dtype=np.float32).tofile(sys.argv[1])' "$work/batch.f32"
+    for provider in cpu ${PROVIDERS:-cuda tensorrt}; do provider_run "$provider" "$work"; done
     ;;
   pretrain)
     unpack; vulkan; ort_lib
@@ -209,5 +273,5 @@ case "${1:-run}" in
       --crop "$crop" --lr 0.01 --bn train --device "$device") 2>&1 | tee "$dir/train.txt"
     [ -s "$dir/cubecl-profile.log" ] && python3 bench/gpu_profile.py "$dir/cubecl-profile.log" 3 | tee "$dir/kernels.txt"
     ;;
-  *) echo "usage: bench/gpu.sh prepare | run [BATCH] [CROP] | pretrain | export RUN_DIR OUT.onnx | profile OUT_DIR DEVICE" >&2; exit 2 ;;
+  *) echo "usage: bench/gpu.sh prepare | run [BATCH] [CROP] | providers | pretrain | export RUN_DIR OUT.onnx | profile OUT_DIR DEVICE" >&2; exit 2 ;;
 esac

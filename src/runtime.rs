@@ -151,17 +151,18 @@ impl Provider {
     /// loaded library has where it lacks this one.
     fn dispatch(self) -> Result<Option<ort::ep::ExecutionProviderDispatch>> {
         use ort::ep::{CUDA, ExecutionProvider, TensorRT};
-        let (name, available) = match self {
+        let available = match self {
             Provider::Cpu => return Ok(None),
-            Provider::Cuda => (CUDA::NAME, CUDA::is_available()),
-            Provider::Tensorrt => (TensorRT::NAME, TensorRT::is_available()),
+            Provider::Cuda => CUDA::is_available(),
+            Provider::Tensorrt => TensorRT::is_available(),
         };
         if !available.map_err(|e| Error::Runtime(format!("asking onnxruntime for its providers: {e}")))? {
-            let lib = locate_library().map(|p| p.display().to_string()).unwrap_or_else(|_| "onnxruntime".into());
             return Err(Error::BadArgument(format!(
-                "--provider {}: {lib} has no {name}; it has {}. Point ORT_DYLIB_PATH at an onnxruntime-gpu build's \
+                "--provider {}: {} has no {}; it has {}. Point ORT_DYLIB_PATH at an onnxruntime-gpu build's \
                  libonnxruntime.so, or use --provider cpu",
                 self.flag(),
+                library_name(),
+                self.name(),
                 available_providers().join(", ")
             )));
         }
@@ -170,6 +171,35 @@ impl Provider {
             _ => CUDA::default().build().error_on_failure(),
         }))
     }
+
+    /// The error for a provider the library has but could not start: its own libraries (CUDA,
+    /// cuDNN, TensorRT) or a driver missing, which is the machine's lack, not the model's.
+    fn not_started(self, detail: &str) -> Error {
+        // onnxruntime's status text leads with its source location: keep what follows "FAIL : ".
+        let detail = detail.rsplit_once("FAIL : ").map_or(detail, |(_, d)| d).trim();
+        Error::BadArgument(format!(
+            "--provider {}: {} has {} but could not start it: {detail}. It needs the NVIDIA driver and the \
+             CUDA{} libraries that build was made with on the loader path (LD_LIBRARY_PATH); or use --provider cpu",
+            self.flag(),
+            library_name(),
+            self.name(),
+            if self == Provider::Tensorrt { ", cuDNN and TensorRT" } else { " and cuDNN" },
+        ))
+    }
+
+    fn name(self) -> &'static str {
+        use ort::ep::{CPU, CUDA, ExecutionProvider, TensorRT};
+        match self {
+            Provider::Cpu => CPU::NAME,
+            Provider::Cuda => CUDA::NAME,
+            Provider::Tensorrt => TensorRT::NAME,
+        }
+    }
+}
+
+/// The onnxruntime library's path, for messages.
+fn library_name() -> String {
+    locate_library().map(|p| p.display().to_string()).unwrap_or_else(|_| "onnxruntime".into())
 }
 
 /// Which of the providers `--provider` names the loaded onnxruntime library was built with.
@@ -227,7 +257,7 @@ impl OrtModel {
             builder = builder.with_intra_op_spinning(false).map_err(|e| fail(e.to_string()))?;
         }
         if let Some(ep) = provider.dispatch()? {
-            builder = builder.with_execution_providers([ep]).map_err(|e| fail(e.to_string()))?;
+            builder = builder.with_execution_providers([ep]).map_err(|e| provider.not_started(&e.to_string()))?;
         }
         let session = builder.commit_from_memory(bytes).map_err(|e| fail(e.to_string()))?;
         Ok(OrtModel { session, origin: origin.to_string() })

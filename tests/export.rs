@@ -479,3 +479,41 @@ fn infer_refuses_wrong_channels_and_a_missing_provider() {
     assert!(err.contains("--provider cuda") && err.contains("no CUDAExecutionProvider"), "{err}");
     assert!(err.contains("it has CPUExecutionProvider") && err.lines().count() == 1, "{err}");
 }
+
+/// A GPU build of onnxruntime on a machine that cannot start its provider (no NVIDIA driver, no
+/// CUDA libraries on the loader path): `--provider cuda` and `tensorrt` are refused in one line
+/// that names the library, the provider it has and what it lacks, before anything is written,
+/// by infer and by validate. Needs `SEGTUNE_TEST_ORT_GPU_LIB`, the libonnxruntime.so of an
+/// onnxruntime-gpu wheel (`.ci/run` extracts one from PyPI's); skipped, saying so, without it.
+/// On a GPU host `bench/gpu.sh providers` measures the providers instead.
+#[test]
+fn a_gpu_library_whose_provider_cannot_start_is_named() {
+    let Some(lib) = std::env::var_os("SEGTUNE_TEST_ORT_GPU_LIB") else {
+        eprintln!("skipped: SEGTUNE_TEST_ORT_GPU_LIB (an onnxruntime-gpu libonnxruntime.so) is not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synth_set(&dir.path().join("data"), 21, 1, 1, 64, 1);
+    let model = common::reference_path();
+    let out_dir = dir.path().join("never");
+    let (m, d, o) = (model.to_str().unwrap(), data.to_str().unwrap(), out_dir.to_str().unwrap());
+    let image = data.join("JPEGImages/val_00000.jpg");
+    let json = dir.path().join("never.json");
+    for (provider, name) in [("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")] {
+        let infer: &[&str] = &["infer", m, image.to_str().unwrap(), "--out", o, "--provider", provider];
+        let validate: &[&str] = &["validate", m, "--data", d, "--json", json.to_str().unwrap(), "--provider", provider];
+        for args in [infer, validate] {
+            let out = common::command().args(args).env("ORT_DYLIB_PATH", &lib).output().expect("segtune runs");
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert!(
+                err.contains(&format!("--provider {provider}: ")) && err.contains(&*lib.to_string_lossy()),
+                "{err}"
+            );
+            assert!(err.contains(&format!("has {name} but could not start it")), "{err}");
+            assert!(err.contains("cannot open shared object file") && err.contains("LD_LIBRARY_PATH"), "{err}");
+            assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+            assert!(!out_dir.exists() && !json.exists(), "nothing written");
+        }
+    }
+}
