@@ -18,7 +18,7 @@
 #            the median step of its last finished epoch, ratios to PyTorch, peak GPU memory
 #            (nvidia-smi, sampled);
 #         4. a kernel-time profile of segtune's cuda step (cubecl's profiling), kernels by family;
-#         then `providers` (below), under 3 minutes.
+#         between 1 and 2, `providers` (below), 1–4 minutes (TensorRT builds its engine first).
 #   on the GPU host:         [OUT=DIR] bench/gpu.sh providers
 #       `segtune infer` and `validate` with --provider cuda and tensorrt through the host's
 #       onnxruntime (its Python package's library, the nvidia-* wheels' CUDA libraries on the
@@ -108,16 +108,16 @@ cuda_libs() { # the CUDA, cuDNN and TensorRT libraries of the host's nvidia-* / 
 provider_run() {
   local provider=$1 work=$2 model=models/deeplabv3plus_mobilenetv2.onnx status=0
   local dir=$work/infer_$provider
-  timeout 120 "$bin" infer "$model" "$work/data/JPEGImages" --out "$dir" --batch 4 --size 512 --provider "$provider" \
+  timeout 60 "$bin" infer "$model" "$work/data/JPEGImages" --out "$dir" --batch 4 --size 512 --threads "$(nproc)" --provider "$provider" \
     >"$out/infer_$provider.log" 2>&1 || status=$?
   if [ ! -f "$dir/summary.json" ]; then
     say "infer --provider $provider: failed (exit $status): $(grep -m1 error "$out/infer_$provider.log" || tail -n 1 "$out/infer_$provider.log")"
     return 0
   fi
-  timeout 120 "$bin" validate "$model" --data "$work/data" --provider "$provider" --json "$out/validate_$provider.json" \
+  timeout 60 "$bin" validate "$model" --data "$work/data" --threads "$(nproc)" --provider "$provider" --json "$out/validate_$provider.json" \
     >"$out/validate_$provider.log" 2>&1 || say "validate --provider $provider: failed (exit $?)"
   local alone
-  alone=$(timeout 60 python3 bench/ort_alone_python.py "$model" "$work/batch.f32" "$(nproc)" 12 "$provider" 512x512 2>/dev/null) || alone=
+  alone=$(timeout 45 python3 bench/ort_alone_python.py "$model" "$work/batch.f32" "$(nproc)" 12 "$provider" 512x512 2>/dev/null) || alone=
   python3 - "$dir/summary.json" "$work/infer_cpu" "$dir" "$out/validate_cpu.json" "$out/validate_$provider.json" "$provider" "${alone:-}" >>"$results" <<'PY'
 import filecmp, json, os, sys
 s, cpu, here, vcpu, vthis, provider, alone = json.load(open(sys.argv[1])), *sys.argv[2:]
@@ -216,6 +216,8 @@ case "${1:-run}" in
     SEGTUNE_TEST_GPU_DEVICES=$test_devices timeout 150 "$gpu_test" --include-ignored --nocapture --test-threads 1 \
       >"$out/check.txt" 2>&1 && say "check (tests/gpu.rs): passed" || say "check (tests/gpu.rs): FAILED or cut off (exit $?)"
     grep -E "^(Cuda|Wgpu|Cpu):|^skipped|panicked" "$out/check.txt" | tee -a "$results" || true
+    # The onnxruntime providers (#22), before the long training steps.
+    [ "$devices" = cpu ] || OUT=$out "$0" providers
     # 2. The peer.
     work=$(mktemp -d)
     : >"$out/torch.txt"
@@ -238,7 +240,6 @@ case "${1:-run}" in
     first=${devices%% *}
     "$0" profile "$out/profile" "$first" "$batch" "$crop" 2 >/dev/null 2>&1 || true
     [ -f "$out/profile/kernels.txt" ] && { say "kernel profile ($first, (a)): $out/profile/kernels.txt"; head -n 14 "$out/profile/kernels.txt" | tee -a "$results"; }
-    OUT=$out "$0" providers
     say "done $(date -u +%FT%TZ)"
     ;;
   providers)
@@ -246,7 +247,7 @@ case "${1:-run}" in
     ort_lib; cuda_libs
     say "providers: onnxruntime ${ORT_DYLIB_PATH:-the one segtune fetches}; Python's has $(python3 -c 'import onnxruntime as o; print(", ".join(o.get_available_providers()))' 2>/dev/null || echo none)"
     work=$(mktemp -d)
-    "$bin" synth "$work/data" --classes 21 --train 4 --val 64 --size 512 --seed 1 >/dev/null
+    "$bin" synth "$work/data" --classes 21 --train 4 --val 32 --size 512 --seed 1 >/dev/null
     python3 -c 'import numpy as np, sys; np.random.default_rng(0).random((4, 3, 512, 512), dtype=np.float32).tofile(sys.argv[1])' "$work/batch.f32"
     for provider in cpu ${PROVIDERS:-cuda tensorrt}; do provider_run "$provider" "$work"; done
     ;;
