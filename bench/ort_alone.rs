@@ -8,7 +8,7 @@
 //! (as infer's reused buffer), `fresh` allocates and copies a new one for each run (timed with
 //! the run), `held` runs fresh inputs and keeps the last two outputs alive, as infer's writer
 //! does while the next batch runs. FOLD 1 takes the graph's final bilinear Resize out, as infer
-//! does (`graph::without_final_resize`). Prints the median ms per image.
+//! does (`final_resize::without_final_resize`). Prints the median ms per image.
 
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let input = Array4::from_shape_vec((n, c, h, w), values)?;
     let mut opened = OpenedModel::open(std::path::Path::new(&a[1]), threads, spin, Provider::Cpu, a[11] == "1")?;
-    let layout = opened.norm.layout;
+    let layout = opened.output_layout;
     let (mut times, mut held) = (vec![], std::collections::VecDeque::new());
     for i in 0..runs + 2 {
         let t = Instant::now();

@@ -1,8 +1,7 @@
 //! Editing ONNX graphs before onnxruntime runs them or segtune writes them: a model's weights
 //! and BatchNorm statistics written into its graph (Identity aliases un-shared, the classifier
 //! and the class dimension resized), the backbone cut out as a graph of its own, external data
-//! read in and written back out beside a file, a fixed input size made symbolic, and a final
-//! bilinear Resize taken out for the mask's upsampling to do.
+//! read in and written back out beside a file, and a fixed input size made symbolic.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,7 +12,6 @@ use burn::store::burn_pack::Tensor as PackTensor;
 
 use crate::model::{Checkpoint, Layout, ModelInfo, SegModel, Split};
 use crate::onnx::{self, IdentityResolver, ModelProto, TensorProto, ValueInfoProto, proto};
-use crate::upsample::{Coordinates, Upsampling};
 
 /// Reads every external-data initializer of `model` into its `raw_data` (from `dir`, the
 /// model's directory; locations outside it are refused). Returns whether there were any.
@@ -94,7 +92,7 @@ fn axes(layout: Layout) -> [usize; 3] {
     }
 }
 
-fn dims_mut(v: &mut ValueInfoProto) -> Option<&mut Vec<proto::tensor_shape_proto::Dimension>> {
+pub(crate) fn dims_mut(v: &mut ValueInfoProto) -> Option<&mut Vec<proto::tensor_shape_proto::Dimension>> {
     match v.r#type.as_mut()?.value.as_mut()? {
         proto::type_proto::Value::TensorType(t) => t.shape.as_mut().map(|s| &mut s.dim),
         _ => None,
@@ -140,67 +138,6 @@ pub fn with_symbolic_input(model: &ModelProto, layout: Layout, batch: bool, size
     }
     g.value_info.clear();
     model
-}
-
-/// `model` without the bilinear Resize that makes its first output, which becomes that Resize's
-/// input (the logits before upsampling), and the upsampling the Resize did: the mask's own
-/// upsampling folds it in (`crate::upsample::upsample_argmax_through`), so that onnxruntime
-/// neither makes nor reorders the full-resolution logits. `None` where the first output is not
-/// made so: a Resize of mode `linear` by constant scales `[1, 1, sh, sw]` of at least 1, with no
-/// `sizes`, `axes` or antialiasing, whose output nothing else reads and whose input is neither a
-/// graph input nor output.
-pub fn without_final_resize(model: &ModelProto) -> Option<(ModelProto, Upsampling)> {
-    let g = onnx::graph(model);
-    let out = g.output.first()?.name();
-    let (at, node) = g
-        .node
-        .iter()
-        .enumerate()
-        .find(|(_, n)| n.op_type() == "Resize" && n.output.first().is_some_and(|o| o == out))?;
-    let input = node.input.first()?.as_str();
-    let io = g.input.iter().chain(&g.output).any(|v| v.name() == input);
-    let plain = onnx::attr_str(node, "mode", "nearest") == "linear"
-        && onnx::attr(node, "antialias").and_then(|a| a.i).unwrap_or(0) == 0
-        && onnx::attr(node, "axes").is_none();
-    if io || !plain || onnx::readers(g).get(out) != Some(&1) {
-        return None;
-    }
-    // Resize-10 takes (X, scales) and maps coordinates asymmetrically; later ones (X, roi,
-    // scales, sizes).
-    let (scales, coordinates) = if onnx::opset(model).is_some_and(|v| v < 11) {
-        (node.input.get(1)?, Coordinates::Asymmetric)
-    } else if node.input.get(3).is_none_or(|s| s.is_empty()) {
-        let mode = onnx::attr_str(node, "coordinate_transformation_mode", "half_pixel");
-        (node.input.get(2)?, Coordinates::from_onnx(&mode)?)
-    } else {
-        return None;
-    };
-    let values = onnx::tensor_f32(onnx::constant(g, scales)?, None).ok()?;
-    let [1.0, 1.0, sh, sw] = values[..] else { return None };
-    let up = Upsampling::new(coordinates, (sh, sw))?;
-    let (input, scales) = (input.to_string(), scales.clone());
-    let mut model = model.clone();
-    let g = model.graph.as_mut()?;
-    g.node.remove(at);
-    drop_if_unread(g, &scales);
-    let output = &mut g.output[0];
-    output.name = Some(input);
-    if let Some(dims) = dims_mut(output) {
-        for (dim, name) in dims.iter_mut().skip(2).zip(["logits_height", "logits_width"]) {
-            dim.value = Some(proto::tensor_shape_proto::dimension::Value::DimParam(name.into()));
-        }
-    }
-    Some((model, up))
-}
-
-/// Removes the Constant node or initializer that makes `name` where nothing reads it any more
-/// (onnxruntime warns of unused initializers).
-fn drop_if_unread(g: &mut onnx::GraphProto, name: &str) {
-    if onnx::readers(g).contains_key(name) {
-        return;
-    }
-    g.node.retain(|n| !(n.op_type() == "Constant" && n.output.first().is_some_and(|o| o == name)));
-    g.initializer.retain(|t| t.name() != name);
 }
 
 fn f32_bytes(t: &TensorProto, dir: Option<&Path>) -> Result<Vec<u8>, String> {

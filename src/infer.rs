@@ -135,7 +135,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     let opened = OpenedModel::open(model, opts.threads, opts.spin, opts.provider, opts.test_time.is_plain())?;
     let pipeline = opened.pipeline(model, opts.size, opts.square)?;
     opts.test_time.check(pipeline.normalization.size_multiple)?;
-    let OpenedModel { session, norm, classes, class_names, input: shape, upsampling, .. } = opened;
+    let OpenedModel { session, norm, classes, class_names, input: shape, upsampling, output_layout, .. } = opened;
     let class_names = class_names.unwrap_or_else(|| (0..classes).map(|i| format!("class_{i}")).collect());
     // A graph fixed at one batch size gets exactly that many rows (the last batch padded).
     let (batch, rows) = match shape.batch {
@@ -156,6 +156,7 @@ pub fn infer(model: &Path, inputs: &[String], opts: &InferOptions) -> Result<Inf
     let mut runner = Runner {
         session,
         norm,
+        output_layout,
         rows,
         classes,
         test_time: &opts.test_time,
@@ -253,7 +254,17 @@ fn spawn_writer(
             let upsampled = |p: &Prepared, v: ndarray::ArrayView3<'_, f32>, up: Option<&Upsampling>| {
                 let (w, h) = p.original.dimensions();
                 let mask = match up {
-                    Some(up) => upsample_argmax_through(v, up, p.inner, w as usize, h as usize),
+                    Some(up) => {
+                        let input = p.input.dimensions();
+                        upsample_argmax_through(
+                            v,
+                            up,
+                            (input.0 as usize, input.1 as usize),
+                            p.inner,
+                            (w as usize, h as usize),
+                        )
+                        .ok_or_else(|| shrinking(up, v.dim(), input, &p.path))?
+                    }
                     None => upsample_argmax(v, p.inner, w as usize, h as usize),
                 };
                 write(p, &mask)
@@ -278,6 +289,16 @@ fn spawn_writer(
         Ok((results, seconds))
     });
     (wtx, writer)
+}
+
+/// The error for a graph whose folded final Resize would shrink the logits it was given.
+fn shrinking(up: &Upsampling, (_, lh, lw): (usize, usize, usize), (w, h): (u32, u32), image: &Path) -> Error {
+    Error::Runtime(format!(
+        "{}: the model's final Resize ({}) would shrink its {lw}×{lh} logits of a {w}×{h} input; \
+         segtune only folds upsamplings (run with --tile to keep the graph whole)",
+        image.display(),
+        up.describe()
+    ))
 }
 
 /// The threads of the decoding and writing stages, one per core, at the lowest CPU priority:
@@ -309,6 +330,8 @@ fn lowest_priority() {
 struct Runner<'a> {
     session: crate::runtime::OrtModel,
     norm: Normalization,
+    /// The session's output layout ([`OpenedModel::output_layout`]).
+    output_layout: crate::layout::Layout,
     rows: usize,
     classes: usize,
     test_time: &'a crate::predict::TestTimeArgs,
@@ -363,7 +386,7 @@ impl Runner<'_> {
         if tt.is_plain() {
             fill_batch(&mut self.input, group, self.rows, &self.norm);
             let t = Instant::now();
-            let output = self.session.run_output(self.input.view(), self.norm.layout)?;
+            let output = self.session.run_output(self.input.view(), self.output_layout)?;
             return Ok((Scores::Batch(output), t.elapsed().as_secs_f64()));
         }
         if let (Some(tile), true) = (tt.tile, tt.single_view()) {

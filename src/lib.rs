@@ -10,7 +10,9 @@
 //! - [`setup`]: the model a run trains (freezing, a new classifier, BatchNorm, optimizer, schedule);
 //! - [`model`]: the compiled-in models, parameter map, architecture matching, checkpoints, BatchNorm;
 //! - [`backbone`]: which part of a graph is the backbone and where it is cut (shared with build.rs);
-//! - [`onnx`]: ONNX files, tensor data, graph facts; [`graph`]: ONNX graph editing; [`qdq`]: the
+//! - [`onnx`]: ONNX files, tensor data, graph facts; [`graph`]: ONNX graph editing;
+//!   [`final_resize`]: a graph's final Resize taken out for the mask's upsampling;
+//!   [`shape_values`]: a graph's shape arithmetic evaluated for given shapes; [`qdq`]: the
 //!   int8 QDQ rewrite (BatchNorm folding, activation merging, Q/DQ insertion); [`fp16`]: the
 //!   float16 rewrite (fp32 inputs and outputs kept);
 //! - [`runtime`]: onnxruntime (the library, sessions, the sizes a graph runs at, opened models);
@@ -32,6 +34,7 @@ pub mod device;
 pub mod doctor;
 pub mod error;
 pub mod export;
+pub mod final_resize;
 pub mod fp16;
 pub mod glob;
 pub mod graph;
@@ -55,6 +58,7 @@ pub mod rng;
 pub mod rundir;
 pub mod runtime;
 pub mod setup;
+pub mod shape_values;
 pub mod tensorboard;
 pub mod tensors;
 pub mod train;

@@ -441,13 +441,16 @@ pub struct OpenedModel {
     /// The test-time pipeline its metadata records (native where none).
     pub recorded: crate::pipeline::Pipeline,
     /// The graph's final bilinear Resize, where it was taken out for the mask's upsampling to
-    /// do (the session's output is then the logits before it: [`crate::graph::without_final_resize`]).
+    /// do (the session's output is then the logits before it: [`crate::final_resize`]).
     pub upsampling: Option<crate::upsample::Upsampling>,
+    /// The layout of the session's output: the input's, or NCHW where a Transpose to NHWC after
+    /// the final Resize was taken out with it.
+    pub output_layout: Layout,
 }
 
 impl OpenedModel {
     /// Opens `path` with `threads` onnxruntime threads (0: its default) on `provider`;
-    /// `spinning` as in [`OrtModel::with_options`]; with `fold_resize`, an NCHW graph's final
+    /// `spinning` as in [`OrtModel::with_options`]; with `fold_resize`, the graph's final
     /// bilinear Resize is left to the caller ([`upsampling`](Self::upsampling)).
     pub fn open(path: &Path, threads: usize, spinning: bool, provider: Provider, fold_resize: bool) -> Result<Self> {
         use prost::Message;
@@ -464,15 +467,16 @@ impl OpenedModel {
         let origin = path.display().to_string();
         let (runnable, input) = runnable(&proto, &norm, &origin)?;
         let graph = runnable.as_ref().unwrap_or(&proto);
-        let folded =
-            if fold_resize && norm.layout == Layout::Nchw { crate::graph::without_final_resize(graph) } else { None };
-        let (bytes, upsampling) = match folded {
-            Some((cut, up)) => (cut.encode_to_vec(), Some(up)),
-            None => (graph.encode_to_vec(), None),
+        let folded = if fold_resize { crate::final_resize::without_final_resize(graph, norm.layout) } else { None };
+        let (bytes, upsampling, output_layout) = match folded {
+            Some(f) => {
+                (f.model.encode_to_vec(), Some(f.upsampling), if f.transposed { Layout::Nchw } else { norm.layout })
+            }
+            None => (graph.encode_to_vec(), None, norm.layout),
         };
         let session = OrtModel::build(&bytes, &origin, threads, spinning, false, provider)?;
         let recorded = crate::pipeline::Pipeline::recorded(&meta, norm).map_err(|e| Error::bad_file(path, e))?;
-        Ok(OpenedModel { session, norm, classes, class_names, input, recorded, upsampling })
+        Ok(OpenedModel { session, norm, classes, class_names, input, recorded, upsampling, output_layout })
     }
 
     /// The pipeline to run `path` (this model) with: the recorded one, `--size`/`--square`

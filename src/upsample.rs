@@ -93,15 +93,25 @@ impl Coordinates {
     }
 }
 
-/// A bilinear upsampling of `[classes, h, w]` logits by a factor of at least 1 per axis, as a
-/// graph's final Resize (mode `linear`) does it: output length `floor(len × scale)`, source
-/// coordinates by `coordinates`, clamped to the edges. [`upsample_argmax_through`] folds it into
-/// the mask's own upsampling, so that the full-resolution logits are never made.
+/// A bilinear upsampling of `[classes, h, w]` logits, as a graph's final Resize (mode `linear`)
+/// does it: by constant factors of at least 1 (output length `floor(len × scale)`) or to the
+/// model input's size (a Resize whose `sizes` the graph computes from its input's shape, scale
+/// `out / len`), source coordinates by `coordinates`, clamped to the edges.
+/// [`upsample_argmax_through`] folds it into the mask's own upsampling, so that the
+/// full-resolution logits are never made.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Upsampling {
     coordinates: Coordinates,
+    target: Target,
+}
+
+/// What an [`Upsampling`]'s output size is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
     /// Height and width factors.
-    scale: (f32, f32),
+    Scale(f32, f32),
+    /// The model input's height and width.
+    Input,
 }
 
 impl Upsampling {
@@ -109,23 +119,42 @@ impl Upsampling {
     /// three source positions per output one).
     pub fn new(coordinates: Coordinates, scale: (f32, f32)) -> Option<Self> {
         let up = |s: f32| s.is_finite() && s >= 1.0;
-        (up(scale.0) && up(scale.1)).then_some(Upsampling { coordinates, scale })
+        (up(scale.0) && up(scale.1)).then_some(Upsampling { coordinates, target: Target::Scale(scale.0, scale.1) })
     }
 
-    /// The upsampled size of `(width, height)` logits: each `floor(len × scale)`.
-    pub fn output_size(&self, (w, h): (usize, usize)) -> (usize, usize) {
-        ((w as f32 * self.scale.1).floor() as usize, (h as f32 * self.scale.0).floor() as usize)
+    /// An upsampling to the model input's size.
+    pub fn to_input(coordinates: Coordinates) -> Self {
+        Upsampling { coordinates, target: Target::Input }
     }
 
-    /// "bilinear ×4×4 (align_corners)".
+    /// The upsampled size of `(width, height)` logits of a model input of `input` =
+    /// `(width, height)`: each `floor(len × scale)`, or the input's.
+    pub fn output_size(&self, (w, h): (usize, usize), input: (usize, usize)) -> (usize, usize) {
+        match self.target {
+            Target::Scale(sh, sw) => ((w as f32 * sw).floor() as usize, (h as f32 * sh).floor() as usize),
+            Target::Input => input,
+        }
+    }
+
+    /// Whether `(width, height)` logits of an `input`-sized model input upsample (each output
+    /// length at least the logits'), which folding needs: always with factors.
+    pub fn upsamples(&self, logits: (usize, usize), input: (usize, usize)) -> bool {
+        let (w, h) = self.output_size(logits, input);
+        w >= logits.0 && h >= logits.1
+    }
+
+    /// "bilinear ×4×4 (align_corners)", "bilinear to the input size (half_pixel)".
     pub fn describe(&self) -> String {
-        format!("bilinear ×{}×{} ({})", self.scale.0, self.scale.1, self.coordinates.onnx_name())
+        let mode = self.coordinates.onnx_name();
+        match self.target {
+            Target::Scale(sh, sw) => format!("bilinear ×{sh}×{sw} ({mode})"),
+            Target::Input => format!("bilinear to the input size ({mode})"),
+        }
     }
 
-    /// The two source taps and the second one's weight of upsampled position `i` along an axis
-    /// of `len` by `scale` (onnxruntime's formulas for linear Resize).
-    fn source(&self, i: usize, len: usize, scale: f32) -> (usize, usize, f32) {
-        let full = (len as f32 * scale).floor() as usize;
+    /// The two source taps and the second one's weight of position `i` of an axis of `len`
+    /// upsampled to `full` by `scale` (onnxruntime's formulas for linear Resize).
+    fn source(&self, i: usize, len: usize, full: usize, scale: f32) -> (usize, usize, f32) {
         let i = i as f32;
         let x = match self.coordinates {
             Coordinates::HalfPixel => (i + 0.5) / scale - 0.5,
@@ -137,15 +166,27 @@ impl Upsampling {
         clamped_taps(x, len)
     }
 
-    /// The taps of `out` positions resampled (half-pixel) from the first `inner` of the
-    /// upsampled axis, through the upsampling, on the `len` source positions: the weights of the
-    /// two resamplings multiplied out.
-    fn taps(&self, out: usize, inner: usize, len: usize, scale: f32) -> Vec<Taps> {
+    /// The upsampled length and the scale onnxruntime's formulas use along `axis` (0: height,
+    /// 1: width) of `len` logits, the model input's being `input`.
+    fn axis(&self, axis: usize, len: usize, input: usize) -> (usize, f32) {
+        match self.target {
+            Target::Scale(sh, sw) => {
+                let scale = [sh, sw][axis];
+                ((len as f32 * scale).floor() as usize, scale)
+            }
+            Target::Input => (input, input as f32 / len as f32),
+        }
+    }
+
+    /// The taps of `out` positions resampled (half-pixel) from the first `inner` of an axis of
+    /// `len` logits upsampled to `full` by `scale`, through the upsampling, on the `len` source
+    /// positions: the weights of the two resamplings multiplied out.
+    fn taps(&self, out: usize, inner: usize, len: usize, (full, scale): (usize, f32)) -> Vec<Taps> {
         let taps = bilinear_taps(out, inner).into_iter().map(|(a0, a1, fa)| {
             let mut t = Taps::default();
             for (a, wa) in [(a0, 1.0 - fa), (a1, fa)] {
                 if wa != 0.0 {
-                    let (b0, b1, fb) = self.source(a, len, scale);
+                    let (b0, b1, fb) = self.source(a, len, full, scale);
                     t.add(b0, wa * (1.0 - fb));
                     t.add(b1, wa * fb);
                 }
@@ -166,20 +207,26 @@ pub fn upsample_argmax(logits: ndarray::ArrayView3<'_, f32>, inner: (usize, usiz
     argmax_through_taps(logits, &half_pixel(w, iw), &half_pixel(h, ih))
 }
 
-/// [`upsample_argmax`] of `up` applied to `logits`, without making the upsampled logits: `inner`
-/// is the image's part of the upsampled size, and each mask pixel blends the source pixels both
-/// resamplings reach (up to 3 × 3) with their weights multiplied out. The mask is the one of
-/// upsampling first except where rounding puts two classes' blends within an ulp or so.
+/// [`upsample_argmax`] of `up` applied to `logits`, without making the upsampled logits: `input`
+/// is the model input's `(width, height)`, `inner` the image's part of the upsampled size, and
+/// each mask pixel blends the source pixels both resamplings reach (up to 3 × 3) with their
+/// weights multiplied out. The mask is the one of upsampling first except where rounding puts two
+/// classes' blends within an ulp or so. `None` where `up` would shrink these logits
+/// ([`Upsampling::upsamples`]).
 pub fn upsample_argmax_through(
     logits: ndarray::ArrayView3<'_, f32>,
     up: &Upsampling,
+    input: (usize, usize),
     inner: (usize, usize),
-    w: usize,
-    h: usize,
-) -> GrayImage {
+    (w, h): (usize, usize),
+) -> Option<GrayImage> {
     let (_, lh, lw) = logits.dim();
-    let (xs, ys) = (up.taps(w, inner.0, lw, up.scale.1), up.taps(h, inner.1, lh, up.scale.0));
-    argmax_through_taps(logits, &xs, &ys)
+    if !up.upsamples((lw, lh), input) {
+        return None;
+    }
+    let xs = up.taps(w, inner.0, lw, up.axis(1, lw, input.0));
+    let ys = up.taps(h, inner.1, lh, up.axis(0, lh, input.1));
+    Some(argmax_through_taps(logits, &xs, &ys))
 }
 
 /// The mask whose pixel `(x, y)` is the argmax over classes of the logits blended by `xs[x]`
@@ -391,12 +438,16 @@ mod tests {
         assert_eq!(bilinear_taps(3, 3), vec![(0, 1, 0.0), (1, 2, 0.0), (2, 2, 0.0)]);
     }
 
-    /// `logits` upsampled by `up` the plain way, in f64: each output pixel from its four
-    /// source pixels by ONNX Resize's linear formulas.
-    fn upsampled_first(logits: &ndarray::Array3<f32>, coordinates: Coordinates, scale: f64) -> ndarray::Array3<f32> {
+    /// `logits` upsampled to `(oh, ow)` the plain way, in f64: each output pixel from its four
+    /// source pixels by ONNX Resize's linear formulas, at scales `(sh, sw)`.
+    fn upsampled_first(
+        logits: &ndarray::Array3<f32>,
+        coordinates: Coordinates,
+        (oh, ow): (usize, usize),
+        (sh, sw): (f64, f64),
+    ) -> ndarray::Array3<f32> {
         let (c, lh, lw) = logits.dim();
-        let (oh, ow) = ((lh as f64 * scale).floor() as usize, (lw as f64 * scale).floor() as usize);
-        let src = |i: usize, len: usize, out: usize| {
+        let src = |i: usize, len: usize, out: usize, scale: f64| {
             let i = i as f64;
             let x = match coordinates {
                 Coordinates::HalfPixel | Coordinates::PytorchHalfPixel => (i + 0.5) / scale - 0.5,
@@ -408,54 +459,86 @@ mod tests {
             (i0, (i0 + 1).min(len - 1), x - i0 as f64)
         };
         ndarray::Array3::from_shape_fn((c, oh, ow), |(k, y, x)| {
-            let ((y0, y1, fy), (x0, x1, fx)) = (src(y, lh, oh), src(x, lw, ow));
+            let ((y0, y1, fy), (x0, x1, fx)) = (src(y, lh, oh, sh), src(x, lw, ow, sw));
             let l = |yy: usize, xx: usize| logits[[k, yy, xx]] as f64;
             ((1.0 - fy) * ((1.0 - fx) * l(y0, x0) + fx * l(y0, x1)) + fy * ((1.0 - fx) * l(y1, x0) + fx * l(y1, x1)))
                 as f32
         })
     }
 
+    const MODES: [Coordinates; 4] =
+        [Coordinates::HalfPixel, Coordinates::PytorchHalfPixel, Coordinates::AlignCorners, Coordinates::Asymmetric];
+
+    /// 6 classes in blobs with noisy scores on `lw × lh`.
+    fn blobs(lw: usize, lh: usize, seed: u32) -> ndarray::Array3<f32> {
+        let mut noise = noise(seed);
+        ndarray::Array3::from_shape_fn((6, lh, lw), |(k, y, x)| ((x / 5 + y / 4) % 6 == k) as u8 as f32 * 2.0 + noise())
+    }
+
+    /// Folded in, `up` gives the mask of upsampling `logits` first (to `full`, at `scale`), for
+    /// each `(inner, mask size)`; every class shows.
+    fn folds_exactly(
+        logits: &ndarray::Array3<f32>,
+        up: &Upsampling,
+        full: (usize, usize),
+        scale: (f64, f64),
+        cases: &[((usize, usize), usize, usize)],
+    ) {
+        let (_, lh, lw) = logits.dim();
+        let first = upsampled_first(logits, up.coordinates, full, scale);
+        let input = (full.1, full.0);
+        assert_eq!(up.output_size((lw, lh), input), input);
+        for &(inner, w, h) in cases {
+            let want = upsample_argmax(first.view(), inner, w, h);
+            let got = upsample_argmax_through(logits.view(), up, input, inner, (w, h)).expect("an upsampling");
+            let differ = want.pixels().zip(got.pixels()).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "{up:?} {inner:?} → {w}×{h}");
+            let classes: std::collections::HashSet<u8> = got.pixels().map(|p| p[0]).collect();
+            assert_eq!(classes.len(), 6, "every class shows");
+        }
+    }
+
     #[test]
     fn folding_the_upsampling_in_gives_the_mask_of_upsampling_first() {
-        // 6 classes in blobs with noisy scores on 24×18, upsampled ×4 (every coordinate mode)
-        // to 96×72, then to masks of 93×70 (down), 200×150 (up) and 96×72 (same), from the image
-        // part 90×68 or the whole: folded in, the mask equals the one of upsampling first.
-        let (c, lh, lw) = (6, 18, 24);
-        let mut noise = noise(99);
-        let logits = ndarray::Array3::from_shape_fn((c, lh, lw), |(k, y, x)| {
-            ((x / 5 + y / 4) % c == k) as u8 as f32 * 2.0 + noise()
-        });
-        let modes =
-            [Coordinates::HalfPixel, Coordinates::PytorchHalfPixel, Coordinates::AlignCorners, Coordinates::Asymmetric];
-        for coordinates in modes {
+        // 24×18 upsampled ×4 (every coordinate mode) to 96×72, then to masks of 93×70 (down),
+        // 200×150 (up) and 96×72 (same), from the image part 90×68 or the whole.
+        let logits = blobs(24, 18, 99);
+        for coordinates in MODES {
             let up = Upsampling::new(coordinates, (4.0, 4.0)).unwrap();
-            let full = upsampled_first(&logits, coordinates, 4.0);
-            assert_eq!(up.output_size((lw, lh)), (96, 72));
-            for (inner, w, h) in [((90, 68), 93, 70), ((96, 72), 200, 150), ((96, 72), 96, 72)] {
-                let want = upsample_argmax(full.view(), inner, w, h);
-                let got = upsample_argmax_through(logits.view(), &up, inner, w, h);
-                let differ = want.pixels().zip(got.pixels()).filter(|(a, b)| a != b).count();
-                assert_eq!(differ, 0, "{coordinates:?} {inner:?} → {w}×{h}");
-                let classes: std::collections::HashSet<u8> = got.pixels().map(|p| p[0]).collect();
-                assert_eq!(classes.len(), c, "every class shows");
-            }
+            let cases = [((90, 68), 93, 70), ((96, 72), 200, 150), ((96, 72), 96, 72)];
+            folds_exactly(&logits, &up, (72, 96), (4.0, 4.0), &cases);
         }
+    }
+
+    #[test]
+    fn folding_an_upsampling_to_the_input_size_gives_the_mask_of_upsampling_first() {
+        // 17×13 logits of a 61×50 input (no whole factor: a stride-4 net's ceil), to masks of
+        // 59×48 (down), 150×120 (up) and 61×50 (same), from the image part 58×47 or the whole.
+        let logits = blobs(17, 13, 7);
+        for coordinates in MODES {
+            let up = Upsampling::to_input(coordinates);
+            let cases = [((58, 47), 59, 48), ((61, 50), 150, 120), ((61, 50), 61, 50)];
+            folds_exactly(&logits, &up, (50, 61), (50.0 / 13.0, 61.0 / 17.0), &cases);
+            let small = upsample_argmax_through(logits.view(), &up, (16, 50), (16, 50), (16, 50));
+            assert!(small.is_none(), "an input narrower than its logits does not upsample");
+        }
+        assert_eq!(Upsampling::to_input(Coordinates::HalfPixel).describe(), "bilinear to the input size (half_pixel)");
     }
 
     #[test]
     fn folded_taps_weigh_up_to_three_source_pixels_summing_to_one() {
         let up = Upsampling::new(Coordinates::AlignCorners, (4.0, 4.0)).unwrap();
         for (out, inner, len) in [(500, 512, 128), (375, 384, 96), (700, 512, 128), (7, 8, 2)] {
-            for t in up.taps(out, inner, len, 4.0) {
+            for t in up.taps(out, inner, len, up.axis(0, len, 0)) {
                 assert!(t.n >= 1 && t.n <= 3 && t.end() <= len, "{t:?}");
                 assert!((t.w[..t.n].iter().sum::<f32>() - 1.0).abs() < 1e-5, "{t:?}");
                 assert!(t.w[..t.n].iter().all(|&w| w > 0.0), "{t:?}");
             }
         }
-        assert_eq!(up.taps(1, 8, 2, 4.0)[0].n, 2, "the middle of 8 upsampled from 2 blends both");
+        assert_eq!(up.taps(1, 8, 2, (8, 4.0))[0].n, 2, "the middle of 8 upsampled from 2 blends both");
         assert!(Upsampling::new(Coordinates::HalfPixel, (0.5, 2.0)).is_none(), "a downsampling is refused");
         assert!(Upsampling::new(Coordinates::HalfPixel, (f32::NAN, 2.0)).is_none());
-        assert_eq!(Upsampling::new(Coordinates::HalfPixel, (2.5, 2.0)).unwrap().output_size((3, 3)), (6, 7));
+        assert_eq!(Upsampling::new(Coordinates::HalfPixel, (2.5, 2.0)).unwrap().output_size((3, 3), (0, 0)), (6, 7));
         assert_eq!(up.describe(), "bilinear ×4×4 (align_corners)");
     }
 }

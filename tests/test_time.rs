@@ -11,7 +11,8 @@ use std::path::Path;
 
 use image::RgbImage;
 use segtune::data::{self, SynthOptions, SynthStyle};
-use segtune::layout::Normalization;
+use segtune::final_resize::without_final_resize;
+use segtune::layout::{Layout, Normalization};
 use segtune::onnx::{self, proto};
 use segtune::predict::{self, TestTimeArgs};
 use segtune::runtime::OrtModel;
@@ -154,7 +155,8 @@ fn folding_the_final_resize_gives_the_full_graphs_masks() {
     let dir = tempfile::tempdir().unwrap();
     let data = corpus(dir.path());
     let model = common::reference();
-    let (cut, up) = segtune::graph::without_final_resize(&model).expect("the shipped head ends in a Resize");
+    let folded = without_final_resize(&model, Layout::Nchw).expect("the shipped head ends in a Resize");
+    let (cut, up) = (folded.model, folded.upsampling);
     assert_eq!(up.describe(), "bilinear ×4×4 (align_corners)");
     let bytes = |m: &onnx::ModelProto| prost::Message::encode_to_vec(m);
     let mut full = OrtModel::from_bytes(&bytes(&model), "full", 2).unwrap();
@@ -171,10 +173,10 @@ fn folding_the_final_resize_gives_the_full_graphs_masks() {
             let logits = full.run_logits(x.view(), norm.layout).unwrap();
             let small = folded.run_logits(x.view(), norm.layout).unwrap();
             assert_eq!(small.shape()[2..], [ih / 4, iw / 4], "the cut graph gives the logits before the Resize");
-            assert_eq!(up.output_size((iw / 4, ih / 4)), (iw, ih));
+            assert_eq!(up.output_size((iw / 4, ih / 4), (iw, ih)), (iw, ih));
             let want = segtune::upsample::upsample_argmax(logits.index_axis(ndarray::Axis(0), 0), inner, w, h);
-            let got =
-                segtune::upsample::upsample_argmax_through(small.index_axis(ndarray::Axis(0), 0), &up, inner, w, h);
+            let small = small.index_axis(ndarray::Axis(0), 0);
+            let got = segtune::upsample::upsample_argmax_through(small, &up, (iw, ih), inner, (w, h)).unwrap();
             pixels += want.len();
             differ += want.pixels().zip(got.pixels()).filter(|(a, b)| a != b).count();
         }
@@ -200,12 +202,159 @@ fn a_final_resize_that_is_not_a_bilinear_upsampling_stays_in_the_graph() {
             n.attribute.iter_mut().find(|a| a.name() == name).unwrap().s = Some(value.as_bytes().to_vec())
         }
     };
-    assert!(segtune::graph::without_final_resize(&edited(&set("mode", "nearest"))).is_none());
+    assert!(without_final_resize(&edited(&set("mode", "nearest")), Layout::Nchw).is_none());
     let crop = edited(&set("coordinate_transformation_mode", "tf_crop_and_resize"));
-    assert!(segtune::graph::without_final_resize(&crop).is_none());
-    let (cut, _) = segtune::graph::without_final_resize(&edited(&set("coordinate_transformation_mode", "half_pixel")))
-        .expect("half_pixel folds");
-    let g = cut.graph.unwrap();
+    assert!(without_final_resize(&crop, Layout::Nchw).is_none());
+    let half = edited(&set("coordinate_transformation_mode", "half_pixel"));
+    let cut = without_final_resize(&half, Layout::Nchw).expect("half_pixel folds");
+    let g = cut.model.graph.unwrap();
     assert!(g.node.iter().all(|n| n.op_type() != "Resize" || n.output[0] != g.output[0].name()));
     assert!(g.node.iter().any(|n| n.output.first().map(String::as_str) == Some(g.output[0].name())), "output made");
+}
+
+/// Masks through the folded graph of the model at `path` and through its full graph, of corpus
+/// image `i` letterboxed into `side`², masked to `mask`; and how many classes the full graph's
+/// mask shows.
+fn folded_and_full_masks(
+    path: &Path,
+    i: usize,
+    side: usize,
+    mask: (usize, usize),
+) -> (image::GrayImage, image::GrayImage, usize) {
+    use segtune::runtime::{OpenedModel, Provider};
+    let dir = tempfile::tempdir().unwrap();
+    let img = data::load_image(&corpus(dir.path()).join(format!("JPEGImages/val_{i:05}.jpg"))).unwrap();
+    let open = |fold| OpenedModel::open(path, 1, true, Provider::Cpu, fold).unwrap();
+    let (mut full, mut cut) = (open(false), open(true));
+    let up = cut.upsampling.expect("the final Resize is folded");
+    assert!(full.upsampling.is_none());
+    let norm = full.norm;
+    let (input, inner) = segtune::imaging::letterbox(&img, (side, side), false, &norm);
+    let (w, h) = (input.width() as usize, input.height() as usize);
+    let mut x = ndarray::Array4::<f32>::zeros(norm.layout.shape(1, h, w));
+    segtune::imaging::normalize_into(x.index_axis_mut(ndarray::Axis(0), 0), &input, &norm);
+    let logits = full.session.run_logits(x.view(), norm.layout).unwrap();
+    let small = cut.session.run_logits(x.view(), cut.output_layout).unwrap();
+    let first = |a: &ndarray::Array4<f32>| a.index_axis(ndarray::Axis(0), 0).to_owned();
+    let want = segtune::upsample::upsample_argmax(first(&logits).view(), inner, mask.0, mask.1);
+    let got = segtune::upsample::upsample_argmax_through(first(&small).view(), &up, (w, h), inner, mask).unwrap();
+    let classes = want.pixels().map(|p| p[0]).collect::<std::collections::HashSet<_>>().len();
+    (want, got, classes)
+}
+
+/// The Keras export (tf2onnx) ends in a Resize to `sizes` computed from the input's Shape and a
+/// Transpose to NHWC: both are folded (the session's output is NCHW), and the masks equal the
+/// full graph's at two input sizes. The same Resize with a constant `sizes`, or one taken from
+/// its own input's shape, stays in the graph.
+#[test]
+fn a_keras_exports_resize_to_the_input_size_and_transpose_are_folded() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/keras_deeplabv3plus_mobilenetv2.onnx");
+    let model = onnx::read_model(&path).unwrap();
+    let folded = without_final_resize(&model, Layout::Nhwc).expect("Resize + Transpose fold");
+    assert!(folded.transposed);
+    assert_eq!(folded.upsampling.describe(), "bilinear to the input size (half_pixel)");
+    let resizes = |g: &proto::GraphProto| g.node.iter().filter(|n| n.op_type() == "Resize").count();
+    let g = folded.model.graph.as_ref().unwrap();
+    assert_eq!(resizes(g) + 1, resizes(onnx::graph(&model)));
+    let readers = onnx::readers(g);
+    assert!(g.node.iter().all(|n| n.output.iter().any(|o| readers.contains_key(o))), "sizes' arithmetic went too");
+    assert!(g.node.len() < onnx::graph(&model).node.len() - 2);
+    for (i, side, mask) in [(0, 128, (120, 90)), (1, 96, (160, 160)), (2, 160, (160, 160))] {
+        let (want, got, classes) = folded_and_full_masks(&path, i, side, mask);
+        assert!(classes >= 2, "image {i} at {side}: {classes} classes, a boundary to blend");
+        assert_eq!(want, got, "image {i} at {side}");
+    }
+    // The final Resize: the one the output's Transpose reads.
+    let resize = |m: &mut onnx::ModelProto| -> proto::NodeProto {
+        let g = m.graph.as_ref().unwrap();
+        let transpose = g.node.iter().find(|n| n.output[0] == g.output[0].name()).unwrap();
+        g.node.iter().find(|n| n.output[0] == transpose.input[0]).unwrap().clone()
+    };
+    let with_sizes = |sizes: &str, extra: Vec<proto::NodeProto>, init: Vec<proto::TensorProto>| {
+        let mut m = model.clone();
+        let name = resize(&mut m).name().to_string();
+        let g = m.graph.as_mut().unwrap();
+        g.node.iter_mut().find(|n| n.name() == name).unwrap().input[3] = sizes.into();
+        g.node.extend(extra);
+        g.initializer.extend(init);
+        m
+    };
+    let constant = proto::TensorProto {
+        name: Some("fixed_sizes".into()),
+        data_type: Some(7),
+        dims: vec![4],
+        int64_data: vec![1, 21, 128, 128],
+        ..Default::default()
+    };
+    assert!(without_final_resize(&with_sizes("fixed_sizes", vec![], vec![constant]), Layout::Nhwc).is_none());
+    let x = resize(&mut model.clone()).input[0].clone();
+    let own = proto::NodeProto {
+        op_type: Some("Shape".into()),
+        input: vec![x],
+        output: vec!["own_shape".into()],
+        ..Default::default()
+    };
+    assert!(without_final_resize(&with_sizes("own_shape", vec![own], vec![]), Layout::Nhwc).is_none());
+}
+
+/// torchvision's heads resize to `sizes` = the logits' `[N, C]` and the input's `[H, W]`
+/// (`Concat(Shape(x)[0:2], Shape(input)[2:4])`): the shipped model's ×4 Resize rewritten so,
+/// folded to the input's size, gives the full graph's masks.
+#[test]
+fn a_torchvision_style_resize_to_the_input_size_is_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = common::reference();
+    let g = model.graph.as_mut().unwrap();
+    let node = |op: &str, inputs: &[&str], output: &str| proto::NodeProto {
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let ints = |name: &str, v: &[i64]| proto::TensorProto {
+        name: Some(name.into()),
+        data_type: Some(7),
+        dims: vec![v.len() as i64],
+        int64_data: v.to_vec(),
+        ..Default::default()
+    };
+    let out = g.output[0].name().to_string();
+    let at = g.node.iter().position(|n| n.output.first() == Some(&out)).unwrap();
+    let x = g.node[at].input[0].clone();
+    g.node[at].input = vec![x.clone(), String::new(), String::new(), "tv_sizes".into()];
+    let arithmetic = [
+        node("Shape", &[&x], "tv_x_shape"),
+        node("Slice", &["tv_x_shape", "tv_0", "tv_2"], "tv_nc"),
+        node("Shape", &["input"], "tv_in_shape"),
+        node("Slice", &["tv_in_shape", "tv_2", "tv_4"], "tv_hw"),
+        node("Concat", &["tv_nc", "tv_hw"], "tv_sizes"),
+    ];
+    g.node[at].attribute.retain(|a| a.name() != "coordinate_transformation_mode");
+    g.node.splice(
+        at..at,
+        arithmetic.into_iter().map(|mut n| {
+            if n.op_type() == "Concat" {
+                n.attribute.push(proto::AttributeProto {
+                    name: Some("axis".into()),
+                    i: Some(0),
+                    r#type: Some(2),
+                    ..Default::default()
+                });
+            }
+            n
+        }),
+    );
+    g.initializer.extend([ints("tv_0", &[0]), ints("tv_2", &[2]), ints("tv_4", &[4])]);
+    let path = dir.path().join("torchvision_style.onnx");
+    common::write_model(&model, &path);
+    let folded = without_final_resize(&model, Layout::Nchw).expect("sizes from the input's shape fold");
+    assert!(!folded.transposed);
+    assert_eq!(folded.upsampling.describe(), "bilinear to the input size (half_pixel)");
+    let g = folded.model.graph.as_ref().unwrap();
+    assert!(g.initializer.iter().all(|t| !t.name().starts_with("tv_")), "the unread constants are dropped");
+    for (i, side, mask) in [(0, 128, (120, 90)), (1, 160, (500, 375))] {
+        let (want, got, classes) = folded_and_full_masks(&path, i, side, mask);
+        assert!(classes >= 2, "image {i} at {side}: {classes} classes, a boundary to blend");
+        assert_eq!(want, got, "image {i} at {side}");
+    }
 }

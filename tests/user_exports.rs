@@ -531,7 +531,8 @@ fn every_forms_final_resize_is_folded() {
         let path = file_of(form);
         let mut model = segtune::onnx::read_model(&path).unwrap();
         segtune::graph::inline_external(&mut model, path.parent()).unwrap();
-        let folded = segtune::graph::without_final_resize(&model).map(|(_, up)| up.describe());
+        let folded = segtune::final_resize::without_final_resize(&model, segtune::layout::Layout::Nchw)
+            .map(|f| f.upsampling.describe());
         assert!(folded.as_ref().is_some_and(|d| d.starts_with("bilinear ×4×4")), "{}: {folded:?}", form.name);
         // As infer opens it, against the full graph: the same mask of a 64×64 input, at 50×40.
         let open = |fold| segtune::runtime::OpenedModel::open(&path, 1, true, segtune::runtime::Provider::Cpu, fold);
@@ -544,8 +545,14 @@ fn every_forms_final_resize_is_folded() {
         let small = cut.session.run_logits(x.view(), cut.norm.layout).unwrap();
         let up = cut.upsampling.unwrap();
         let want = segtune::upsample::upsample_argmax(logits.index_axis(ndarray::Axis(0), 0), (64, 64), 50, 40);
-        let got =
-            segtune::upsample::upsample_argmax_through(small.index_axis(ndarray::Axis(0), 0), &up, (64, 64), 50, 40);
+        let got = segtune::upsample::upsample_argmax_through(
+            small.index_axis(ndarray::Axis(0), 0),
+            &up,
+            (64, 64),
+            (64, 64),
+            (50, 40),
+        )
+        .unwrap();
         let classes: std::collections::HashSet<u8> = want.pixels().map(|p| p[0]).collect();
         assert!(classes.len() >= 4, "{}: {} classes, boundaries to blend", form.name, classes.len());
         assert_eq!(want, got, "{}: the folded mask", form.name);
