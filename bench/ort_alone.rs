@@ -4,10 +4,10 @@
 //! beside it. Used by bench/infer_contention.sh.
 //!
 //! Usage: ort_alone MODEL INPUT.f32 N C H W THREADS SPIN(0|1) FEED(view|fresh|held) RUNS FOLD(0|1)
-//! INPUT.f32 holds N·C·H·W little-endian f32 (NCHW). `view` runs one input array again and again
-//! (as infer's reused buffer), `fresh` allocates and copies a new one for each run (timed with
-//! the run), `held` runs fresh inputs and keeps the last two outputs alive, as infer's writer
-//! does while the next batch runs. FOLD 1 takes the graph's final bilinear Resize out, as infer
+//! INPUT.f32 holds N·C·H·W little-endian f32 (NCHW; an NHWC model gets it transposed). `view`
+//! runs one input array again and again (as infer's reused buffer), `fresh` allocates and copies
+//! a new one for each run (timed with the run), `held` runs fresh inputs and keeps the last two
+//! outputs alive, as infer's writer does while the next batch runs. FOLD 1 takes the graph's final bilinear Resize out, as infer
 //! does (`final_resize::without_final_resize`). Prints the median ms per image.
 
 use std::time::Instant;
@@ -26,6 +26,12 @@ fn main() -> anyhow::Result<()> {
     let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let input = Array4::from_shape_vec((n, c, h, w), values)?;
     let mut opened = OpenedModel::open(std::path::Path::new(&a[1]), threads, spin, Provider::Cpu, a[11] == "1")?;
+    // The batch file is NCHW; an NHWC model (Keras) takes it transposed.
+    let input = match opened.norm.layout {
+        segtune::layout::Layout::Nhwc => input.permuted_axes([0, 2, 3, 1]).as_standard_layout().into_owned(),
+        segtune::layout::Layout::Nchw => input,
+    };
+    let (n, c, h, w) = input.dim();
     let layout = opened.output_layout;
     let (mut times, mut held) = (vec![], std::collections::VecDeque::new());
     for i in 0..runs + 2 {

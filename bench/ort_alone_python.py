@@ -1,5 +1,5 @@
 """onnxruntime alone in Python: MODEL on the 4x3xHxW batch in BATCH (raw float32, from
-bench/infer_images.py), THREADS intra-op threads, on PROVIDER (cpu, cuda, tensorrt; falling back
+bench/infer_images.py; transposed for an NHWC model), THREADS intra-op threads, on PROVIDER (cpu, cuda, tensorrt; falling back
 to the CPU for what it cannot run), 2 warm-up runs then RUNS timed; prints the median milliseconds
 per image. Usage: ort_alone_python.py MODEL BATCH THREADS [RUNS=12] [PROVIDER=cpu] [HxW=384x512]"""
 import statistics
@@ -17,7 +17,10 @@ s = ort.InferenceSession(sys.argv[1], so, providers=first[provider] + ["CPUExecu
 if first[provider] and s.get_providers()[0] != first[provider][0]:  # onnxruntime falls back silently
     sys.exit(f"error: this onnxruntime could not use {first[provider][0]}; it has {ort.get_available_providers()}")
 h, w = map(int, (sys.argv[6] if len(sys.argv) > 6 else "384x512").split("x"))
-x = {s.get_inputs()[0].name: np.fromfile(sys.argv[2], dtype=np.float32).reshape(4, 3, h, w)}
+batch = np.fromfile(sys.argv[2], dtype=np.float32).reshape(4, 3, h, w)
+if s.get_inputs()[0].shape[-1] == 3:  # an NHWC model (Keras) takes the NCHW batch transposed
+    batch = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+x = {s.get_inputs()[0].name: batch}
 for _ in range(2):
     s.run(None, x)
 t = []

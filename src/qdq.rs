@@ -202,11 +202,11 @@ pub fn merge_activations(model: &mut ModelProto, kept: &BTreeMap<usize, String>)
 const QUANTIZED_OPS: [&str; 7] = ["Conv", "Add", "Concat", "Resize", "GlobalAveragePool", "AveragePool", "MaxPool"];
 
 /// The activations to quantize: the non-constant float data inputs and the output of each of
-/// [`QUANTIZED_OPS`], except graph outputs (the logits stay float), sorted.
+/// [`QUANTIZED_OPS`], except the graph outputs (the logits stay float), sorted.
 pub fn activation_targets(model: &ModelProto) -> Vec<String> {
     let graph = onnx::graph(model);
     let floats = float_values(graph);
-    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
+    let outputs = output_values(graph);
     let mut out = BTreeSet::new();
     for n in graph.node.iter().filter(|n| QUANTIZED_OPS.contains(&n.op_type())) {
         let data = match n.op_type() {
@@ -220,6 +220,28 @@ pub fn activation_targets(model: &ModelProto) -> Vec<String> {
         }
     }
     out.into_iter().collect()
+}
+
+/// The graph outputs and the values that become one only through layout ops read by nothing
+/// else (the final Resize before tf2onnx's Transpose to NHWC): quantizing those would round the
+/// logits themselves, and keep infer from folding that Resize (`crate::final_resize`).
+fn output_values(graph: &GraphProto) -> HashSet<&str> {
+    let readers = onnx::readers(graph);
+    let made: HashMap<&str, &NodeProto> =
+        graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
+    let mut outputs = HashSet::new();
+    for o in &graph.output {
+        let mut at = o.name();
+        outputs.insert(at);
+        while let Some(n) = made.get(at).filter(|n| matches!(n.op_type(), "Transpose" | "Reshape" | "Identity")) {
+            at = n.input[0].as_str();
+            if readers.get(at) != Some(&1) {
+                break;
+            }
+            outputs.insert(at);
+        }
+    }
+    outputs
 }
 
 /// The values of float type, propagated from the float graph inputs and constants: an op's

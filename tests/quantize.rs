@@ -262,5 +262,39 @@ fn the_export_forms_users_bring_quantize_and_run() {
         let summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(pred.join("summary.json")).unwrap()).unwrap();
         assert_eq!(summary["images"].as_array().map(Vec::len), Some(12), "{form}");
+        assert!(summary["folded_resize"].as_str().is_some_and(|f| f.starts_with("bilinear ×4×4")), "{form}: {summary}");
     }
+}
+
+/// The Keras export (tf2onnx) ends in Resize → Transpose to NHWC: quantized, the Resize's output
+/// stays float like a graph output (the Transpose reads it directly, no Q/DQ rounding the
+/// logits), so infer still folds that Resize into the mask's upsampling.
+#[test]
+fn a_keras_exports_upsampled_logits_stay_float_and_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synth_set(&dir.path().join("data"), 21, 4, 2, 64, 0);
+    let fp32 = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/keras_deeplabv3plus_mobilenetv2.onnx");
+    let int8 = dir.path().join("keras.int8.onnx");
+    let out = segtune(&[
+        "quantize",
+        fp32.to_str().unwrap(),
+        "--calibrate",
+        data.to_str().unwrap(),
+        "--out",
+        int8.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = onnx::read_model(&int8).unwrap();
+    let g = onnx::graph(&m);
+    let made = |name: &str| g.node.iter().find(|n| n.output[0] == name).unwrap();
+    let transpose = made(g.output[0].name());
+    assert_eq!(transpose.op_type(), "Transpose");
+    assert_eq!(made(&transpose.input[0]).op_type(), "Resize", "the Transpose reads the float Resize");
+    let pred = dir.path().join("pred");
+    let images = data.join("JPEGImages");
+    let out = segtune(&["infer", int8.to_str().unwrap(), images.to_str().unwrap(), "--out", pred.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pred.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["folded_resize"], "bilinear to the input size (half_pixel)", "{summary}");
 }
