@@ -263,7 +263,7 @@ fn spawn_writer(
                             p.inner,
                             (w as usize, h as usize),
                         )
-                        .ok_or_else(|| shrinking(up, v.dim(), input, &p.path))?
+                        .map_err(|e| Error::Runtime(format!("{}: {e}", p.path.display())))?
                     }
                     None => upsample_argmax(v, p.inner, w as usize, h as usize),
                 };
@@ -289,16 +289,6 @@ fn spawn_writer(
         Ok((results, seconds))
     });
     (wtx, writer)
-}
-
-/// The error for a graph whose folded final Resize would shrink the logits it was given.
-fn shrinking(up: &Upsampling, (_, lh, lw): (usize, usize, usize), (w, h): (u32, u32), image: &Path) -> Error {
-    Error::Runtime(format!(
-        "{}: the model's final Resize ({}) would shrink its {lw}×{lh} logits of a {w}×{h} input; \
-         segtune only folds upsamplings (run with --tile to keep the graph whole)",
-        image.display(),
-        up.describe()
-    ))
 }
 
 /// The threads of the decoding and writing stages, one per core, at the lowest CPU priority:

@@ -211,7 +211,7 @@ pub fn upsample_argmax(logits: ndarray::ArrayView3<'_, f32>, inner: (usize, usiz
 /// is the model input's `(width, height)`, `inner` the image's part of the upsampled size, and
 /// each mask pixel blends the source pixels both resamplings reach (up to 3 × 3) with their
 /// weights multiplied out. The mask is the one of upsampling first except where rounding puts two
-/// classes' blends within an ulp or so. `None` where `up` would shrink these logits
+/// classes' blends within an ulp or so. An error where `up` would shrink these logits
 /// ([`Upsampling::upsamples`]).
 pub fn upsample_argmax_through(
     logits: ndarray::ArrayView3<'_, f32>,
@@ -219,14 +219,20 @@ pub fn upsample_argmax_through(
     input: (usize, usize),
     inner: (usize, usize),
     (w, h): (usize, usize),
-) -> Option<GrayImage> {
+) -> Result<GrayImage, String> {
     let (_, lh, lw) = logits.dim();
     if !up.upsamples((lw, lh), input) {
-        return None;
+        return Err(format!(
+            "the graph's final Resize ({}) would shrink its {lw}×{lh} logits of a {}×{} input; segtune folds \
+             only upsamplings (--tile, --scales or --flip run the whole graph)",
+            up.describe(),
+            input.0,
+            input.1
+        ));
     }
     let xs = up.taps(w, inner.0, lw, up.axis(1, lw, input.0));
     let ys = up.taps(h, inner.1, lh, up.axis(0, lh, input.1));
-    Some(argmax_through_taps(logits, &xs, &ys))
+    Ok(argmax_through_taps(logits, &xs, &ys))
 }
 
 /// The mask whose pixel `(x, y)` is the argmax over classes of the logits blended by `xs[x]`
@@ -520,7 +526,7 @@ mod tests {
             let cases = [((58, 47), 59, 48), ((61, 50), 150, 120), ((61, 50), 61, 50)];
             folds_exactly(&logits, &up, (50, 61), (50.0 / 13.0, 61.0 / 17.0), &cases);
             let small = upsample_argmax_through(logits.view(), &up, (16, 50), (16, 50), (16, 50));
-            assert!(small.is_none(), "an input narrower than its logits does not upsample");
+            assert!(small.unwrap_err().contains("would shrink its 17×13 logits of a 16×50 input"));
         }
         assert_eq!(Upsampling::to_input(Coordinates::HalfPixel).describe(), "bilinear to the input size (half_pixel)");
     }

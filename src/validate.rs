@@ -220,6 +220,8 @@ pub struct ValidationReport {
     pub per_class_iou: Vec<Option<f64>>,
     pub pixels: u64,
     pub seconds: f64,
+    /// The graph's final upsampling, where the mask's own did it (as in infer's summary.json).
+    pub folded_resize: Option<String>,
     pub parity: Option<ExportParity>,
     /// `--baseline`: the same split through another model (e.g. the fp32 one a quantized model
     /// came from), with the same pipeline.
@@ -375,6 +377,7 @@ pub fn validate_with(
         per_class_iou: s.per_class_iou,
         pixels: s.pixels,
         seconds: started.elapsed().as_secs_f64(),
+        folded_resize: model.upsampling.map(|u| u.describe()),
         parity,
         baseline: None,
     };
@@ -428,7 +431,10 @@ fn open_for_validation(
     split: &str,
     opts: &ValidateOptions<'_>,
 ) -> Result<(crate::runtime::OpenedModel, crate::data::Dataset, Vec<String>)> {
-    let model = crate::runtime::OpenedModel::open(file, opts.threads, true, opts.provider, false)?;
+    // One forward pass per image folds the graph's final upsampling into the mask's, as infer
+    // does; --parity compares the full graph's logits with burn's.
+    let fold = opts.test_time.is_plain() && opts.parity.is_none();
+    let model = crate::runtime::OpenedModel::open(file, opts.threads, true, opts.provider, fold)?;
     let classes = model.classes;
     let ds = crate::data::Dataset::open_with(data, split, &opts.spec)?;
     let names = match (opts.class_names, &model.class_names) {
@@ -542,10 +548,17 @@ fn predict_one(
     let (bw, bh) = (boxed.width() as usize, boxed.height() as usize);
     let mut input = Array4::<f32>::zeros(norm.layout.shape(1, bh, bw));
     crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), boxed, &norm);
-    let logits = model.session.run_logits(input.view(), norm.layout)?;
+    let logits = model.session.run_logits(input.view(), model.output_layout)?;
     crate::runtime::check_channels(logits.shape()[1], classes, model.session.origin())?;
-    let pred = crate::upsample::upsample_argmax(logits.index_axis(ndarray::Axis(0), 0), inner, mw, mh);
-    Ok((pred, Some((input, logits))))
+    let scores = logits.index_axis(ndarray::Axis(0), 0);
+    match &model.upsampling {
+        Some(up) => {
+            let pred = crate::upsample::upsample_argmax_through(scores, up, (bw, bh), inner, (mw, mh))
+                .map_err(|e| Error::Runtime(format!("{}: {e}", model.session.origin())))?;
+            Ok((pred, None))
+        }
+        None => Ok((crate::upsample::upsample_argmax(scores, inner, mw, mh), Some((input, logits)))),
+    }
 }
 
 /// `--report DIR`.

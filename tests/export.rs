@@ -71,6 +71,7 @@ fn export_round_trip_matches_burn_and_keeps_the_graph() {
     let v = validate::validate_onnx(&out, &data, "val", Some(&run), 0).unwrap();
     let p = v.parity.as_ref().unwrap();
     assert!(p.pass && p.max_abs_diff <= 1e-4 && p.argmax_agreement >= 0.9999, "{p:?}");
+    assert_eq!(v.folded_resize, None, "parity compares the full graph's logits");
     assert_eq!(v.num_images, 3);
     assert_eq!(v.per_class_iou.len(), 4);
 

@@ -100,7 +100,13 @@ fn validate_with_tiles_and_multi_scale_flips_on_the_shipped_model() {
     let plain = validate(&data, &[]);
     // A tile as large as the image is one forward pass.
     let whole = validate(&data, &["--tile", "160"]);
-    assert_eq!(miou(&whole), miou(&plain));
+    assert_eq!(
+        miou(&whole),
+        miou(&plain),
+        "the full graph's (tiles) and the folded Resize's (plain) masks score alike"
+    );
+    assert_eq!(plain["folded_resize"], "bilinear ×4×4 (align_corners)", "one forward pass folds, as infer does");
+    assert!(whole["folded_resize"].is_null());
     let tiled = validate(&data, &["--tile", "128", "--overlap", "0.5"]);
     assert!(tiled["input"].as_str().unwrap().contains("tiles of 128×128 overlapping by 0.50"), "{}", tiled["input"]);
     let tta = validate(&data, &["--scales", "0.75,1,1.25", "--flip"]);
