@@ -121,7 +121,7 @@ provider_run() {
   python3 - "$dir/summary.json" "$work/infer_cpu" "$dir" "$out/validate_cpu.json" "$out/validate_$provider.json" "$provider" "${alone:-}" >>"$results" <<'PY'
 import filecmp, json, os, sys
 s, cpu, here, vcpu, vthis, provider, alone = json.load(open(sys.argv[1])), *sys.argv[2:]
-n = len(s["images"]) if "images" in s else s.get("count", 0)
+n = len(s["images"])
 ms = s["run_seconds"] / max(n, 1) * 1000
 masks = sorted(f for f in os.listdir(here) if f.endswith(".png"))
 same = sum(os.path.exists(os.path.join(cpu, f)) and filecmp.cmp(os.path.join(cpu, f), os.path.join(here, f), shallow=False) for f in masks)
