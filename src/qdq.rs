@@ -233,8 +233,9 @@ fn output_values(graph: &GraphProto) -> HashSet<&str> {
     for o in &graph.output {
         let mut at = o.name();
         outputs.insert(at);
-        while let Some(n) = made.get(at).filter(|n| matches!(n.op_type(), "Transpose" | "Reshape" | "Identity")) {
-            at = n.input[0].as_str();
+        let layout_op = |n: &&&NodeProto| matches!(n.op_type(), "Transpose" | "Reshape" | "Identity");
+        while let Some(input) = made.get(at).filter(layout_op).and_then(|n| n.input.first()) {
+            at = input.as_str();
             if readers.get(at) != Some(&1) {
                 break;
             }
