@@ -32,7 +32,9 @@ compare() { # kind, model, pad: segtune infer and the Python pipeline on the sam
   pyout=$("$py" bench/infer_python.py "$m" "$work/images" "$work/python-$kind-$pad" 512 4 "$threads" "$pad")
   echo "$kind $pad: $pyout"
   pyips=$(echo "$pyout" | sed -E 's/.*= ([0-9.]+) images\/s/\1/')
+  pyrun=$(echo "$pyout" | sed -E 's/.*onnxruntime ([0-9.]+) ms per image.*/\1/')
   printf '%s %s: ratio segtune / python: %.2fx (threads %s)\n' "$kind" "$pad" "$(echo "$seg / $pyips" | bc -l)" "$threads"
+  printf '%s %s: onnxruntime per image, inside segtune / inside the Python pipeline: %.2fx\n' "$kind" "$pad" "$(echo "$run / $pyrun" | bc -l)"
   "$py" - "$work/segtune-$kind-$pad" "$work/python-$kind-$pad" <<'PY'
 import os, sys
 import numpy as np

@@ -2,7 +2,8 @@
 """The Python peer of `segtune infer`: the same work with onnxruntime, Pillow and numpy —
 decode, letterbox to SIZE (scale the longer side, pad with the ImageNet mean), normalize, run in
 batches of BATCH, crop the logits, upsample them bilinearly to the original size, argmax, and
-write VOC-palette PNGs. PAD `square` pads each image to SIZE × SIZE (what `segtune infer
+write VOC-palette PNGs; prints the throughput and onnxruntime's own time per image (its runs
+alone, as segtune's summary.json run_seconds). PAD `square` pads each image to SIZE × SIZE (what `segtune infer
 --square` does); `rect` pads each side only to a multiple of 16 and a batch to its largest image
 (segtune's default).
 Usage: python bench/infer_python.py MODEL IMAGE_DIR OUT SIZE BATCH THREADS [PAD=square|rect]
@@ -42,7 +43,7 @@ def main():
     files = sorted(f for f in os.listdir(src) if f.endswith(".jpg"))
     os.makedirs(out, exist_ok=True)
     pal = palette()
-    start = time.time()
+    start, run = time.time(), 0.0
     for i in range(0, len(files), batch):
         items = []
         for f in files[i:i + batch]:
@@ -59,14 +60,17 @@ def main():
         for k, it in enumerate(items):
             x[k, :it[5].shape[0], :it[5].shape[1]] = it[5]
         x = x.transpose(0, 3, 1, 2).copy()
+        t = time.perf_counter()
         logits = sess.run(None, {name: x})[0]
+        run += time.perf_counter() - t
         for (f, w, h, nw, nh, _), lg in zip(items, logits):
             up = np.stack([np.asarray(Image.fromarray(c[:nh, :nw]).resize((w, h), Image.BILINEAR)) for c in lg])
             mask = Image.fromarray(up.argmax(0).astype(np.uint8), mode="P")
             mask.putpalette(pal)
             mask.save(os.path.join(out, os.path.splitext(f)[0] + ".png"))
     elapsed = time.time() - start
-    print(f"python: {len(files)} images in {elapsed:.2f} s = {len(files) / elapsed:.2f} images/s")
+    ms = run / len(files) * 1000
+    print(f"python: {len(files)} images in {elapsed:.2f} s (onnxruntime {ms:.1f} ms per image) = {len(files) / elapsed:.2f} images/s")
 
 
 if __name__ == "__main__":
