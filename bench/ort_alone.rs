@@ -21,9 +21,7 @@ fn main() -> anyhow::Result<()> {
     let dim = |i: usize| -> anyhow::Result<usize> { Ok(a[i].parse()?) };
     let (n, c, h, w) = (dim(3)?, dim(4)?, dim(5)?, dim(6)?);
     let (threads, spin, runs) = (dim(7)?, a[8] == "1", dim(10)?);
-    let bytes = std::fs::read(&a[2])?;
-    anyhow::ensure!(bytes.len() == n * c * h * w * 4, "{}: expected {} bytes", a[2], n * c * h * w * 4);
-    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values = segtune::tensors::read_f32(std::path::Path::new(&a[2]), Some(n * c * h * w))?;
     let input = Array4::from_shape_vec((n, c, h, w), values)?;
     let mut opened = OpenedModel::open(std::path::Path::new(&a[1]), threads, spin, Provider::Cpu, a[11] == "1")?;
     // The batch file is NCHW; an NHWC model (Keras) takes it transposed.

@@ -13,9 +13,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(a.len() == 6, "usage: upsample_argmax LOGITS.f32 MASKS.u8 N CLASSES THREADS");
     let (n, c, threads): (usize, usize, usize) = (a[3].parse()?, a[4].parse()?, a[5].parse()?);
     let (lh, lw, h, w) = (384, 512, 375, 500);
-    let bytes = std::fs::read(&a[1])?;
-    anyhow::ensure!(bytes.len() == n * c * lh * lw * 4, "{}: expected {} bytes", a[1], n * c * lh * lw * 4);
-    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values = segtune::tensors::read_f32(std::path::Path::new(&a[1]), Some(n * c * lh * lw))?;
     let logits = ndarray::Array4::from_shape_vec((n, c, lh, lw), values)?;
     let torch = std::fs::read(&a[2])?;
     anyhow::ensure!(torch.len() == n * h * w, "{}: expected {} bytes", a[2], n * h * w);

@@ -1,6 +1,6 @@
 //! Tensor and array helpers shared by the commands: batches as burn tensors or ndarray views in
 //! the model's layout, seeded inputs, conversions between burn and ndarray, the per-pixel
-//! argmax over classes, and comparing two batches of logits.
+//! argmax over classes, comparing two batches of logits, and raw little-endian f32 files.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ndarray::{Array4, ArrayView4};
@@ -9,6 +9,17 @@ use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::layout::{Layout, Normalization};
 use crate::rng::Rng;
+
+/// The values of a raw little-endian f32 file (a fixture, a bench's batch) holding `expected`
+/// values where given.
+pub fn read_f32(path: &std::path::Path, expected: Option<usize>) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.len() % 4 != 0 || expected.is_some_and(|n| n * 4 != bytes.len()) {
+        let want = expected.map_or("a multiple of 4".to_string(), |n| (n * 4).to_string());
+        return Err(Error::bad_file(path, format!("expected {want} bytes of f32, found {}", bytes.len())));
+    }
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
 
 /// A deterministic batch of images in [0, 1], normalized for the model: `[N, 3, S, S]` (NCHW) or
 /// `[N, S, S, 3]` (NHWC), drawn from [`Rng`] so it is identical on every platform.
@@ -97,4 +108,22 @@ pub fn argmax_labels(logits: Tensor<4>) -> Vec<u8> {
     let [n, _, h, w] = logits.dims();
     let idx = logits.argmax(1).reshape([n * h * w]);
     idx.into_data().iter::<i64>().map(|v| v as u8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn raw_f32_files_are_read_and_a_wrong_length_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.f32");
+        let values = [1.5f32, -2.0, 0.25];
+        std::fs::write(&path, values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        assert_eq!(super::read_f32(&path, Some(3)).unwrap(), values);
+        assert_eq!(super::read_f32(&path, None).unwrap(), values);
+        let err = super::read_f32(&path, Some(4)).unwrap_err().to_string();
+        assert!(err.contains("x.f32") && err.contains("expected 16 bytes of f32, found 12"), "{err}");
+        std::fs::write(&path, [0u8; 5]).unwrap();
+        let err = super::read_f32(&path, None).unwrap_err().to_string();
+        assert!(err.contains("expected a multiple of 4 bytes of f32, found 5"), "{err}");
+    }
 }

@@ -56,11 +56,7 @@ pub fn init_bytes(t: &onnx::TensorProto) -> Vec<u8> {
 
 /// Reads a little-endian f32 file.
 pub fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .expect("fixture exists")
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    segtune::tensors::read_f32(path, None).expect("a raw f32 fixture")
 }
 
 pub fn fixture(name: &str) -> PathBuf {
