@@ -20,7 +20,7 @@ use crate::imaging::normalize_into;
 use crate::layout::Normalization;
 use crate::pipeline::Pipeline;
 use crate::runtime::{OpenedModel, OrtOutput, Provider};
-use crate::upsample::{Upsampling, upsample_argmax, upsample_argmax_through};
+use crate::upsample::{Upsampling, logits_to_mask};
 
 /// Settings of `segtune infer`.
 #[derive(Debug, Clone)]
@@ -252,21 +252,10 @@ fn spawn_writer(
             let write =
                 |p: &Prepared, mask: &image::GrayImage| write_outputs(p, mask, &out_dir, overlay, &palette, classes);
             let upsampled = |p: &Prepared, v: ndarray::ArrayView3<'_, f32>, up: Option<&Upsampling>| {
-                let (w, h) = p.original.dimensions();
-                let mask = match up {
-                    Some(up) => {
-                        let input = p.input.dimensions();
-                        upsample_argmax_through(
-                            v,
-                            up,
-                            (input.0 as usize, input.1 as usize),
-                            p.inner,
-                            (w as usize, h as usize),
-                        )
-                        .map_err(|e| Error::Runtime(format!("{}: {e}", p.path.display())))?
-                    }
-                    None => upsample_argmax(v, p.inner, w as usize, h as usize),
-                };
+                let ((w, h), (iw, ih)) = (p.original.dimensions(), p.input.dimensions());
+                let size = |w: u32, h: u32| (w as usize, h as usize);
+                let mask = logits_to_mask(v, up, size(iw, ih), p.inner, size(w, h))
+                    .map_err(|e| Error::Runtime(format!("{}: {e}", p.path.display())))?;
                 write(p, &mask)
             };
             let batch: Result<Vec<ImageResult>> = pool.install(|| match &scores {

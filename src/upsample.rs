@@ -235,6 +235,22 @@ pub fn upsample_argmax_through(
     Ok(argmax_through_taps(logits, &xs, &ys))
 }
 
+/// The mask of one image's `logits` at `(w, h)`, from their `inner` part of the `input`-sized
+/// model input: through `up` where the graph's final Resize was folded out
+/// ([`upsample_argmax_through`]), else straight from the model's output ([`upsample_argmax`]).
+pub fn logits_to_mask(
+    logits: ndarray::ArrayView3<'_, f32>,
+    up: Option<&Upsampling>,
+    input: (usize, usize),
+    inner: (usize, usize),
+    (w, h): (usize, usize),
+) -> Result<GrayImage, String> {
+    match up {
+        Some(up) => upsample_argmax_through(logits, up, input, inner, (w, h)),
+        None => Ok(upsample_argmax(logits, inner, w, h)),
+    }
+}
+
 /// The mask whose pixel `(x, y)` is the argmax over classes of the logits blended by `xs[x]`
 /// and `ys[y]`.
 ///

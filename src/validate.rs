@@ -550,15 +550,11 @@ fn predict_one(
     crate::imaging::normalize_into(input.index_axis_mut(ndarray::Axis(0), 0), boxed, &norm);
     let logits = model.session.run_logits(input.view(), model.output_layout)?;
     crate::runtime::check_channels(logits.shape()[1], classes, model.session.origin())?;
-    let scores = logits.index_axis(ndarray::Axis(0), 0);
-    match &model.upsampling {
-        Some(up) => {
-            let pred = crate::upsample::upsample_argmax_through(scores, up, (bw, bh), inner, (mw, mh))
-                .map_err(|e| Error::Runtime(format!("{}: {e}", model.session.origin())))?;
-            Ok((pred, None))
-        }
-        None => Ok((crate::upsample::upsample_argmax(scores, inner, mw, mh), Some((input, logits)))),
-    }
+    let up = model.upsampling.as_ref();
+    let pred = crate::upsample::logits_to_mask(logits.index_axis(ndarray::Axis(0), 0), up, (bw, bh), inner, (mw, mh))
+        .map_err(|e| Error::Runtime(format!("{}: {e}", model.session.origin())))?;
+    // Folded logits are not the graph's: the parity check never sees them (it does not fold).
+    Ok((pred, up.is_none().then_some((input, logits))))
 }
 
 /// `--report DIR`.
