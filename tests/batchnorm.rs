@@ -15,8 +15,7 @@ use segtune::model::{
 
 #[test]
 fn running_statistics_after_one_train_step_match_pytorch() {
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::fixture("bn_step.json")).unwrap()).unwrap();
+    let index: serde_json::Value = common::read_json(common::fixture("bn_step.json"));
     let expected = common::read_f32(&common::fixture("bn_step.bin"));
     let input = common::read_f32(&common::fixture("bn_step_input.bin"));
     let shape: Vec<usize> =

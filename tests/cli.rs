@@ -271,8 +271,7 @@ fn training_without_onnxruntime_evaluates_in_burn() {
         "{err}"
     );
     assert!(err.contains("segtune: the frozen backbone runs in burn (onnxruntime: ORT_DYLIB_PATH="), "{err}");
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = common::read_json(dir.path().join("run/metrics.json"));
     assert_eq!(metrics.as_array().unwrap().len(), 2);
     assert!(metrics[1]["val_miou"].as_f64().unwrap() > 0.0);
 }

@@ -173,8 +173,7 @@ fn cityscapes_label_ids_become_train_ids_and_train_ids_files_win() {
     cfg.dataset.label_map = "13:13".parse().unwrap();
     let summary = train::train(cfg.clone(), &run).unwrap();
     assert_eq!(summary.history.len(), 1);
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let saved: serde_json::Value = common::read_json(run.join("config.json"));
     assert_eq!((saved["layout"].as_str(), saved["label_map"].as_str()), (Some("auto"), Some("identity")));
     let out = dir.path().join("export.onnx");
     export::export(&run, &out).unwrap();
@@ -336,8 +335,7 @@ fn label_map_flags_reach_train_validate_and_doctor_from_the_command_line() {
         dir.path().join("v.json").to_str().unwrap(),
     ]);
     assert!(with.status.success(), "{}", common::stderr(&with));
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("v.json")).unwrap()).unwrap();
+    let v: serde_json::Value = common::read_json(dir.path().join("v.json"));
     assert!(v["per_class_iou"][1].is_number(), "class 1 is scored: {v}");
     let out = common::segtune(&[&["doctor", "--steps", "2"][..], &base].concat());
     assert_eq!(out.status.code(), Some(1), "doctor fails without the map");

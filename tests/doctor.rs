@@ -57,7 +57,7 @@ fn healthy_setup_has_no_fail_and_json_lists_every_check() {
     assert!(r.summary[0].contains("nothing found") || r.checks.iter().all(|c| c.status != Status::Fail), "{r}");
     let json = dir.path().join("doctor.json");
     doctor::write_json(&r, &json).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let v: serde_json::Value = common::read_json(json);
     let checks = v["checks"].as_array().unwrap();
     assert!(checks.len() >= 15);
     for c in checks {

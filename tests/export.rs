@@ -101,7 +101,7 @@ fn validate_json_and_class_mismatch() {
         json.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v: serde_json::Value = common::read_json(&json);
     for key in ["miou", "pixel_accuracy", "per_class_iou", "num_images"] {
         assert!(!v[key].is_null(), "{key} missing");
     }
@@ -171,7 +171,7 @@ fn export_bad_input_leaves_nothing() {
     let foreign = dir.path().join("foreign.onnx");
     common::write_model(&common::two_conv_model(&[1, 3, 8, 8]), &foreign);
     let cfg_path = run.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = common::read_json(&cfg_path);
     cfg["weights"] = serde_json::json!(foreign);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let target = dir.path().join("m.onnx");
@@ -232,8 +232,7 @@ fn infer_writes_masks_and_skips_a_corrupt_image_loudly() {
     assert_eq!(image::image_dimensions(out_dir.join("wide.png")).unwrap(), (100, 60));
     let mask = segtune::data::load_mask(&out_dir.join("v0.png"), 4).unwrap();
     assert_eq!(mask.dimensions(), (64, 64));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = common::read_json(out_dir.join("summary.json"));
     assert_eq!(summary["images"].as_array().unwrap().len(), 4);
     assert_eq!(summary["failed"].as_array().unwrap().len(), 1);
     let fractions: f64 =
@@ -254,8 +253,7 @@ fn infer_writes_masks_and_skips_a_corrupt_image_loudly() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read_dir(dir.path().join("p2")).unwrap().count(), 4, "3 masks and summary.json");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("p2/summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = common::read_json(dir.path().join("p2/summary.json"));
     assert_eq!(summary["spinning"], true);
 }
 
@@ -407,7 +405,7 @@ fn infer_by_default_scores_what_validate_reports() {
         args.extend_from_slice(extra);
         let out = segtune(&args);
         assert!(out.status.success(), "{}", stderr(&out));
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap()
+        common::read_json(out_dir.join("summary.json"))
     };
     let summary = run("default", &[]);
     assert_eq!(summary["pipeline"]["resize"], "native");

@@ -51,8 +51,7 @@ impl Step {
     /// its loss against PyTorch's.
     fn run() -> Self {
         segtune::device::configure_cpu_kernels();
-        let index: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(common::fixture("conv_grads.json")).unwrap()).unwrap();
+        let index: serde_json::Value = common::read_json(common::fixture("conv_grads.json"));
         let input = common::read_f32(&common::fixture("bn_step_input.bin"));
         let target: Vec<i64> = std::fs::read(common::fixture("conv_grads_target.bin"))
             .unwrap()

@@ -14,8 +14,7 @@ struct Case {
 }
 
 fn case() -> Case {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::fixture("losses.json")).unwrap()).unwrap();
+    let v: serde_json::Value = common::read_json(common::fixture("losses.json"));
     let shape: Vec<usize> =
         v["logits_shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     let logits: Vec<f32> = v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();

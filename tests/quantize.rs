@@ -76,7 +76,7 @@ fn int8_keeps_the_fp32_scores_and_loads_as_qdq() {
     let args = ["validate", int8.to_str().unwrap(), "--data", data.to_str().unwrap(), "--baseline"];
     let out = segtune(&[&args[..], &[fp32.to_str().unwrap(), "--json", json.to_str().unwrap()]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v: serde_json::Value = common::read_json(&json);
     let (miou, base, delta) = (
         v["miou"].as_f64().unwrap(),
         v["baseline"]["miou"].as_f64().unwrap(),
@@ -209,7 +209,7 @@ fn fp16_keeps_fp32_io_and_the_predictions() {
     let args = ["validate", half.to_str().unwrap(), "--data", data.to_str().unwrap(), "--baseline"];
     let out = segtune(&[&args[..], &[fp32.to_str().unwrap(), "--json", json.to_str().unwrap()]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v: serde_json::Value = common::read_json(&json);
     assert!(v["baseline"]["miou_delta"].as_f64().unwrap().abs() < 0.005, "{}", v["baseline"]);
 }
 
@@ -259,8 +259,7 @@ fn the_export_forms_users_bring_quantize_and_run() {
         let images = data.join("JPEGImages");
         let out = segtune(&["infer", int8_s, images.to_str().unwrap(), "--out", pred.to_str().unwrap()]);
         assert!(out.status.success(), "{form}: {}", stderr(&out));
-        let summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(pred.join("summary.json")).unwrap()).unwrap();
+        let summary: serde_json::Value = common::read_json(pred.join("summary.json"));
         assert_eq!(summary["images"].as_array().map(Vec::len), Some(12), "{form}");
         assert!(summary["folded_resize"].as_str().is_some_and(|f| f.starts_with("bilinear ×4×4")), "{form}: {summary}");
     }
@@ -294,7 +293,6 @@ fn a_keras_exports_upsampled_logits_stay_float_and_fold() {
     let images = data.join("JPEGImages");
     let out = segtune(&["infer", int8.to_str().unwrap(), images.to_str().unwrap(), "--out", pred.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(pred.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = common::read_json(pred.join("summary.json"));
     assert_eq!(summary["folded_resize"], "bilinear to the input size (half_pixel)", "{summary}");
 }

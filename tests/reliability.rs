@@ -59,8 +59,7 @@ fn assert_checkpoints_readable(run: &Path) {
                 .into_tensors()
                 .unwrap();
             assert!(p.join("optimizer.bpk").is_file());
-            let _: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(p.join("state.json")).unwrap()).unwrap();
+            let _: serde_json::Value = common::read_json(p.join("state.json"));
         }
     }
     if let Ok(latest) = std::fs::read_to_string(root.join("latest")) {
@@ -119,8 +118,7 @@ fn sigkill_mid_epoch_and_mid_checkpoint_then_resume_gives_the_same_weights() {
     for (name, bytes) in &a {
         assert!(bytes == &b[name], "{name} differs from the uninterrupted run");
     }
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = common::read_json(run.join("metrics.json"));
     assert_eq!(metrics.as_array().unwrap().len(), 3);
 }
 
@@ -167,7 +165,7 @@ fn a_full_disk_mid_write_keeps_the_previous_file() {
     // checkpoint stays the latest and readable.
     let before = final_weights(&run);
     let cfg_path = run.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = common::read_json(&cfg_path);
     cfg["epochs"] = serde_json::json!(2);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let out = limited(1024, &["train".into(), "--resume".into(), run.display().to_string()]);

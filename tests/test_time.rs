@@ -89,7 +89,7 @@ fn validate(data: &Path, extra: &[&str]) -> serde_json::Value {
     args.extend_from_slice(extra);
     let out = segtune(&args);
     assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+    common::read_json(json)
 }
 
 #[test]
@@ -146,8 +146,7 @@ fn infer_tiles_a_large_image_and_writes_its_full_size_mask() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(image::image_dimensions(out_dir.join("large.png")).unwrap(), (1000, 750));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = common::read_json(out_dir.join("summary.json"));
     assert!(summary["test_time"].as_str().unwrap().contains("tiles of 256×256"), "{summary}");
     assert!(summary["folded_resize"].is_null(), "tiles run the full graph: {summary}");
     assert_eq!(onnx::metadata(&common::reference()).get("segtune.resize"), None, "the shipped model records none");
@@ -271,14 +270,14 @@ fn a_keras_exports_resize_to_the_input_size_and_transpose_are_folded() {
         assert_eq!(want, got, "image {i} at {side}");
     }
     // The final Resize: the one the output's Transpose reads.
-    let resize = |m: &mut onnx::ModelProto| -> proto::NodeProto {
-        let g = m.graph.as_ref().unwrap();
+    let resize = |m: &onnx::ModelProto| -> proto::NodeProto {
+        let g = onnx::graph(m);
         let transpose = g.node.iter().find(|n| n.output[0] == g.output[0].name()).unwrap();
         g.node.iter().find(|n| n.output[0] == transpose.input[0]).unwrap().clone()
     };
     let with_sizes = |sizes: &str, extra: Vec<proto::NodeProto>, init: Vec<proto::TensorProto>| {
         let mut m = model.clone();
-        let name = resize(&mut m).name().to_string();
+        let name = resize(&m).name().to_string();
         let g = m.graph.as_mut().unwrap();
         g.node.iter_mut().find(|n| n.name() == name).unwrap().input[3] = sizes.into();
         g.node.extend(extra);
@@ -293,7 +292,7 @@ fn a_keras_exports_resize_to_the_input_size_and_transpose_are_folded() {
         ..Default::default()
     };
     assert!(without_final_resize(&with_sizes("fixed_sizes", vec![], vec![constant]), Layout::Nhwc).is_none());
-    let x = resize(&mut model.clone()).input[0].clone();
+    let x = resize(&model).input[0].clone();
     let own = proto::NodeProto {
         op_type: Some("Shape".into()),
         input: vec![x],

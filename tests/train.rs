@@ -196,8 +196,7 @@ fn loss_falls_on_a_small_set() {
     assert!(last <= 0.7 * first, "train loss {first:.4} -> {last:.4}: expected a fall of at least 30%");
     // What a person sees.
     let run = dir.path().join("run");
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = common::read_json(run.join("metrics.json"));
     assert_eq!(metrics.as_array().unwrap().len(), 5);
     for key in ["epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr"] {
         assert!(metrics[4][key].is_number(), "metrics.json lacks {key}");
@@ -207,8 +206,7 @@ fn loss_falls_on_a_small_set() {
     assert!(step_ms > 0.0 && step_ms < 1e3 * seconds, "step_ms_median {step_ms} of an epoch of {seconds} s");
     assert_eq!(std::fs::read_to_string(run.join("metrics.csv")).unwrap().lines().count(), 6);
     assert!(run.join("curves.png").is_file() && run.join("snapshots/epoch_005.png").is_file());
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value = common::read_json(run.join("config.json"));
     assert_eq!(config["crop"], 64);
     assert_eq!(image::image_dimensions(run.join("snapshots/epoch_001.png")).unwrap(), (3 * 64, 64));
 }
@@ -438,8 +436,7 @@ fn tensorboard_event_files_hold_each_epochs_scalars_and_snapshot() {
         "--tensorboard",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let history: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let history: Vec<serde_json::Value> = common::read_json(run.join("metrics.json"));
     let board = run.join("tensorboard");
     for (tag, key) in
         [("val/miou", "val_miou"), ("train/loss", "train_loss"), ("val/loss", "val_loss"), ("train/lr", "lr")]

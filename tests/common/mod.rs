@@ -54,6 +54,13 @@ pub fn init_bytes(t: &onnx::TensorProto) -> Vec<u8> {
     onnx::tensor_f32(t, None).expect("float initializer").iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// A JSON file (a report, summary.json, a fixture) as `T`.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: impl AsRef<Path>) -> T {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Reads a little-endian f32 file.
 pub fn read_f32(path: &Path) -> Vec<f32> {
     segtune::tensors::read_f32(path, None).expect("a raw f32 fixture")
